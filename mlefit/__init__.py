@@ -1,0 +1,17 @@
+"""mlefit: maximum-likelihood fitting on JAX.
+
+A model is the log-density of ONE observation, ``log p(x; w)`` or ``log p(y | x; w)``;
+:func:`fit` minimises the mean negative log-likelihood with optax in one compiled call.
+"""
+
+from . import closed_form as closed_form
+from ._constraints import Interval as Interval
+from ._constraints import Positive as Positive
+from ._fit import fit as fit
+from ._likelihood import loglik as loglik
+from ._likelihood import nll as nll
+from ._model import AbstractModel as AbstractModel
+from ._result import FitResult as FitResult
+from ._status import Status as Status
+
+__version__ = "0.1.0"

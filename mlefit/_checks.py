@@ -1,0 +1,130 @@
+"""Checks at the boundary: bad input is a clear error before anything compiles."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["check_data", "check_weights", "check_model_output", "float_dtype"]
+
+
+def _is_global_array(a) -> bool:
+    return isinstance(a, jax.Array) and not a.is_fully_addressable
+
+
+@jax.jit
+def _finite_summary(a):
+    bad = ~jnp.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+    return bad.sum(), jnp.argmax(bad)
+
+
+def _check_finite(a, name: str) -> None:
+    if not jnp.issubdtype(a.dtype, jnp.inexact):
+        return
+    if isinstance(a, np.ndarray):
+        flat = a.reshape(a.shape[0], -1)
+        ok = np.isfinite(flat)
+        if ok.all():
+            return
+        bad_rows = ~ok.all(axis=1)
+        count, first = int(bad_rows.sum()), int(np.argmax(bad_rows))
+    else:
+        count, first = (int(v) for v in _finite_summary(a))
+        if count == 0:
+            return
+    raise ValueError(
+        f"data: {name} has {count} observation(s) with NaN or inf values "
+        f"(first at index {first}); remove or impute them before fitting."
+    )
+
+
+def check_data(data, *, check_finite: bool = True) -> tuple:
+    """Returns data as a tuple of arrays sharing the leading (observation) axis.
+
+    Raises ``ValueError`` for empty data, mismatched leading lengths, NaN/inf values
+    (with their count and first index); ``TypeError`` for non-numeric data.
+    """
+    arrays = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    if not arrays:
+        raise ValueError("data: got an empty tuple; pass an array or a tuple (X, y).")
+    out = []
+    for k, a in enumerate(arrays):
+        name = "data" if len(arrays) == 1 else f"data[{k}]"
+        if not isinstance(a, (jax.Array, np.ndarray)):
+            try:
+                a = np.asarray(a)
+            except Exception as e:  # noqa: BLE001
+                raise TypeError(f"{name}: cannot convert {type(a).__name__} to an array") from e
+        if a.dtype == object or not (
+            np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
+        ):
+            raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
+        if a.ndim == 0:
+            raise ValueError(
+                f"{name}: got a scalar; data need a leading observation axis (shape (n, ...))."
+            )
+        if a.shape[0] == 0:
+            raise ValueError(f"{name}: is empty (0 observations); a fit needs at least one.")
+        if check_finite and not _is_global_array(a):
+            _check_finite(a, name)
+        out.append(a)
+    lengths = [a.shape[0] for a in out]
+    if len(set(lengths)) > 1:
+        desc = ", ".join(f"data[{k}] has {n}" for k, n in enumerate(lengths))
+        raise ValueError(
+            f"data: the arrays must share the leading (observation) axis, but {desc} "
+            "observations."
+        )
+    return tuple(out)
+
+
+def check_weights(weights, n: int, dtype):
+    """Validates per-observation weights: shape ``(n,)``, finite, >= 0, positive sum."""
+    if weights is None:
+        return None
+    w = weights if isinstance(weights, (jax.Array, np.ndarray)) else np.asarray(weights)
+    if w.shape != (n,):
+        raise ValueError(f"weights: expected shape ({n},) (one per observation), got {w.shape}")
+    if not _is_global_array(w):
+        wn = np.asarray(w, dtype=float)
+        bad = ~(np.isfinite(wn) & (wn >= 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"weights: must be finite and non-negative; weights[{i}] = {wn[i]!r}"
+            )
+        if wn.sum() <= 0:
+            raise ValueError("weights: all weights are zero; at least one must be positive.")
+    return jnp.asarray(w, dtype=dtype)
+
+
+def float_dtype(data: tuple):
+    """The floating dtype of a fit: that of the first floating data array, else JAX's default."""
+    for a in data:
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            return jnp.dtype(a.dtype) if a.dtype != np.float16 else jnp.dtype(jnp.float32)
+    return jnp.dtype(jnp.result_type(float))
+
+
+def check_model_output(logp, params, data: tuple) -> None:
+    """Checks that ``logp(params, *obs)`` returns a scalar for one observation (no compile)."""
+    obs = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
+    try:
+        out = jax.eval_shape(logp, params, *obs)
+    except Exception as e:
+        shapes = ", ".join(str(a.shape[1:]) for a in data)
+        raise type(e)(
+            f"model: calling log_prob(params, *obs) on one observation (shapes {shapes}) "
+            f"failed: {e}"
+        ) from e
+    leaves = jax.tree_util.tree_leaves(out)
+    if len(leaves) != 1 or leaves[0].shape != ():
+        got = leaves[0].shape if len(leaves) == 1 else jax.tree.map(lambda x: x.shape, out)
+        raise ValueError(
+            f"model: log_prob must return a scalar log-density for ONE observation, but it "
+            f"returned shape {got}. Write it for a single observation (mlefit vmaps it), "
+            "or sum over the components of a multivariate observation."
+        )
+    if not jnp.issubdtype(leaves[0].dtype, jnp.floating):
+        raise TypeError(f"model: log_prob returned dtype {leaves[0].dtype}, expected a float")

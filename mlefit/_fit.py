@@ -1,0 +1,389 @@
+"""The fit engine: minimise the mean NLL with optax, the whole loop in one compiled call.
+
+Full batch: ``lax.while_loop`` over optimiser steps (L-BFGS with a zoom line search
+by default), stopping when ``max_j |d nll / d u_j| <= tol``. Minibatch: ``lax.scan``
+over epochs and, inside, over shuffled batches. Both call the one likelihood kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._checks import check_data, check_model_output, check_weights, float_dtype
+from ._constraints import constrain, split_init
+from ._likelihood import logpdfs, mean_nll
+from ._model import as_problem
+from ._result import FitResult
+from ._status import Status
+
+__all__ = ["fit", "default_optimizer", "default_tol", "DEFAULT_MAX_STEPS"]
+
+DEFAULT_MAX_STEPS = 10_000
+_RUNNING = -1
+# Steps in a row without a change of the NLL beyond rounding before the fit stops.
+_NO_PROGRESS_PATIENCE = 5
+# A stalled fit still counts as converged when its gradient is within this factor of tol.
+_STALL_TOL_FACTOR = 100.0
+
+
+@functools.cache
+def default_optimizer() -> optax.GradientTransformationExtraArgs:
+    """Full-batch L-BFGS (optax, memory 10, zoom line search); built once so fits reuse it."""
+    return optax.lbfgs()
+
+
+def default_tol(dtype) -> float:
+    """Default gradient tolerance: ``1e-9`` in float64, ``1e-5`` in float32 (max-norm)."""
+    return 1e-9 if jnp.dtype(dtype) == jnp.float64 else 1e-5
+
+
+def objective(logp, transforms, data, weights):
+    """``f(u) = mean NLL`` at ``constrain(u)``, the function every optimiser minimises."""
+
+    def f(u):
+        return mean_nll(logp, constrain(u, transforms), data, weights)
+
+    return f
+
+
+def _max_norm(tree):
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _all_finite(*trees):
+    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree_util.tree_leaves(t)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def _has_value_in_state(opt, u0) -> bool:
+    state = jax.eval_shape(opt.init, u0)
+    return optax.tree.get(state, "value") is not None and optax.tree.get(state, "grad") is not None
+
+
+class _Carry(NamedTuple):
+    u: Any
+    state: Any
+    value: jax.Array
+    grad: Any
+    best_u: Any
+    best_value: jax.Array
+    best_grad: Any
+    step: jax.Array
+    status: jax.Array
+    stuck: jax.Array
+    history: jax.Array | None
+
+
+def _where(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def full_batch_loop(f, opt, u0, tol, max_steps: int, record_history: bool):
+    """Minimises ``f`` from ``u0`` with ``opt`` inside one ``lax.while_loop``.
+
+    Returns ``(u, value, grad, steps, status, history)`` with ``u`` the best finite iterate.
+    The continue flag is computed in the body and carried (under ``vmap`` a condition
+    that recomputes a float comparison can disagree with the masking and never stop).
+    """
+    opt = optax.with_extra_args_support(opt)
+    reuse = _has_value_in_state(opt, u0)
+    vg = jax.value_and_grad(f)
+    vg_next = optax.value_and_grad_from_state(f) if reuse else None
+
+    value0, grad0 = vg(u0)
+    finite0 = _all_finite(value0, grad0)
+    gnorm0 = _max_norm(grad0)
+    status0 = jnp.where(
+        ~finite0,
+        Status.INIT_NOT_FINITE,
+        jnp.where(gnorm0 <= tol, Status.CONVERGED, jnp.where(max_steps <= 0, Status.MAX_STEPS, _RUNNING)),
+    ).astype(jnp.int32)
+    hist0 = None
+    if record_history:
+        hist0 = jnp.full((max_steps + 1,), jnp.nan, value0.dtype).at[0].set(value0)
+    eps = jnp.finfo(value0.dtype).eps
+
+    def body(c: _Carry) -> _Carry:
+        updates, state = opt.update(c.grad, c.state, c.u, value=c.value, grad=c.grad, value_fn=f)
+        u = optax.apply_updates(c.u, updates)
+        value, grad = vg_next(u, state=state) if reuse else vg(u)
+        step = c.step + 1
+        finite = _all_finite(u, value, grad)
+        gnorm = _max_norm(grad)
+        unchanged = jnp.abs(value - c.value) <= 4 * eps * jnp.maximum(jnp.abs(c.value), 1.0)
+        stuck = jnp.where(unchanged, c.stuck + 1, 0)
+        better = finite & (value <= c.best_value)
+        best_u, best_value, best_grad = _where(
+            better, (u, value, grad), (c.best_u, c.best_value, c.best_grad)
+        )
+        best_gnorm = _max_norm(best_grad)
+        status = jnp.where(
+            ~finite,
+            Status.NON_FINITE,
+            jnp.where(
+                gnorm <= tol,
+                Status.CONVERGED,
+                jnp.where(
+                    stuck >= _NO_PROGRESS_PATIENCE,
+                    jnp.where(best_gnorm <= _STALL_TOL_FACTOR * tol, Status.CONVERGED, Status.STALLED),
+                    jnp.where(step >= max_steps, Status.MAX_STEPS, _RUNNING),
+                ),
+            ),
+        ).astype(jnp.int32)
+        history = c.history
+        if record_history:
+            history = history.at[step].set(jnp.where(finite, value, jnp.nan))
+        # On a non-finite step keep the last finite iterate in the running state too.
+        u, value, grad = _where(finite, (u, value, grad), (c.u, c.value, c.grad))
+        return _Carry(u, state, value, grad, best_u, best_value, best_grad, step, status, stuck, history)
+
+    carry0 = _Carry(
+        u0, opt.init(u0), value0, grad0, u0, jnp.where(finite0, value0, jnp.inf), grad0,
+        jnp.asarray(0, jnp.int32), status0, jnp.asarray(0, jnp.int32), hist0,
+    )
+    c = jax.lax.while_loop(lambda c: c.status == _RUNNING, body, carry0)
+    # A converged final iterate is returned as is; otherwise the best finite one.
+    take_last = (c.status == Status.CONVERGED) & (c.value <= c.best_value)
+    u, value, grad = _where(take_last, (c.u, c.value, c.grad), (c.best_u, c.best_value, c.best_grad))
+    value = jnp.where(c.status == Status.INIT_NOT_FINITE, value0, value)
+    return u, value, grad, c.step, c.status, c.history
+
+
+def minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size: int, epochs: int, tol):
+    """Minibatch optimisation: ``epochs`` passes, each a fresh permutation from ``key``.
+
+    Every observation is used exactly once per epoch; the last batch is padded with
+    zero-weight entries so all batches share one compiled step.
+    """
+    opt = optax.with_extra_args_support(opt)
+    n = data[0].shape[0]
+    n_batches = -(-n // batch_size)
+    pad = n_batches * batch_size - n
+    w_full = jnp.ones((n,), jnp.result_type(float)) if weights is None else weights
+
+    def batch_value_and_grad(u, idx, mask):
+        obs = tuple(a[idx] for a in data)
+        w = mask * w_full[idx]
+        f = lambda v: mean_nll(logp, constrain(v, transforms), obs, w)  # noqa: E731
+        value, grad = jax.value_and_grad(f)(u)
+        return value, grad, f, jnp.sum(w)
+
+    def step(c, batch):
+        u, state, bad = c
+        idx, mask = batch
+        value, grad, f, wsum = batch_value_and_grad(u, idx, mask)
+        updates, new_state = opt.update(grad, state, u, value=value, grad=grad, value_fn=f)
+        new_u = optax.apply_updates(u, updates)
+        ok = ~bad & _all_finite(value, grad, new_u)
+        u, state = _where(ok, (new_u, new_state), (u, state))
+        return (u, state, ~ok), value * wsum
+
+    def epoch(c, e):
+        perm = jax.random.permutation(jax.random.fold_in(key, e), n)
+        idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, batch_size)
+        mask = jnp.concatenate([jnp.ones((n,), w_full.dtype), jnp.zeros((pad,), w_full.dtype)])
+        c, weighted = jax.lax.scan(step, c, (idx, mask.reshape(n_batches, batch_size)))
+        return c, jnp.sum(weighted) / jnp.sum(w_full)
+
+    (u, _, bad), history = jax.lax.scan(
+        epoch, (u0, opt.init(u0), jnp.asarray(False)), jnp.arange(epochs)
+    )
+    value, grad = jax.value_and_grad(objective(logp, transforms, data, weights))(u)
+    finite = _all_finite(value, grad)
+    status = jnp.where(
+        bad | ~finite,
+        Status.NON_FINITE,
+        jnp.where(_max_norm(grad) <= tol, Status.CONVERGED, Status.MAX_STEPS),
+    ).astype(jnp.int32)
+    return u, value, grad, jnp.asarray(epochs * n_batches, jnp.int32), status, history
+
+
+@eqx.filter_jit
+def _fit_full_compiled(logp, transforms, opt, u0, data, weights, tol, max_steps, record_history):
+    f = objective(logp, transforms, data, weights)
+    return full_batch_loop(f, opt, u0, tol, max_steps, record_history)
+
+
+@eqx.filter_jit
+def _fit_minibatch_compiled(logp, transforms, opt, u0, data, weights, key, tol, batch_size, epochs):
+    return minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size, epochs, tol)
+
+
+class FitOptions(NamedTuple):
+    """Validated, normalised options of a fit (shared by ``fit`` and batched fits)."""
+
+    optimizer: Any
+    batch_size: int | None
+    epochs: int | None
+    key: Any
+    max_steps: int
+    tol: float
+    history: bool
+
+
+def check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history):
+    if optimizer is None:
+        optimizer = default_optimizer()
+    elif not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer: expected an optax GradientTransformation (e.g. optax.adam(1e-2)), "
+            f"got {type(optimizer).__name__}"
+        )
+    if batch_size is None:
+        if epochs is not None:
+            raise ValueError(
+                "epochs: only minibatch fits count epochs; give batch_size too, or use "
+                "max_steps for a full-batch fit."
+            )
+    else:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"batch_size: expected an int, got {type(batch_size).__name__}")
+        if not 1 <= batch_size <= n:
+            raise ValueError(f"batch_size: must be between 1 and n_obs={n}, got {batch_size}")
+        epochs = 10 if epochs is None else epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ValueError(f"epochs: must be a positive int, got {epochs!r}")
+        if key is None:
+            key = jax.random.key(0)
+        elif not (isinstance(key, jax.Array) and (
+            jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)
+        )):
+            raise TypeError("key: expected a PRNG key such as jax.random.key(0)")
+    if max_steps is None:
+        max_steps = DEFAULT_MAX_STEPS
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
+        raise ValueError(f"max_steps: must be a non-negative int, got {max_steps!r}")
+    if tol is None:
+        tol = default_tol(dtype)
+    if not (np.isscalar(tol) and np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    return FitOptions(optimizer, batch_size and int(batch_size), epochs and int(epochs), key,
+                      int(max_steps), float(tol), bool(history))
+
+
+def fit(
+    model,
+    data,
+    init=None,
+    *,
+    weights=None,
+    optimizer: optax.GradientTransformation | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    key: jax.Array | None = None,
+    max_steps: int | None = None,
+    tol: float | None = None,
+    history: bool = True,
+) -> FitResult:
+    """Maximum-likelihood fit: minimises the mean NLL of ``data`` under ``model``.
+
+    ``w* = argmin_w  nll(w),  nll(w) = -(sum_i v_i log p(obs_i; w)) / (sum_i v_i)``
+
+    Args:
+        model: ``log_prob(params, *obs) -> scalar`` for ONE observation; or an equinox
+            Module with ``log_prob(self, *obs)`` (the module is the parameters; the fitted
+            Module is returned); or a ready-made model from :mod:`mlefit.models`.
+        data: an array (unconditional, ``log p(x)``) or a tuple ``(X, Y, ...)``
+            (conditional, ``log p(y | x)``), observations on the leading axis.
+        init: starting parameters (any pytree; ``Positive``/``Interval`` leaves declare
+            constraints). Required for a plain function.
+        weights: optional non-negative weight per observation (weighted mean NLL; a
+            zero weight removes an observation exactly).
+        optimizer: any optax ``GradientTransformation``; default full-batch L-BFGS.
+            Build it once and reuse it: a new optimiser object compiles a new fit.
+        batch_size: minibatch size; turns on minibatch SGD, reshuffled each epoch.
+        epochs: passes over the data for minibatch fits (default 10).
+        key: PRNG key for the shuffles (default ``jax.random.key(0)``).
+        max_steps: step budget of a full-batch fit (default 10,000).
+        tol: stop when the max-norm of the gradient of the mean NLL (with respect to the
+            unconstrained parameters) is ``<= tol``; default 1e-9 (float64), 1e-5 (float32).
+        history: record the mean NLL of every step (epoch for minibatch fits).
+
+    Returns:
+        A :class:`FitResult`. A fit that does not converge says so in ``status``; its
+        ``params`` are the best finite iterate, never NaN.
+
+    Example:
+        >>> import jax.numpy as jnp, jax.scipy.stats as st, mlefit
+        >>> normal = lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"])
+        >>> x = jnp.array([1.0, 2.0, 4.0])
+        >>> res = mlefit.fit(normal, x, init={"mu": 0.0, "sigma": mlefit.Positive(1.0)})
+        >>> round(float(res.params["mu"]), 4)
+        2.3333
+    """
+    data = check_data(data)
+    n = data[0].shape[0]
+    problem, init = as_problem(model, init, data)
+    dtype = float_dtype(data)
+    u0, transforms = split_init(init, dtype)
+    opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
+    check_model_output(problem.logp, constrain(u0, transforms), data)
+    weights = check_weights(weights, n, dtype)
+    tol_arr = jnp.asarray(opts.tol, dtype)
+    if opts.batch_size is None:
+        u, value, grad, steps, status, hist = _fit_full_compiled(
+            problem.logp, transforms, opts.optimizer, u0, data, weights, tol_arr,
+            opts.max_steps, opts.history,
+        )
+    else:
+        u, value, grad, steps, status, hist = _fit_minibatch_compiled(
+            problem.logp, transforms, opts.optimizer, u0, data, weights, opts.key, tol_arr,
+            opts.batch_size, opts.epochs,
+        )
+        hist = hist if opts.history else None
+    if int(status) == Status.INIT_NOT_FINITE:
+        raise ValueError(_init_not_finite_message(problem, init, u0, transforms, data))
+    n_obs = jnp.asarray(n, dtype) if weights is None else jnp.sum(weights)
+    return FitResult(
+        params=problem.finalize(constrain(u, transforms)),
+        u=u,
+        nll=value,
+        n_obs=n_obs,
+        status_code=status,
+        steps=steps,
+        grad_norm=_max_norm(grad),
+        history_buffer=hist,
+        data=data,
+        weights=weights,
+        problem=problem,
+        transforms=transforms,
+        minibatch=opts.batch_size is not None,
+    )
+
+
+def _init_not_finite_message(problem, init, u0, transforms, data) -> str:
+    params = constrain(u0, transforms)
+    lp = np.asarray(jax.jit(logpdfs, static_argnums=0)(problem.logp, params, data))
+    bad = ~np.isfinite(lp)
+    where = (
+        f"log p is not finite for {int(bad.sum())} of {bad.size} observations "
+        f"(first at index {int(np.argmax(bad))})"
+        if bad.any()
+        else "the gradient is not finite"
+    )
+    named = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = jax.tree_util.keystr(path, simple=True, separator=".") or "<root>"
+        v = np.asarray(leaf)
+        named.append(f"{name}={v.tolist() if v.size <= 4 else f'<array {v.shape}>'}")
+    hint = ""
+    nonpos = [
+        s for s, t in zip(named, transforms, strict=True)
+        if type(t).__name__ == "Identity" and "=-" in s or s.endswith("=0.0")
+    ]
+    if nonpos:
+        hint = (
+            f" Suspects: {', '.join(nonpos)} (a scale must be > 0: declare it as "
+            "mlefit.Positive(value))."
+        )
+    return (
+        f"init: the NLL of model {problem.name!r} at the starting point is not finite: "
+        f"{where}. Starting parameters: {', '.join(named)}.{hint}"
+    )

@@ -1,0 +1,57 @@
+"""Outcomes of a fit, as data: a small enumeration carried in the result."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Status"]
+
+
+class Status(enum.IntEnum):
+    """How a fit ended. Stored as an integer code so it can live inside compiled code.
+
+    - ``CONVERGED``: the gradient max-norm of the mean NLL fell below ``tol`` (or the
+      NLL could not decrease any further at machine precision with a gradient within
+      100 x tol of it).
+    - ``MAX_STEPS``: the step (or epoch) budget ran out first.
+    - ``NON_FINITE``: the NLL or its gradient became NaN/inf; ``params`` is the last
+      finite iterate.
+    - ``STALLED``: the line search could make no progress while the gradient is still
+      above tolerance (a precision limit or a non-smooth objective).
+    - ``HESSIAN_NOT_POSITIVE_DEFINITE``: the optimiser stopped, but the Hessian of the
+      NLL is not positive definite there: no standard errors (set by inference).
+    - ``AT_BOUND``: an ``Interval``/``Positive`` parameter sits at its bound.
+    - ``INTERRUPTED``: the user pressed Ctrl-C; ``params`` is the best point so far.
+    - ``INIT_NOT_FINITE``: the NLL at the starting point is not finite.
+    """
+
+    CONVERGED = 0
+    MAX_STEPS = 1
+    NON_FINITE = 2
+    STALLED = 3
+    HESSIAN_NOT_POSITIVE_DEFINITE = 4
+    AT_BOUND = 5
+    INTERRUPTED = 6
+    INIT_NOT_FINITE = 7
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    Status.CONVERGED: "converged: gradient norm below tolerance",
+    Status.MAX_STEPS: "stopped at max_steps before the gradient norm reached tol",
+    Status.NON_FINITE: "the NLL or its gradient became non-finite; params is the last finite iterate",
+    Status.STALLED: "the line search could not decrease the NLL while the gradient is above tol",
+    Status.HESSIAN_NOT_POSITIVE_DEFINITE: (
+        "the Hessian of the NLL is not positive definite at the estimate: "
+        "the model is not identifiable there, standard errors are NaN"
+    ),
+    Status.AT_BOUND: "a constrained parameter is at its bound: standard errors are unreliable",
+    Status.INTERRUPTED: "interrupted by the user; params is the best point so far",
+    Status.INIT_NOT_FINITE: "the NLL at the starting point is not finite",
+}
