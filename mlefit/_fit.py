@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -31,6 +32,9 @@ _RUNNING = -1
 _NO_PROGRESS_PATIENCE = 5
 # A stalled fit still counts as converged when its gradient is within this factor of tol.
 _STALL_TOL_FACTOR = 100.0
+# Newton polish: at most this many steps, for problems with n_obs * n_params^2 below the budget.
+_POLISH_MAX_ITER = 20
+_POLISH_BUDGET = 5e7
 
 
 @functools.cache
@@ -85,10 +89,12 @@ def _where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
-def full_batch_loop(f, opt, u0, tol, max_steps: int, record_history: bool):
+def full_batch_loop(f, opt, u0, tol, max_steps: int, record_history: bool, polish: bool = True):
     """Minimises ``f`` from ``u0`` with ``opt`` inside one ``lax.while_loop``.
 
     Returns ``(u, value, grad, steps, status, history)`` with ``u`` the best finite iterate.
+    With ``polish``, :func:`newton_polish` refines the end point (small problems only:
+    the caller decides, since it costs a Hessian).
     The continue flag is computed in the body and carried (under ``vmap`` a condition
     that recomputes a float comparison can disagree with the masking and never stop).
     """
@@ -152,8 +158,85 @@ def full_batch_loop(f, opt, u0, tol, max_steps: int, record_history: bool):
     # A converged final iterate is returned as is; otherwise the best finite one.
     take_last = (c.status == Status.CONVERGED) & (c.value <= c.best_value)
     u, value, grad = _where(take_last, (c.u, c.value, c.grad), (c.best_u, c.best_value, c.best_grad))
-    value = jnp.where(c.status == Status.INIT_NOT_FINITE, value0, value)
-    return u, value, grad, c.step, c.status, c.history
+    status = c.status
+    if polish:
+        u, value, grad, status = newton_polish(f, u, value, grad, status, tol)
+    value = jnp.where(status == Status.INIT_NOT_FINITE, value0, value)
+    return u, value, grad, c.step, status, c.history
+
+
+def newton_polish(f, u, value, grad, status, tol, max_iter: int = _POLISH_MAX_ITER):
+    """Refines an optimum with exact-Hessian Newton steps; returns ``(u, value, grad, status)``.
+
+    ``d = -H^-1 g`` with ``H`` the autodiff Hessian of ``f`` (Jacobi-scaled, by
+    eigendecomposition; negative curvature is flipped so the step still descends). Near an optimum the mean
+    NLL changes by less than its rounding error, so values alone cannot judge a step:
+    a step is taken when ``f`` drops by more than rounding, or stays within rounding
+    while the gradient shrinks (backtracking on a genuine rise). The polish stops when
+    neither holds. The fit counts as converged when ``max|g| <= tol`` or when the
+    Newton decrement ``g^T H^-1 g / 2`` (the predicted remaining decrease) is below the
+    rounding level of ``f`` at a positive definite Hessian. ``INIT_NOT_FINITE``/``NON_FINITE`` fits are not touched.
+    """
+    x0, unravel = jax.flatten_util.ravel_pytree(u)
+    ff = lambda x: f(unravel(x))  # noqa: E731
+    vg = jax.value_and_grad(ff)
+    eps = jnp.finfo(x0.dtype).eps
+    g0 = jax.flatten_util.ravel_pytree(grad)[0]
+
+    def slack(v):
+        return 8 * eps * jnp.maximum(jnp.abs(v), 1.0)
+
+    def body(c):
+        x, v, g, it, _, resolved = c
+        H = jax.hessian(ff)(x)
+        # Jacobi scaling: unscaled columns square the condition number of H, and
+        # Cholesky of D H D handles what Cholesky of H cannot.
+        dh = jnp.diag(H)
+        scale = jnp.where(dh > 0, 1.0 / jnp.sqrt(jnp.where(dh > 0, dh, 1.0)), 1.0)
+        # Eigenvalues of the scaled Hessian: where it is not positive definite (away
+        # from the optimum, or a saddle), |lambda| floored gives a descent direction.
+        lam, V = jnp.linalg.eigh(scale[:, None] * H * scale[None, :])
+        pd = jnp.all(lam > 0) & jnp.all(dh > 0)
+        lam = jnp.maximum(jnp.abs(lam), 1e3 * eps * jnp.max(jnp.abs(lam)))
+        d = -scale * (V @ ((V.T @ (scale * g)) / lam))
+        ok_h = jnp.all(jnp.isfinite(d))
+        d = jnp.where(ok_h, d, 0.0)
+        decrement = -jnp.dot(g, d)
+        resolved = pd & (0.5 * decrement <= slack(v))
+        gn = jnp.max(jnp.abs(g))
+
+        def try_step(t):
+            xn = x + t * d
+            vn, gn_ = vg(xn)
+            ok = jnp.isfinite(vn) & jnp.all(jnp.isfinite(gn_))
+            drop = vn < v - slack(v)
+            flat = (vn <= v + slack(v)) & (jnp.max(jnp.abs(gn_)) < gn)
+            return xn, vn, gn_, ok & (drop | flat), ~ok | (vn > v + slack(v))
+
+        def ls_body(s):
+            t, _, _, _, _, _, k = s
+            t = t * 0.5
+            xn, vn, gn_, acc, rise = try_step(t)
+            return t, xn, vn, gn_, acc, rise, k + 1
+
+        xn, vn, gn_, acc, rise = try_step(jnp.asarray(1.0, x.dtype))
+        _, xn, vn, gn_, acc, _, _ = jax.lax.while_loop(
+            lambda s: ~s[4] & s[5] & (s[6] < 30),
+            ls_body,
+            (jnp.asarray(1.0, x.dtype), xn, vn, gn_, acc, rise, 0),
+        )
+        take = ok_h & acc & ~resolved
+        x, v, g = _where(take, (xn, vn, gn_), (x, v, g))
+        return x, v, g, it + 1, take, resolved
+
+    active = (status != Status.NON_FINITE) & (status != Status.INIT_NOT_FINITE)
+    c0 = (x0, value, g0, jnp.asarray(0), active, jnp.asarray(False))
+    x, v, g, _, _, resolved = jax.lax.while_loop(
+        lambda c: c[4] & (c[3] < max_iter), body, c0
+    )
+    better = jnp.max(jnp.abs(g)) <= tol
+    status = jnp.where(active & (better | resolved), Status.CONVERGED, status).astype(status.dtype)
+    return unravel(x), v, unravel(g), status
 
 
 def minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size: int, epochs: int, tol):
@@ -205,10 +288,17 @@ def minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size: in
     return u, value, grad, jnp.asarray(epochs * n_batches, jnp.int32), status, history
 
 
+def use_polish(opt, u0, n_obs: int) -> bool:
+    """Newton polish for the default optimiser on problems where a Hessian is cheap."""
+    p = sum(x.size for x in jax.tree_util.tree_leaves(u0))
+    return opt is default_optimizer() and n_obs * p * p <= _POLISH_BUDGET
+
+
 @eqx.filter_jit
 def _fit_full_compiled(logp, transforms, opt, u0, data, weights, tol, max_steps, record_history):
     f = objective(logp, transforms, data, weights)
-    return full_batch_loop(f, opt, u0, tol, max_steps, record_history)
+    polish = use_polish(opt, u0, data[0].shape[0])
+    return full_batch_loop(f, opt, u0, tol, max_steps, record_history, polish)
 
 
 @eqx.filter_jit
