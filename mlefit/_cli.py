@@ -1,0 +1,663 @@
+"""The ``mlefit`` command line: fit a ready-made distribution to a column of a file.
+
+    mlefit fit DATA --dist NAME [--column COL] [--level 0.95] [--json] [--plot FILE.png]
+    mlefit compare DATA --dist A --dist B ...
+    mlefit bench [PATH]
+
+Bad input (a missing file, an unknown column or distribution, a cell that is not a
+finite number, data outside the support) is one line on stderr and exit status 2;
+nothing is written to disk except the file named by ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
+
+# Friendly spellings accepted for --dist, mapped to the canonical (lower-cased class) name.
+_ALIASES = {
+    "gaussian": "normal",
+    "norm": "normal",
+    "expon": "exponential",
+    "exp": "exponential",
+    "t": "studentt",
+    "student": "studentt",
+    "negbinomial": "negativebinomial",
+    "negbin": "negativebinomial",
+    "nbinom": "negativebinomial",
+}
+# The name shown for a canonical name (short where people use a short one).
+_DISPLAY = {"negativebinomial": "negbinomial"}
+_DISCRETE = {"poisson", "negativebinomial", "bernoulli", "binomial", "geometric", "categorical"}
+
+# Nested pairs (restricted, full) and how the restriction sits in the full model.
+# A restriction on the boundary of the parameter space breaks the chi-square reference
+# of the likelihood-ratio statistic (Self & Liang 1987): say so, report no p-value.
+_NESTED = {
+    ("exponential", "gamma"): ("shape = 1", None),
+    ("exponential", "weibull"): ("shape = 1", None),
+    ("geometric", "negativebinomial"): ("r = 1", None),
+    ("normal", "studentt"): ("df -> infinity", "df -> infinity is the boundary of df > 0"),
+    ("poisson", "negativebinomial"): (
+        "dispersion -> 0",
+        "the Poisson is the boundary (zero over-dispersion) of the negative binomial",
+    ),
+}
+
+BUNDLED_COLUMN = "duration"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line on stderr, exit status 2."""
+
+
+# -- entry point --------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Runs the ``mlefit`` command line and returns its exit status.
+
+    0: success; 1: the fit ran but did not converge (the summary says why);
+    2: bad input or usage, reported as one line on stderr.
+
+    Example:
+        >>> main(["--version"])  # doctest: +SKIP
+        mlefit 0.1.0
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "run"):
+            raise UsageError("choose a command: fit, compare or bench (see 'mlefit --help')")
+        return args.run(args)
+    except UsageError as e:
+        print(f"mlefit: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as e:  # --help and --version exit through argparse
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    except KeyboardInterrupt:
+        print("mlefit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line (no usage block) and exit 2."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+_FIT_EXAMPLES = """\
+examples:
+  mlefit fit --dist gamma                       # the bundled strike durations
+  mlefit fit data.csv --dist normal --column height
+  mlefit fit counts.npy --dist poisson --json
+  mlefit fit data.csv --dist weibull --level 0.9 --plot weibull.png
+
+DATA is a CSV file with a header row (comma, semicolon or tab separated) or a .npy
+file; without DATA the bundled data set is used (62 U.S. strike durations in days,
+Kennan 1985, public domain). Exit status: 0 converged, 1 the fit did not converge
+(the summary says why), 2 bad input.
+"""
+
+_COMPARE_EXAMPLES = """\
+examples:
+  mlefit compare --dist exponential --dist gamma --dist weibull
+  mlefit compare data.csv --column x --dist normal --dist studentt --dist laplace
+
+Models are ranked by AIC (lower is better). Where one model is nested in another
+(exponential in gamma and weibull, geometric in negbinomial) the likelihood-ratio
+test is shown; where the restriction is on the boundary of the parameter space
+(normal in studentt as df -> infinity, poisson in negbinomial) the chi-square
+p-value would be wrong, so it is not reported.
+"""
+
+_BENCH_EXAMPLES = """\
+examples:
+  mlefit bench                      # writes benchmarks/RESULTS.md
+  mlefit bench /tmp/results.md
+
+Runs the benchmark suite of a source checkout (python -m benchmarks.run); it needs
+the repository, not just the installed package.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mlefit`` (sub-commands fit, compare, bench)."""
+    from . import __version__
+
+    parser = _Parser(
+        prog="mlefit",
+        description="Maximum-likelihood fits of ready-made distributions, on JAX.",
+        epilog="example:\n  mlefit fit --dist gamma\n  mlefit fit data.csv --dist normal "
+        "--column x\n\nrun 'mlefit COMMAND --help' for each command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mlefit {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "fit",
+        help="fit one distribution to one column of a file",
+        description="Fit a distribution by maximum likelihood and print estimates, "
+        "standard errors, confidence intervals, log-likelihood, AIC, BIC and convergence.",
+        epilog=_FIT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_arguments(p)
+    p.add_argument("--dist", required=True, metavar="NAME",
+                   help="distribution (normal, gamma, poisson, ...; a wrong name lists them)")
+    p.add_argument("--level", type=_level, default=0.95,
+                   help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout, nothing else")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write the fitted density over a histogram and a Q-Q plot "
+                   "(needs matplotlib: pip install 'mlefit[plot]')")
+    p.set_defaults(run=run_fit)
+
+    p = sub.add_parser(
+        "compare",
+        help="fit several distributions and rank them by AIC",
+        description="Fit each --dist to the same data; print a table ranked by AIC and "
+        "likelihood-ratio tests between nested models.",
+        epilog=_COMPARE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_arguments(p)
+    p.add_argument("--dist", action="append", required=True, metavar="NAME",
+                   help="a distribution to fit; repeat for each model (at least two)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(run=run_compare)
+
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suite (from a source checkout)",
+        description="Run the benchmark suite and write its markdown table.",
+        epilog=_BENCH_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="where to write the results (default benchmarks/RESULTS.md)")
+    p.set_defaults(run=run_bench)
+    return parser
+
+
+def _add_data_arguments(p):
+    p.add_argument("data", nargs="?", metavar="DATA",
+                   help="a .csv file with a header row, or a .npy file; default: the "
+                   "bundled strike durations")
+    p.add_argument("--column", metavar="COL",
+                   help="column name or 0-based index (not needed for a one-column file)")
+
+
+def _level(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return v
+
+
+# -- distributions ------------------------------------------------------------------------
+def available_dists() -> dict[str, type]:
+    """Canonical CLI name -> class, for every unconditional ready-made model in ``mlefit.models``.
+
+    Unconditional means ``log_prob(self, params, x)`` takes one observation array, and
+    the model is built with no arguments.
+    """
+    from . import _model
+
+    try:
+        from . import models
+    except ImportError:
+        return {}
+    out = {}
+    for attr in getattr(models, "__all__", dir(models)):
+        cls = getattr(models, attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, _model.AbstractModel)):
+            continue
+        if inspect.isabstract(cls) or _n_obs_args(cls) != 1:
+            continue
+        try:
+            cls()
+        except Exception:  # noqa: BLE001 - needs constructor arguments (e.g. a mixture)
+            continue
+        out[attr.lower().replace("_", "")] = cls
+    return dict(sorted(out.items()))
+
+
+def _n_obs_args(cls) -> int | None:
+    try:
+        params = list(inspect.signature(cls.log_prob).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) - 2  # self, params
+
+
+def display_name(canonical: str) -> str:
+    return _DISPLAY.get(canonical, canonical)
+
+
+def resolve_dist(name: str) -> tuple[str, type]:
+    """``(canonical name, model class)`` for a ``--dist`` value; UsageError lists the valid ones."""
+    dists = available_dists()
+    key = name.strip().lower().replace("_", "").replace("-", "")
+    key = _ALIASES.get(key, key)
+    if key not in dists:
+        valid = ", ".join(display_name(k) for k in dists) or "(none: mlefit.models is missing)"
+        raise UsageError(f"--dist: unknown distribution {name!r}; valid: {valid}")
+    return key, dists[key]
+
+
+def is_discrete(model, canonical: str | None = None) -> bool:
+    flag = getattr(model, "discrete", None)
+    if isinstance(flag, bool):
+        return flag
+    name = canonical or type(model).__name__.lower()
+    return name in _DISCRETE
+
+
+# -- data -----------------------------------------------------------------------------------
+def load_data(path: str | None, column: str | None):
+    """The column to fit (a ``datasets.Column``); the bundled data set when ``path`` is None."""
+    from . import datasets
+
+    if path is None:
+        src, column = datasets.strikes_path(), column if column is not None else BUNDLED_COLUMN
+    else:
+        src = path
+    try:
+        col = datasets.read_column_with_lines(src, column)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if path is None:
+        col = col._replace(path=f"bundled strikes.csv (Kennan 1985), column {col.name!r}")
+    return col
+
+
+def _where(col, i: int | None = None) -> str:
+    if col.path.startswith("bundled"):
+        src = col.path
+        return src if i is None else f"{src}, line {int(col.lines[i])}"
+    if i is None:
+        return f"{col.path}, column {col.name!r}"
+    unit = "index" if col.path.lower().endswith(".npy") else "line"
+    return f"{col.path}, {unit} {int(col.lines[i])}, column {col.name!r}"
+
+
+def check_support(model, canonical: str, col) -> None:
+    """Raises UsageError when the data are outside the model's support, with file and line."""
+    try:
+        model.check_data(col.values)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        i = _index_in_message(msg, col.values.size)
+        where = _where(col, i)
+        raise UsageError(
+            f"{where}: data outside the support of {display_name(canonical)}: {msg}"
+        ) from None
+
+
+def _index_in_message(msg: str, n: int) -> int | None:
+    m = re.search(r"(?:index|\[)\s*(\d+)", msg)
+    if m and int(m.group(1)) < n:
+        return int(m.group(1))
+    return None
+
+
+# -- runtime set-up -------------------------------------------------------------------------
+def _setup_jax() -> None:
+    """float64 for accurate fits, and the persistent compilation cache for fast restarts."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    _enable_compilation_cache()
+
+
+def _enable_compilation_cache() -> None:
+    import mlefit
+
+    enable = getattr(mlefit, "enable_compilation_cache", None)
+    if enable is not None:
+        try:
+            enable()
+        except Exception:  # noqa: BLE001 - a cache is an optimisation, never a failure
+            pass
+
+
+# -- fitting and reporting ------------------------------------------------------------------
+def fit_one(canonical: str, cls: type, col):
+    """Fits one model to the column; UsageError for data the model cannot take."""
+    import jax.numpy as jnp
+
+    import mlefit
+
+    model = cls()
+    check_support(model, canonical, col)
+    try:
+        return mlefit.fit(model, jnp.asarray(col.values))
+    except ValueError as e:
+        raise UsageError(f"{_where(col)}: cannot fit {display_name(canonical)}: {e}") from None
+
+
+def _flat_names_values(tree, names=None):
+    """Flattened ``(names, values)`` of a params-like pytree, in ``tree_leaves`` order."""
+    import jax
+    import numpy as np
+
+    out_names, out_values = [], []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        base = jax.tree_util.keystr(path, simple=True, separator=".") or "param"
+        v = np.asarray(leaf, dtype=float)
+        if v.ndim == 0:
+            out_names.append(base)
+            out_values.append(float(v))
+        else:
+            for idx in np.ndindex(v.shape):
+                out_names.append(f"{base}[{','.join(map(str, idx))}]")
+                out_values.append(float(v[idx]))
+    if names is not None and len(names) == len(out_names):
+        out_names = list(names)
+    return out_names, out_values
+
+
+def _confint_bounds(res, level: float):
+    """Flattened lower and upper interval bounds from ``res.confint`` (any of its layouts)."""
+    import jax
+
+    ci = res.confint(level)
+    if isinstance(ci, tuple) and len(ci) == 2:
+        low, high = ci
+    elif isinstance(ci, dict) and set(ci) >= {"low", "high"}:
+        low, high = ci["low"], ci["high"]
+    else:  # a pytree whose leaves have a trailing axis of 2
+        low = jax.tree.map(lambda a: a[..., 0], ci)
+        high = jax.tree.map(lambda a: a[..., 1], ci)
+    return _flat_names_values(low)[1], _flat_names_values(high)[1]
+
+
+def _finite_or_none(v: float):
+    return v if math.isfinite(v) else None
+
+
+def report(res, canonical: str, col, level: float) -> dict:
+    """The result of one fit as plain data: what ``fit`` prints as text or JSON."""
+    import numpy as np
+
+    names, est = _flat_names_values(res.params, getattr(res, "param_names", None))
+    _, se = _flat_names_values(res.stderr)
+    low, high = _confint_bounds(res, level)
+    status = res.status
+    params = {
+        n: {
+            "estimate": _finite_or_none(e),
+            "stderr": _finite_or_none(s),
+            "ci_low": _finite_or_none(lo),
+            "ci_high": _finite_or_none(hi),
+        }
+        for n, e, s, lo, hi in zip(names, est, se, low, high, strict=True)
+    }
+    return {
+        "dist": display_name(canonical),
+        "model": res.model_name,
+        "data": {"source": col.path, "column": col.name, "n_obs": int(col.values.size)},
+        "params": params,
+        "level": level,
+        "n_params": len(names),
+        "loglik": _finite_or_none(float(res.loglik)),
+        "aic": _finite_or_none(float(res.aic)),
+        "bic": _finite_or_none(float(res.bic)),
+        "converged": bool(np.asarray(res.converged)),
+        "status": str(status),
+        "message": status.message,
+        "steps": int(res.steps),
+        "grad_norm": float(res.grad_norm),
+    }
+
+
+def _fmt(v, width=12) -> str:
+    if v is None:
+        return "nan".rjust(width)
+    return f"{v:{width}.6g}"
+
+
+def format_report(rep: dict) -> str:
+    pct = f"{100 * rep['level']:g}%"
+    head = f"{'parameter':<12}{'estimate':>12}{'std err':>12}{pct + ' low':>12}{pct + ' high':>12}"
+    lines = [
+        f"{rep['model']} fit to {rep['data']['source']}"
+        + ("" if rep["data"]["source"].startswith("bundled") else f", column {rep['data']['column']!r}")
+        + f" (n = {rep['data']['n_obs']})",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    for name, p in rep["params"].items():
+        lines.append(
+            f"{name:<12}{_fmt(p['estimate'])}{_fmt(p['stderr'])}{_fmt(p['ci_low'])}{_fmt(p['ci_high'])}"
+        )
+    lines += [
+        "",
+        f"{'log-likelihood':<16}{_fmt(rep['loglik'], 14)}",
+        f"{'AIC':<16}{_fmt(rep['aic'], 14)}",
+        f"{'BIC':<16}{_fmt(rep['bic'], 14)}",
+        f"{'status':<16}{rep['status']} after {rep['steps']} steps "
+        f"(gradient max-norm {rep['grad_norm']:.2g})",
+    ]
+    if not rep["converged"]:
+        lines.append(f"{'':<16}WARNING: {rep['message']}")
+    return "\n".join(lines)
+
+
+# -- plot -----------------------------------------------------------------------------------
+_PLOT_FORMATS = {"png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp"}
+
+
+def check_plot_target(path: str) -> None:
+    """UsageError before any fitting when ``--plot`` cannot be honoured."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in _PLOT_FORMATS:
+        raise UsageError(
+            f"--plot {path}: unknown image format {ext!r}; use a name ending in .png, .pdf or .svg"
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--plot {path}: the folder {parent} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib, which is not installed: pip install 'mlefit[plot]'"
+        ) from None
+
+
+def write_plot(res, values, discrete: bool, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only: never open a window from the CLI
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    plot.density(res, values, ax=ax1, discrete=discrete)
+    plot.qq(res, values, ax=ax2, discrete=discrete)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise UsageError(f"--plot {path}: cannot write the file ({e})") from None
+    finally:
+        plt.close(fig)
+
+
+# -- commands -------------------------------------------------------------------------------
+def run_fit(args) -> int:
+    canonical, cls = resolve_dist(args.dist)
+    if args.plot:
+        check_plot_target(args.plot)
+    col = load_data(args.data, args.column)
+    _setup_jax()
+    res = fit_one(canonical, cls, col)
+    rep = report(res, canonical, col, args.level)
+    if args.json:
+        print(json.dumps(rep, indent=2, allow_nan=False))
+    else:
+        print(format_report(rep))
+    if args.plot:
+        write_plot(res, col.values, is_discrete(res.problem.source, canonical), args.plot)
+        if not args.json:
+            print(f"{'plot':<16}{args.plot}")
+    return EXIT_OK if rep["converged"] else EXIT_NOT_CONVERGED
+
+
+def lr_row(restricted: str, full: str, res_r, res_f) -> dict:
+    """The likelihood-ratio test of a nested pair, or why it is not reported."""
+    restriction, boundary = _NESTED[(restricted, full)]
+    stat = max(2.0 * (float(res_f.loglik) - float(res_r.loglik)), 0.0)
+    row = {
+        "restricted": display_name(restricted),
+        "full": display_name(full),
+        "restriction": restriction,
+        "statistic": stat,
+        "df": None,
+        "p_value": None,
+        "note": None,
+    }
+    if boundary is not None:
+        row["note"] = f"boundary case ({boundary}): the chi-square p-value does not apply"
+        return row
+    import mlefit
+
+    test = mlefit.lr_test(res_r, res_f)
+    row["statistic"] = float(_get(test, "statistic", 0))
+    row["df"] = int(_get(test, "df", 1))
+    row["p_value"] = float(_get(test, "pvalue", 2, "p_value"))
+    return row
+
+
+def _get(obj, name, index, *alt):
+    for n in (name, *alt):
+        if isinstance(obj, dict) and n in obj:
+            return obj[n]
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    return obj[index]
+
+
+def run_compare(args) -> int:
+    resolved = []
+    for name in args.dist:
+        canonical, cls = resolve_dist(name)
+        if canonical in (c for c, _ in resolved):
+            raise UsageError(f"--dist: {display_name(canonical)} is given twice")
+        resolved.append((canonical, cls))
+    if len(resolved) < 2:
+        raise UsageError("compare needs at least two --dist options (use 'fit' for one)")
+    col = load_data(args.data, args.column)
+    _setup_jax()
+    fits = {c: fit_one(c, cls, col) for c, cls in resolved}
+    rows = []
+    for c, res in fits.items():
+        k = len(_flat_names_values(res.params)[0])
+        rows.append({
+            "dist": display_name(c),
+            "n_params": k,
+            "loglik": float(res.loglik),
+            "aic": float(res.aic),
+            "bic": float(res.bic),
+            "status": str(res.status),
+            "converged": bool(res.converged),
+        })
+    rows.sort(key=lambda r: (math.isnan(r["aic"]), r["aic"]))
+    best = rows[0]["aic"]
+    for r in rows:
+        r["delta_aic"] = r["aic"] - best
+    tests = [
+        lr_row(r, f, fits[r], fits[f]) for (r, f) in _NESTED if r in fits and f in fits
+    ]
+    out = {
+        "data": {"source": col.path, "column": col.name, "n_obs": int(col.values.size)},
+        "ranking": rows,
+        "lr_tests": tests,
+    }
+    if args.json:
+        print(json.dumps(_json_safe(out), indent=2, allow_nan=False))
+    else:
+        print(format_compare(out))
+    return EXIT_OK if all(r["converged"] for r in rows) else EXIT_NOT_CONVERGED
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return _finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def format_compare(out: dict) -> str:
+    d = out["data"]
+    src = d["source"] if d["source"].startswith("bundled") else f"{d['source']}, column {d['column']!r}"
+    head = (
+        f"{'rank':<6}{'dist':<18}{'k':>3}{'log-lik':>14}{'AIC':>14}{'dAIC':>10}{'BIC':>14}"
+        f"  status"
+    )
+    lines = [f"models fitted to {src} (n = {d['n_obs']}), ranked by AIC", "", head, "-" * len(head)]
+    for i, r in enumerate(out["ranking"], 1):
+        lines.append(
+            f"{i:<6}{r['dist']:<18}{r['n_params']:>3}{r['loglik']:>14.6g}{r['aic']:>14.6g}"
+            f"{r['delta_aic']:>10.4g}{r['bic']:>14.6g}  {r['status']}"
+        )
+    if out["lr_tests"]:
+        lines += ["", "likelihood-ratio tests (nested models):"]
+        for t in out["lr_tests"]:
+            head = f"  {t['restricted']} within {t['full']} ({t['restriction']}): LR = {t['statistic']:.4g}"
+            if t["p_value"] is None:
+                lines.append(f"{head}; {t['note']}")
+            else:
+                lines.append(f"{head}, df = {t['df']}, p = {t['p_value']:.4g}")
+    return "\n".join(lines)
+
+
+def repo_root() -> Path | None:
+    """The source checkout holding ``benchmarks/`` next to the imported ``mlefit``, if any."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "benchmarks" / "run.py").is_file() or (root / "benchmarks" / "__main__.py").is_file():
+        return root
+    return None
+
+
+def run_bench(args) -> int:
+    root = repo_root()
+    if root is None:
+        raise UsageError(
+            "the benchmark suite lives in the source repository, not in the installed "
+            "package: clone mlefit, 'pip install -e .[bench]', and run 'mlefit bench' "
+            "(or 'python -m benchmarks.run') from the clone"
+        )
+    cmd = [sys.executable, "-m", "benchmarks.run"]
+    if args.path:
+        cmd += ["--output", os.path.abspath(args.path)]
+    return subprocess.call(cmd, cwd=root)
