@@ -300,9 +300,11 @@ def _where(col, i: int | None = None) -> str:
         src = col.path
         return src if i is None else f"{src}, line {int(col.lines[i])}"
     if i is None:
-        return f"{col.path}, column {col.name!r}"
-    unit = "index" if col.path.lower().endswith(".npy") else "line"
-    return f"{col.path}, {unit} {int(col.lines[i])}, column {col.name!r}"
+        sep = "" if col.path.lower().endswith(".npy") else "'"
+        return f"{col.path}, column {sep}{col.name}{sep}"
+    if col.path.lower().endswith(".npy"):  # no header: the column is its index
+        return f"{col.path}, index {int(col.lines[i])}, column {col.name}"
+    return f"{col.path}, line {int(col.lines[i])}, column {col.name!r}"
 
 
 def check_support(model, canonical: str, col) -> None:
@@ -312,6 +314,8 @@ def check_support(model, canonical: str, col) -> None:
     except (ValueError, TypeError) as e:
         msg = str(e)
         i = _index_in_message(msg, col.values.size)
+        prefix = f"{type(model).__name__}: "
+        msg = msg[len(prefix):] if msg.startswith(prefix) else msg
         where = _where(col, i)
         raise UsageError(
             f"{where}: data outside the support of {display_name(canonical)}: {msg}"
