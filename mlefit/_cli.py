@@ -39,6 +39,8 @@ _ALIASES = {
 }
 # The name shown for a canonical name (short where people use a short one).
 _DISPLAY = {"negativebinomial": "negbinomial"}
+# Unconditional models whose observation is a vector, not one number: not for one column.
+_NOT_SCALAR = {"multivariatenormal"}
 _DISCRETE = {"poisson", "negativebinomial", "bernoulli", "binomial", "geometric", "categorical"}
 
 # Nested pairs (restricted, full) and how the restriction sits in the full model.
@@ -235,11 +237,14 @@ def available_dists() -> dict[str, type]:
             continue
         if inspect.isabstract(cls) or _n_obs_args(cls) != 1:
             continue
+        key = attr.lower().replace("_", "")
+        if key in _NOT_SCALAR:
+            continue
         try:
             cls()
         except Exception:  # noqa: BLE001 - needs constructor arguments (e.g. a mixture)
             continue
-        out[attr.lower().replace("_", "")] = cls
+        out[key] = cls
     return dict(sorted(out.items()))
 
 
@@ -449,9 +454,7 @@ def format_report(rep: dict) -> str:
     pct = f"{100 * rep['level']:g}%"
     head = f"{'parameter':<12}{'estimate':>12}{'std err':>12}{pct + ' low':>12}{pct + ' high':>12}"
     lines = [
-        f"{rep['model']} fit to {rep['data']['source']}"
-        + ("" if rep["data"]["source"].startswith("bundled") else f", column {rep['data']['column']!r}")
-        + f" (n = {rep['data']['n_obs']})",
+        f"{rep['model']} fit to {_source_label(rep['data'])} (n = {rep['data']['n_obs']})",
         "",
         head,
         "-" * len(head),
@@ -621,9 +624,15 @@ def _json_safe(obj):
     return obj
 
 
+def _source_label(d: dict) -> str:
+    if d["source"].startswith("bundled"):
+        return d["source"]
+    return f"{d['source']}, column {d['column']!r}"
+
+
 def format_compare(out: dict) -> str:
     d = out["data"]
-    src = d["source"] if d["source"].startswith("bundled") else f"{d['source']}, column {d['column']!r}"
+    src = _source_label(d)
     head = (
         f"{'rank':<6}{'dist':<18}{'k':>3}{'log-lik':>14}{'AIC':>14}{'dAIC':>10}{'BIC':>14}"
         f"  status"
@@ -637,7 +646,8 @@ def format_compare(out: dict) -> str:
     if out["lr_tests"]:
         lines += ["", "likelihood-ratio tests (nested models):"]
         for t in out["lr_tests"]:
-            head = f"  {t['restricted']} within {t['full']} ({t['restriction']}): LR = {t['statistic']:.4g}"
+            head = (f"  {t['restricted']} within {t['full']} ({t['restriction']}): "
+                    f"LR = {t['statistic']:.4g}")
             if t["p_value"] is None:
                 lines.append(f"{head}; {t['note']}")
             else:
@@ -648,7 +658,8 @@ def format_compare(out: dict) -> str:
 def repo_root() -> Path | None:
     """The source checkout holding ``benchmarks/`` next to the imported ``mlefit``, if any."""
     root = Path(__file__).resolve().parent.parent
-    if (root / "benchmarks" / "run.py").is_file() or (root / "benchmarks" / "__main__.py").is_file():
+    bench = root / "benchmarks"
+    if (bench / "run.py").is_file() or (bench / "__main__.py").is_file():
         return root
     return None
 

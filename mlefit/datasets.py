@@ -116,7 +116,7 @@ def _read_npy(path: str, column) -> Column:
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
-            f"{path}, index {i}, column {name}: value {values[i]!r} is not a finite number "
+            f"{path}, index {i}, column {name}: value {float(values[i])!r} is not a finite number "
             f"({int(bad.sum())} such value(s) in the column)"
         )
     return Column(values, np.arange(values.size), name, path)

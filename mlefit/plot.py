@@ -276,7 +276,8 @@ def profile(res, name: str, ax=None, *, level: float = 0.95, values=None, num: i
     if name not in names:
         raise ValueError(f"name: no parameter {name!r}; the parameters are {names}")
     i = names.index(name)
-    estimate = float(np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(res.params)])[i])
+    flat = np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(res.params)])
+    estimate = float(flat[i])
     lo, hi = _interval_for(res.confint(level, method="profile"), names, name)
     if values is None:
         width = (hi - lo) if math.isfinite(hi - lo) and hi > lo else max(abs(estimate), 1.0)

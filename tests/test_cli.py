@@ -90,8 +90,9 @@ def test_unknown_dist_lists_the_valid_ones(tmp_path, capsys):
     for name in ("normal", "lognormal", "exponential", "gamma", "weibull", "beta", "studentt",
                  "laplace", "poisson", "negbinomial", "bernoulli"):
         assert f" {name}" in valid
-    # conditional models and mixtures need more than one column: not offered
+    # conditional models, mixtures and vector observations need more than one column
     assert "logistic" not in valid.split() and "mixture" not in valid
+    assert "multivariatenormal" not in valid
 
 
 # -- bad data ---------------------------------------------------------------------------------
@@ -195,16 +196,16 @@ def test_fit_json_matches_closed_form(tmp_path, capsys):
     assert rep["data"]["n_obs"] == 200 and rep["level"] == 0.9 and rep["converged"]
     mu, sigma = x.mean(), x.std()  # closed-form MLE
     p = rep["params"]
-    assert set(p) == {"mu", "sigma"}
+    assert set(p) == {"loc", "scale"}
     # the fit stops at gradient 1e-9 on the mean NLL: estimates to ~1e-8 relative
-    assert p["mu"]["estimate"] == pytest.approx(mu, rel=1e-7)
-    assert p["sigma"]["estimate"] == pytest.approx(sigma, rel=1e-7)
+    assert p["loc"]["estimate"] == pytest.approx(mu, rel=1e-7)
+    assert p["scale"]["estimate"] == pytest.approx(sigma, rel=1e-7)
     # stderr of the mean sigma/sqrt(n); Wald interval mu -/+ z_0.95 * se
     se = sigma / math.sqrt(x.size)
-    assert p["mu"]["stderr"] == pytest.approx(se, rel=1e-6)
+    assert p["loc"]["stderr"] == pytest.approx(se, rel=1e-6)
     z = scipy.stats.norm.ppf(0.95)
-    assert p["mu"]["ci_low"] == pytest.approx(mu - z * se, rel=1e-6)
-    assert p["mu"]["ci_high"] == pytest.approx(mu + z * se, rel=1e-6)
+    assert p["loc"]["ci_low"] == pytest.approx(mu - z * se, rel=1e-6)
+    assert p["loc"]["ci_high"] == pytest.approx(mu + z * se, rel=1e-6)
     ll = scipy.stats.norm.logpdf(x, mu, sigma).sum()
     assert rep["loglik"] == pytest.approx(ll, rel=1e-10)
     assert rep["aic"] == pytest.approx(2 * 2 - 2 * ll, rel=1e-10)
@@ -284,5 +285,5 @@ def test_console_entry_point_subprocess(tmp_path):
                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     x = datasets.strikes()
-    mu_line = next(s for s in proc.stdout.splitlines() if s.startswith("mu "))
+    mu_line = next(s for s in proc.stdout.splitlines() if s.startswith("loc "))
     assert float(mu_line.split()[1]) == pytest.approx(x.mean(), rel=1e-6)

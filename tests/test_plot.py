@@ -147,7 +147,8 @@ def test_density_rejects_conditional_and_batched():
     with pytest.raises(ValueError, match="conditional model"):
         plot.density(res)
     if hasattr(mlefit, "fit_many"):
-        many = mlefit.fit_many(mlefit.models.Normal(), np.random.default_rng(0).normal(size=(3, 20)))
+        data = np.random.default_rng(0).normal(size=(3, 20))
+        many = mlefit.fit_many(mlefit.models.Normal(), data)
         with pytest.raises(ValueError, match="batched result"):
             plot.qq(many)
 
@@ -175,7 +176,7 @@ def test_estimates():
     rng = np.random.default_rng(3)
     data = rng.normal(1.0, 2.0, size=(40, 50))
     many = mlefit.fit_many(mlefit.models.Normal(), data)
-    fig = plot.estimates(many, truth={"mu": 1.0, "sigma": 2.0})
+    fig = plot.estimates(many, truth={"loc": 1.0, "scale": 2.0})
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 2
     for ax, true in zip(axes, (1.0, 2.0), strict=True):
@@ -186,4 +187,4 @@ def test_estimates():
     counts = sum(p.get_height() for p in axes[0].patches)
     assert counts == int(np.asarray(many.converged).sum()) == 40
     with pytest.raises(ValueError, match="expected 2 scalar parameters"):
-        plot.estimates(many, truth={"mu": 1.0})
+        plot.estimates(many, truth={"loc": 1.0})
