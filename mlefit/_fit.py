@@ -155,8 +155,9 @@ def full_batch_loop(f, opt, u0, tol, max_steps: int, record_history: bool, polis
         jnp.asarray(0, jnp.int32), status0, jnp.asarray(0, jnp.int32), hist0,
     )
     c = jax.lax.while_loop(lambda c: c.status == _RUNNING, body, carry0)
-    # A converged final iterate is returned as is; otherwise the best finite one.
-    take_last = (c.status == Status.CONVERGED) & (c.value <= c.best_value)
+    # A converged final iterate is returned as is (its status describes it); otherwise
+    # the best finite one.
+    take_last = c.status == Status.CONVERGED
     u, value, grad = _where(take_last, (c.u, c.value, c.grad), (c.best_u, c.best_value, c.best_grad))
     status = c.status
     if polish:
@@ -239,59 +240,135 @@ def newton_polish(f, u, value, grad, status, tol, max_iter: int = _POLISH_MAX_IT
     return unravel(x), v, unravel(g), status
 
 
-def minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size: int, epochs: int, tol):
+def epoch_batches(key, epoch, n: int, batch_size: int, dtype=jnp.float32):
+    """Batches of epoch ``epoch``: ``(idx, mask)``, each ``(n_batches, batch_size)``.
+
+    ``idx`` is a permutation of ``range(n)`` drawn from ``fold_in(key, epoch)``, padded
+    with index 0 where ``mask`` is 0, so every observation appears once per epoch.
+    """
+    n_batches = -(-n // batch_size)
+    pad = n_batches * batch_size - n
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, batch_size)
+    mask = jnp.concatenate([jnp.ones((n,), dtype), jnp.zeros((pad,), dtype)])
+    return idx, mask.reshape(n_batches, batch_size)
+
+
+def sgd_step(logp, transforms, opt, carry, obs: tuple, w):
+    """One minibatch step on the batch ``(obs, w)``; ``carry = (u, opt_state, bad)``.
+
+    Returns ``(carry, value * sum(w))``. A batch whose weights are all zero (padding) is
+    skipped: its mean NLL is 0/0. A non-finite value, gradient or update freezes the fit
+    and sets ``bad``. ``opt`` must accept extra args (``optax.with_extra_args_support``).
+    Shared by in-memory, sharded and streamed minibatch fits: one step, one kernel.
+    """
+    u, state, bad = carry
+    f = lambda v: mean_nll(logp, constrain(v, transforms), obs, w)  # noqa: E731
+    value, grad = jax.value_and_grad(f)(u)
+    wsum = jnp.sum(w)
+    updates, new_state = opt.update(grad, state, u, value=value, grad=grad, value_fn=f)
+    new_u = optax.apply_updates(u, updates)
+    take = wsum > 0
+    ok = ~bad & _all_finite(value, grad, new_u)
+    u, state = _where(take & ok, (new_u, new_state), (u, state))
+    return (u, state, bad | (take & ~ok)), jnp.where(take, value * wsum, 0.0)
+
+
+class MinibatchState(NamedTuple):
+    """A minibatch fit between epochs (what a checkpoint stores, with the key)."""
+
+    u: Any
+    opt_state: Any
+    bad: jax.Array
+    history: jax.Array  # mean NLL of each epoch; NaN for epochs not run yet
+
+
+def minibatch_init(opt, u0, epochs: int, dtype) -> MinibatchState:
+    opt = optax.with_extra_args_support(opt)
+    return MinibatchState(
+        u0, opt.init(u0), jnp.asarray(False), jnp.full((epochs,), jnp.nan, dtype)
+    )
+
+
+def minibatch_epochs(
+    logp, transforms, opt, state: MinibatchState, data, weights, key, batch_size: int,
+    start, stop, layout=None,
+) -> MinibatchState:
+    """Runs epochs ``start <= e < stop`` of a minibatch fit from ``state``.
+
+    Epoch ``e`` visits every observation once, in the order ``epoch_batches(key, e)``,
+    so a fit run in chunks of epochs (checkpointing) takes the steps of one run.
+    ``start``/``stop`` may be traced: one compiled program serves every chunk.
+    ``layout`` (see ``mlefit.shard``) maps observation ``i`` of the unpadded data to its
+    row in padded, sharded ``data``: the permutation covers the real observations only,
+    so a sharded fit takes the steps of the unsharded one.
+    """
+    opt = optax.with_extra_args_support(opt)
+    n = data[0].shape[0] if layout is None else layout.n_obs
+    n_rows = data[0].shape[0]
+    w_full = jnp.ones((n_rows,), jnp.result_type(float)) if weights is None else weights
+
+    def step(c, batch):
+        idx, mask = batch
+        obs = tuple(a[idx] for a in data)
+        return sgd_step(logp, transforms, opt, c, obs, mask * w_full[idx])
+
+    def epoch(e, s: MinibatchState) -> MinibatchState:
+        idx, mask = epoch_batches(key, e, n, batch_size, w_full.dtype)
+        if layout is not None:
+            idx = layout(idx)
+        (u, opt_state, bad), weighted = jax.lax.scan(step, (s.u, s.opt_state, s.bad), (idx, mask))
+        value = jnp.sum(weighted) / jnp.sum(w_full)
+        return MinibatchState(u, opt_state, bad, s.history.at[e].set(value.astype(s.history.dtype)))
+
+    _, state = jax.lax.while_loop(
+        lambda c: c[0] < stop, lambda c: (c[0] + 1, epoch(c[0], c[1])),
+        (jnp.asarray(start, jnp.int32), state),
+    )
+    return state
+
+
+def minibatch_finish(logp, transforms, state: MinibatchState, data, weights, tol, steps):
+    """Full-data NLL and gradient at the last iterate, and the status of a minibatch fit."""
+    value, grad = jax.value_and_grad(objective(logp, transforms, data, weights))(state.u)
+    finite = _all_finite(value, grad)
+    status = jnp.where(
+        state.bad | ~finite,
+        Status.NON_FINITE,
+        jnp.where(_max_norm(grad) <= tol, Status.CONVERGED, Status.MAX_STEPS),
+    ).astype(jnp.int32)
+    return state.u, value, grad, jnp.asarray(steps, jnp.int32), status, state.history
+
+
+def minibatch_history_dtype(u0, weights):
+    return jnp.result_type(
+        *jax.tree_util.tree_leaves(u0), jnp.result_type(float) if weights is None else weights
+    )
+
+
+def minibatch_loop(
+    logp, transforms, opt, u0, data, weights, key, batch_size: int, epochs: int, tol,
+    layout=None,
+):
     """Minibatch optimisation: ``epochs`` passes, each a fresh permutation from ``key``.
 
     Every observation is used exactly once per epoch; the last batch is padded with
     zero-weight entries so all batches share one compiled step.
     """
-    opt = optax.with_extra_args_support(opt)
-    n = data[0].shape[0]
-    n_batches = -(-n // batch_size)
-    pad = n_batches * batch_size - n
-    w_full = jnp.ones((n,), jnp.result_type(float)) if weights is None else weights
-
-    def batch_value_and_grad(u, idx, mask):
-        obs = tuple(a[idx] for a in data)
-        w = mask * w_full[idx]
-        f = lambda v: mean_nll(logp, constrain(v, transforms), obs, w)  # noqa: E731
-        value, grad = jax.value_and_grad(f)(u)
-        return value, grad, f, jnp.sum(w)
-
-    def step(c, batch):
-        u, state, bad = c
-        idx, mask = batch
-        value, grad, f, wsum = batch_value_and_grad(u, idx, mask)
-        updates, new_state = opt.update(grad, state, u, value=value, grad=grad, value_fn=f)
-        new_u = optax.apply_updates(u, updates)
-        ok = ~bad & _all_finite(value, grad, new_u)
-        u, state = _where(ok, (new_u, new_state), (u, state))
-        return (u, state, ~ok), value * wsum
-
-    def epoch(c, e):
-        perm = jax.random.permutation(jax.random.fold_in(key, e), n)
-        idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, batch_size)
-        mask = jnp.concatenate([jnp.ones((n,), w_full.dtype), jnp.zeros((pad,), w_full.dtype)])
-        c, weighted = jax.lax.scan(step, c, (idx, mask.reshape(n_batches, batch_size)))
-        return c, jnp.sum(weighted) / jnp.sum(w_full)
-
-    (u, _, bad), history = jax.lax.scan(
-        epoch, (u0, opt.init(u0), jnp.asarray(False)), jnp.arange(epochs)
+    state = minibatch_init(opt, u0, epochs, minibatch_history_dtype(u0, weights))
+    state = minibatch_epochs(
+        logp, transforms, opt, state, data, weights, key, batch_size, 0, epochs, layout
     )
-    value, grad = jax.value_and_grad(objective(logp, transforms, data, weights))(u)
-    finite = _all_finite(value, grad)
-    status = jnp.where(
-        bad | ~finite,
-        Status.NON_FINITE,
-        jnp.where(_max_norm(grad) <= tol, Status.CONVERGED, Status.MAX_STEPS),
-    ).astype(jnp.int32)
-    return u, value, grad, jnp.asarray(epochs * n_batches, jnp.int32), status, history
+    n = data[0].shape[0] if layout is None else layout.n_obs
+    steps = epochs * -(-n // batch_size)
+    return minibatch_finish(logp, transforms, state, data, weights, tol, steps)
 
 
 def use_polish(opt, u0, n_obs: int) -> bool:
     """Newton polish for the default optimiser on problems where a Hessian is cheap."""
     p = sum(x.size for x in jax.tree_util.tree_leaves(u0))
-    return opt is default_optimizer() and n_obs * p * p <= _POLISH_BUDGET
+    # == not `is`: jit rebuilds the optimiser NamedTuple from its (static) functions.
+    return opt == default_optimizer() and n_obs * p * p <= _POLISH_BUDGET
 
 
 @eqx.filter_jit

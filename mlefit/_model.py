@@ -116,7 +116,6 @@ def as_problem(model, init, data: tuple):
                 logp=_ModuleLogProb(static),
                 name=type(model).__name__,
                 module_static=static,
-                source=model,
             ),
             dyn,
         )
