@@ -8,6 +8,7 @@ over epochs and, inside, over shuffled batches. Both call the one likelihood ker
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -92,29 +93,54 @@ def _where(pred, a, b):
 def full_batch_loop(f, opt, u0, tol, max_steps: int, record_history: bool, polish: bool = True):
     """Minimises ``f`` from ``u0`` with ``opt`` inside one ``lax.while_loop``.
 
-    Returns ``(u, value, grad, steps, status, history)`` with ``u`` the best finite iterate.
-    With ``polish``, :func:`newton_polish` refines the end point (small problems only:
-    the caller decides, since it costs a Hessian).
-    The continue flag is computed in the body and carried (under ``vmap`` a condition
-    that recomputes a float comparison can disagree with the masking and never stop).
+    Returns ``(u, value, grad, steps, status, history)`` with ``u`` the converged (else
+    the best finite) iterate. With ``polish``, :func:`newton_polish` refines the end
+    point (small problems only: the caller decides, since it costs a Hessian).
+    Composed of :func:`loop_start`, :func:`loop_run` and :func:`loop_finish`, which a
+    caller can also run separately (between compiled chunks of steps).
     """
-    opt = optax.with_extra_args_support(opt)
-    reuse = _has_value_in_state(opt, u0)
-    vg = jax.value_and_grad(f)
-    vg_next = optax.value_and_grad_from_state(f) if reuse else None
+    carry = loop_start(f, opt, u0, tol, max_steps, record_history)
+    carry = loop_run(f, opt, carry, tol, max_steps, max_steps)
+    return loop_finish(f, carry, tol, polish)
 
-    value0, grad0 = vg(u0)
+
+def _opt_with_value(opt, u0):
+    opt = optax.with_extra_args_support(opt)
+    return opt, _has_value_in_state(opt, u0)
+
+
+def loop_start(f, opt, u0, tol, max_steps: int, record_history: bool) -> _Carry:
+    """The loop's state at the start: value and gradient at ``u0`` and the initial status."""
+    opt, _ = _opt_with_value(opt, u0)
+    value0, grad0 = jax.value_and_grad(f)(u0)
     finite0 = _all_finite(value0, grad0)
-    gnorm0 = _max_norm(grad0)
     status0 = jnp.where(
         ~finite0,
         Status.INIT_NOT_FINITE,
-        jnp.where(gnorm0 <= tol, Status.CONVERGED, jnp.where(max_steps <= 0, Status.MAX_STEPS, _RUNNING)),
+        jnp.where(
+            _max_norm(grad0) <= tol,
+            Status.CONVERGED,
+            jnp.where(max_steps <= 0, Status.MAX_STEPS, _RUNNING),
+        ),
     ).astype(jnp.int32)
     hist0 = None
     if record_history:
         hist0 = jnp.full((max_steps + 1,), jnp.nan, value0.dtype).at[0].set(value0)
-    eps = jnp.finfo(value0.dtype).eps
+    zero = jnp.asarray(0, jnp.int32)
+    best0 = jnp.where(finite0, value0, jnp.inf)
+    return _Carry(u0, opt.init(u0), value0, grad0, u0, best0, grad0, zero, status0, zero, hist0)
+
+
+def loop_run(f, opt, carry: _Carry, tol, max_steps: int, limit) -> _Carry:
+    """Runs optimiser steps while the status is running and ``step < limit``.
+
+    The continue flag is computed in the body and carried: under ``vmap`` a condition
+    that recomputes a float comparison can disagree with the masking and never stop.
+    """
+    opt, reuse = _opt_with_value(opt, carry.u)
+    vg = jax.value_and_grad(f)
+    vg_next = optax.value_and_grad_from_state(f) if reuse else None
+    eps = jnp.finfo(carry.value.dtype).eps
 
     def body(c: _Carry) -> _Carry:
         updates, state = opt.update(c.grad, c.state, c.u, value=c.value, grad=c.grad, value_fn=f)
@@ -122,47 +148,56 @@ def full_batch_loop(f, opt, u0, tol, max_steps: int, record_history: bool, polis
         value, grad = vg_next(u, state=state) if reuse else vg(u)
         step = c.step + 1
         finite = _all_finite(u, value, grad)
-        gnorm = _max_norm(grad)
         unchanged = jnp.abs(value - c.value) <= 4 * eps * jnp.maximum(jnp.abs(c.value), 1.0)
         stuck = jnp.where(unchanged, c.stuck + 1, 0)
         better = finite & (value <= c.best_value)
         best_u, best_value, best_grad = _where(
             better, (u, value, grad), (c.best_u, c.best_value, c.best_grad)
         )
-        best_gnorm = _max_norm(best_grad)
+        stalled = jnp.where(
+            _max_norm(best_grad) <= _STALL_TOL_FACTOR * tol, Status.CONVERGED, Status.STALLED
+        )
         status = jnp.where(
             ~finite,
             Status.NON_FINITE,
             jnp.where(
-                gnorm <= tol,
+                _max_norm(grad) <= tol,
                 Status.CONVERGED,
                 jnp.where(
                     stuck >= _NO_PROGRESS_PATIENCE,
-                    jnp.where(best_gnorm <= _STALL_TOL_FACTOR * tol, Status.CONVERGED, Status.STALLED),
+                    stalled,
                     jnp.where(step >= max_steps, Status.MAX_STEPS, _RUNNING),
                 ),
             ),
         ).astype(jnp.int32)
         history = c.history
-        if record_history:
+        if history is not None:
             history = history.at[step].set(jnp.where(finite, value, jnp.nan))
         # On a non-finite step keep the last finite iterate in the running state too.
         u, value, grad = _where(finite, (u, value, grad), (c.u, c.value, c.grad))
-        return _Carry(u, state, value, grad, best_u, best_value, best_grad, step, status, stuck, history)
+        return _Carry(
+            u, state, value, grad, best_u, best_value, best_grad, step, status, stuck, history
+        )
 
-    carry0 = _Carry(
-        u0, opt.init(u0), value0, grad0, u0, jnp.where(finite0, value0, jnp.inf), grad0,
-        jnp.asarray(0, jnp.int32), status0, jnp.asarray(0, jnp.int32), hist0,
+    return jax.lax.while_loop(lambda c: (c.status == _RUNNING) & (c.step < limit), body, carry)
+
+
+def loop_finish(f, c: _Carry, tol, polish: bool):
+    """``(u, value, grad, steps, status, history)`` from the final loop state.
+
+    A converged final iterate is returned as is (its status describes it); otherwise the
+    best finite one. A fit still running (interrupted between chunks) keeps its status.
+    """
+    # A fit that "converged" by stalling near tol returns its best point, not the last.
+    take_last = ((c.status == Status.CONVERGED) & (_max_norm(c.grad) <= tol)) | (
+        c.status == Status.INIT_NOT_FINITE
     )
-    c = jax.lax.while_loop(lambda c: c.status == _RUNNING, body, carry0)
-    # A converged final iterate is returned as is (its status describes it); otherwise
-    # the best finite one.
-    take_last = c.status == Status.CONVERGED
-    u, value, grad = _where(take_last, (c.u, c.value, c.grad), (c.best_u, c.best_value, c.best_grad))
+    u, value, grad = _where(
+        take_last, (c.u, c.value, c.grad), (c.best_u, c.best_value, c.best_grad)
+    )
     status = c.status
     if polish:
         u, value, grad, status = newton_polish(f, u, value, grad, status, tol)
-    value = jnp.where(status == Status.INIT_NOT_FINITE, value0, value)
     return u, value, grad, c.step, status, c.history
 
 
@@ -230,11 +265,11 @@ def newton_polish(f, u, value, grad, status, tol, max_iter: int = _POLISH_MAX_IT
         x, v, g = _where(take, (xn, vn, gn_), (x, v, g))
         return x, v, g, it + 1, take, resolved
 
-    active = (status != Status.NON_FINITE) & (status != Status.INIT_NOT_FINITE)
-    c0 = (x0, value, g0, jnp.asarray(0), active, jnp.asarray(False))
-    x, v, g, _, _, resolved = jax.lax.while_loop(
-        lambda c: c[4] & (c[3] < max_iter), body, c0
+    active = (
+        (status != Status.NON_FINITE) & (status != Status.INIT_NOT_FINITE) & (status != _RUNNING)
     )
+    c0 = (x0, value, g0, jnp.asarray(0), active, jnp.asarray(False))
+    x, v, g, _, _, resolved = jax.lax.while_loop(lambda c: c[4] & (c[3] < max_iter), body, c0)
     better = jnp.max(jnp.abs(g)) <= tol
     status = jnp.where(active & (better | resolved), Status.CONVERGED, status).astype(status.dtype)
     return unravel(x), v, unravel(g), status
@@ -285,14 +320,21 @@ class MinibatchState(NamedTuple):
 
 def minibatch_init(opt, u0, epochs: int, dtype) -> MinibatchState:
     opt = optax.with_extra_args_support(opt)
-    return MinibatchState(
-        u0, opt.init(u0), jnp.asarray(False), jnp.full((epochs,), jnp.nan, dtype)
-    )
+    return MinibatchState(u0, opt.init(u0), jnp.asarray(False), jnp.full((epochs,), jnp.nan, dtype))
 
 
 def minibatch_epochs(
-    logp, transforms, opt, state: MinibatchState, data, weights, key, batch_size: int,
-    start, stop, layout=None,
+    logp,
+    transforms,
+    opt,
+    state: MinibatchState,
+    data,
+    weights,
+    key,
+    batch_size: int,
+    start,
+    stop,
+    layout=None,
 ) -> MinibatchState:
     """Runs epochs ``start <= e < stop`` of a minibatch fit from ``state``.
 
@@ -322,7 +364,8 @@ def minibatch_epochs(
         return MinibatchState(u, opt_state, bad, s.history.at[e].set(value.astype(s.history.dtype)))
 
     _, state = jax.lax.while_loop(
-        lambda c: c[0] < stop, lambda c: (c[0] + 1, epoch(c[0], c[1])),
+        lambda c: c[0] < stop,
+        lambda c: (c[0] + 1, epoch(c[0], c[1])),
         (jnp.asarray(start, jnp.int32), state),
     )
     return state
@@ -347,7 +390,16 @@ def minibatch_history_dtype(u0, weights):
 
 
 def minibatch_loop(
-    logp, transforms, opt, u0, data, weights, key, batch_size: int, epochs: int, tol,
+    logp,
+    transforms,
+    opt,
+    u0,
+    data,
+    weights,
+    key,
+    batch_size: int,
+    epochs: int,
+    tol,
     layout=None,
 ):
     """Minibatch optimisation: ``epochs`` passes, each a fresh permutation from ``key``.
@@ -376,6 +428,78 @@ def _fit_full_compiled(logp, transforms, opt, u0, data, weights, tol, max_steps,
     f = objective(logp, transforms, data, weights)
     polish = use_polish(opt, u0, data[0].shape[0])
     return full_batch_loop(f, opt, u0, tol, max_steps, record_history, polish)
+
+
+@eqx.filter_jit
+def _start_compiled(logp, transforms, opt, u0, data, weights, tol, max_steps, record_history):
+    f = objective(logp, transforms, data, weights)
+    return loop_start(f, opt, u0, tol, max_steps, record_history)
+
+
+@eqx.filter_jit
+def _run_compiled(logp, transforms, opt, carry, data, weights, tol, max_steps, limit):
+    f = objective(logp, transforms, data, weights)
+    return loop_run(f, opt, carry, tol, max_steps, limit)
+
+
+@eqx.filter_jit
+def _finish_compiled(logp, transforms, opt, carry, data, weights, tol):
+    f = objective(logp, transforms, data, weights)
+    return loop_finish(f, carry, tol, use_polish(opt, carry.u, data[0].shape[0]))
+
+
+def _fit_full_chunked(
+    logp, transforms, opt, u0, data, weights, tol, max_steps, record_history, progress
+):
+    """The full-batch fit run as compiled chunks of steps, with a progress bar between them.
+
+    Chunks grow until each takes about 0.2 s, so the bar costs nothing measurable. Ctrl-C
+    between or during a chunk ends the fit with the best point so far and status
+    ``INTERRUPTED``.
+    """
+    static = (logp, transforms, opt)
+    carry = _start_compiled(*static, u0, data, weights, tol, max_steps, record_history)
+    bar = _progress_bar(progress, unit="step")
+    chunk, interrupted = 8, False
+    try:
+        while int(carry.status) == _RUNNING:
+            t0 = time.perf_counter()
+            limit = jnp.asarray(int(carry.step) + chunk, jnp.int32)
+            before = int(carry.step)
+            carry = _run_compiled(*static, carry, data, weights, tol, max_steps, limit)
+            step = int(carry.step)
+            if bar is not None:
+                bar.update(step - before)
+                bar.set_postfix(
+                    nll=f"{float(carry.value):.8g}", grad=f"{float(_max_norm(carry.grad)):.2e}"
+                )
+            if time.perf_counter() - t0 < 0.1:
+                chunk *= 2
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+    out = _finish_compiled(*static, carry, data, weights, tol)
+    if interrupted:
+        out = (*out[:4], jnp.asarray(Status.INTERRUPTED, jnp.int32), out[5])
+    return out
+
+
+def _progress_bar(progress, unit):
+    """A tqdm bar (``progress=True`` or a dict of tqdm options), or ``None``."""
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "progress=True needs tqdm: pip install 'mlefit[progress]' (or tqdm)"
+        ) from e
+    options = {"desc": "mlefit", "unit": unit, "leave": False}
+    if isinstance(progress, dict):
+        options.update(progress)
+    return tqdm(**options)
 
 
 @eqx.filter_jit
@@ -419,9 +543,10 @@ def check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, 
             raise ValueError(f"epochs: must be a positive int, got {epochs!r}")
         if key is None:
             key = jax.random.key(0)
-        elif not (isinstance(key, jax.Array) and (
-            jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)
-        )):
+        elif not (
+            isinstance(key, jax.Array)
+            and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,))
+        ):
             raise TypeError("key: expected a PRNG key such as jax.random.key(0)")
     if max_steps is None:
         max_steps = DEFAULT_MAX_STEPS
@@ -431,8 +556,15 @@ def check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, 
         tol = default_tol(dtype)
     if not (np.isscalar(tol) and np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
-    return FitOptions(optimizer, batch_size and int(batch_size), epochs and int(epochs), key,
-                      int(max_steps), float(tol), bool(history))
+    return FitOptions(
+        optimizer,
+        batch_size and int(batch_size),
+        epochs and int(epochs),
+        key,
+        int(max_steps),
+        float(tol),
+        bool(history),
+    )
 
 
 def fit(
@@ -448,6 +580,11 @@ def fit(
     max_steps: int | None = None,
     tol: float | None = None,
     history: bool = True,
+    progress: bool | dict = False,
+    mesh=None,
+    checkpoint=None,
+    checkpoint_every: int = 1,
+    resume_from=None,
 ) -> FitResult:
     """Maximum-likelihood fit: minimises the mean NLL of ``data`` under ``model``.
 
@@ -472,6 +609,21 @@ def fit(
         tol: stop when the max-norm of the gradient of the mean NLL (with respect to the
             unconstrained parameters) is ``<= tol``; default 1e-9 (float64), 1e-5 (float32).
         history: record the mean NLL of every step (epoch for minibatch fits).
+        progress: show a tqdm progress bar (``True``, or a dict of tqdm options such as
+            ``{"delay": 1.0}``). The fit then runs as compiled chunks of steps, and
+            Ctrl-C returns the best point so far with status ``INTERRUPTED``.
+        mesh: a ``jax.sharding.Mesh``: shard the observations over its devices (padding
+            with zero-weight copies of a real observation); parameters are replicated.
+            Data already sharded, or made by ``mlefit.shard``/``mlefit.shard_local``
+            (several processes), need no ``mesh``.
+        checkpoint: minibatch fits: a file to save the state to every
+            ``checkpoint_every`` epochs (written to a temporary file, then renamed).
+        checkpoint_every: epochs between checkpoints (default 1).
+        resume_from: a checkpoint file of this same fit to continue from; the resumed
+            fit ends bitwise where an uninterrupted one ends.
+
+    ``data`` may also be a stream of batches (``mlefit.ArrayStream`` over arrays or
+    ``.npy`` files, or any re-iterable of batches): see ``mlefit.ArrayStream``.
 
     Returns:
         A :class:`FitResult`. A fit that does not converge says so in ``status``; its
@@ -485,24 +637,93 @@ def fit(
         >>> round(float(res.params["mu"]), 4)
         2.3333
     """
+    # Streams, sharding and checkpoints live in _stream.py, _distributed.py, _checkpoint.py.
+    from ._checkpoint import check_checkpoint_options, run_minibatch
+    from ._distributed import as_sharded, model_data
+    from ._stream import fit_source, is_source
+
+    if is_source(data):
+        return fit_source(
+            model,
+            data,
+            init,
+            weights=weights,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            epochs=epochs,
+            key=key,
+            max_steps=max_steps,
+            tol=tol,
+            history=history,
+            mesh=mesh,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume_from=resume_from,
+        )
+    data, weights, layout = as_sharded(data, weights, mesh)
     data = check_data(data)
-    n = data[0].shape[0]
-    problem, init = as_problem(model, init, data)
+    n = data[0].shape[0] if layout is None else layout.n_obs
+    problem, init = as_problem(model, init, model_data(model, data, layout))
     dtype = float_dtype(data)
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
+    check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
     check_model_output(problem.logp, constrain(u0, transforms), data)
-    weights = check_weights(weights, n, dtype)
+    weights = check_weights(weights, data[0].shape[0], dtype)
     tol_arr = jnp.asarray(opts.tol, dtype)
-    if opts.batch_size is None:
-        u, value, grad, steps, status, hist = _fit_full_compiled(
-            problem.logp, transforms, opts.optimizer, u0, data, weights, tol_arr,
-            opts.max_steps, opts.history,
+    if opts.batch_size is None and progress:
+        u, value, grad, steps, status, hist = _fit_full_chunked(
+            problem.logp,
+            transforms,
+            opts.optimizer,
+            u0,
+            data,
+            weights,
+            tol_arr,
+            opts.max_steps,
+            opts.history,
+            progress,
         )
-    else:
+    elif opts.batch_size is None:
+        u, value, grad, steps, status, hist = _fit_full_compiled(
+            problem.logp,
+            transforms,
+            opts.optimizer,
+            u0,
+            data,
+            weights,
+            tol_arr,
+            opts.max_steps,
+            opts.history,
+        )
+    elif checkpoint is None and resume_from is None and layout is None:
         u, value, grad, steps, status, hist = _fit_minibatch_compiled(
-            problem.logp, transforms, opts.optimizer, u0, data, weights, opts.key, tol_arr,
-            opts.batch_size, opts.epochs,
+            problem.logp,
+            transforms,
+            opts.optimizer,
+            u0,
+            data,
+            weights,
+            opts.key,
+            tol_arr,
+            opts.batch_size,
+            opts.epochs,
+        )
+        hist = hist if opts.history else None
+    else:  # in chunks of epochs, the same steps: checkpoints, or padded sharded data
+        u, value, grad, steps, status, hist = run_minibatch(
+            problem,
+            transforms,
+            opts,
+            u0,
+            data,
+            weights,
+            tol_arr,
+            layout=layout,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume_from=resume_from,
+            user_key=key,
         )
         hist = hist if opts.history else None
     if int(status) == Status.INIT_NOT_FINITE:
@@ -542,7 +763,8 @@ def _init_not_finite_message(problem, init, u0, transforms, data) -> str:
         named.append(f"{name}={v.tolist() if v.size <= 4 else f'<array {v.shape}>'}")
     hint = ""
     nonpos = [
-        s for s, t in zip(named, transforms, strict=True)
+        s
+        for s, t in zip(named, transforms, strict=True)
         if type(t).__name__ == "Identity" and "=-" in s or s.endswith("=0.0")
     ]
     if nonpos:

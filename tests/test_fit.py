@@ -129,12 +129,27 @@ def test_gaussian_fit_property(x):
 @pytest.mark.parametrize(
     "model,sample,init,closed,key",
     [
-        (bernoulli, lambda: RNG.integers(0, 2, 300).astype(float),
-         {"p": mlefit.Interval(0.0, 1.0, 0.5)}, closed_form.bernoulli, "p"),
-        (poisson, lambda: RNG.poisson(3.5, 300).astype(float),
-         {"rate": mlefit.Positive(1.0)}, closed_form.poisson, "rate"),
-        (exponential, lambda: RNG.exponential(2.0, 300),
-         {"rate": mlefit.Positive(1.0)}, closed_form.exponential, "rate"),
+        (
+            bernoulli,
+            lambda: RNG.integers(0, 2, 300).astype(float),
+            {"p": mlefit.Interval(0.0, 1.0, 0.5)},
+            closed_form.bernoulli,
+            "p",
+        ),
+        (
+            poisson,
+            lambda: RNG.poisson(3.5, 300).astype(float),
+            {"rate": mlefit.Positive(1.0)},
+            closed_form.poisson,
+            "rate",
+        ),
+        (
+            exponential,
+            lambda: RNG.exponential(2.0, 300),
+            {"rate": mlefit.Positive(1.0)},
+            closed_form.exponential,
+            "rate",
+        ),
     ],
 )
 def test_scalar_closed_forms(model, sample, init, closed, key):
@@ -169,7 +184,9 @@ def test_multivariate_gaussian_fit():
 def test_linear_gaussian_fit_equals_ols():
     X = np.column_stack([np.ones(300), RNG.normal(size=(300, 3))])
     y = X @ np.array([0.5, 1.0, -2.0, 3.0]) + RNG.normal(0, 0.7, 300)
-    res = mlefit.fit(linear_gaussian, (X, y), init={"beta": jnp.zeros(4), "sigma": mlefit.Positive(1.0)})
+    res = mlefit.fit(
+        linear_gaussian, (X, y), init={"beta": jnp.zeros(4), "sigma": mlefit.Positive(1.0)}
+    )
     beta, var = closed_form.linear_gaussian(X, y)
     assert rel_err(res.params["beta"], beta) < RTOL
     assert rel_err(res.params["sigma"] ** 2, var) < RTOL
@@ -188,10 +205,17 @@ def test_fixed_sigma_nll_is_affine_in_mse():
 
 # NIST StRD Longley (https://www.itl.nist.gov/div898/strd/lls/data/Longley.shtml):
 # certified least-squares coefficients; condition number of X about 5e9.
-LONGLEY_CERTIFIED = np.array([
-    -3482258.63459582, 15.0618722713733, -0.358191792925910e-01, -2.02022980381683,
-    -1.03322686717359, -0.511041056535807e-01, 1829.15146461355,
-])
+LONGLEY_CERTIFIED = np.array(
+    [
+        -3482258.63459582,
+        15.0618722713733,
+        -0.358191792925910e-01,
+        -2.02022980381683,
+        -1.03322686717359,
+        -0.511041056535807e-01,
+        1829.15146461355,
+    ]
+)
 LONGLEY_RESIDUAL_SD = 304.854073561965
 
 
@@ -201,7 +225,9 @@ def test_longley_certified_values():
     d = sm.datasets.longley.load_pandas()
     X = np.column_stack([np.ones(16), d.exog.to_numpy()])
     y = d.endog.to_numpy()
-    res = mlefit.fit(linear_gaussian, (X, y), init={"beta": np.zeros(7), "sigma": mlefit.Positive(1.0)})
+    res = mlefit.fit(
+        linear_gaussian, (X, y), init={"beta": np.zeros(7), "sigma": mlefit.Positive(1.0)}
+    )
     assert res.converged
     # The issue asks for ~1e-8 relative on a badly conditioned problem.
     assert rel_err(res.params["beta"], LONGLEY_CERTIFIED) < 1e-8
