@@ -86,7 +86,8 @@ def _thin_side(eqn, n_obs: int) -> int | None:
     """Index (0 lhs, 1 rhs) of the thin operand to barrier, or None to leave the dot."""
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs, rhs = (v.aval for v in eqn.invars)
-    if not any(lhs.shape[a] == n_obs and rhs.shape[b] == n_obs for a, b in zip(lc, rc)):
+    pairs = zip(lc, rc, strict=True)
+    if not any(lhs.shape[a] == n_obs and rhs.shape[b] == n_obs for a, b in pairs):
         return None
     if not (jnp.issubdtype(lhs.dtype, jnp.inexact) and jnp.issubdtype(rhs.dtype, jnp.inexact)):
         return None
