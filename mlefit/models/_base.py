@@ -1,0 +1,127 @@
+"""Shared host-side helpers of the ready-made models: support checks, shapes, starts.
+
+Everything here runs in NumPy on the host, before anything is traced or compiled.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+__all__ = [
+    "host",
+    "raise_first_bad",
+    "require_ndim",
+    "check_support",
+    "check_integers",
+    "check_binary",
+    "check_labels",
+    "check_design",
+    "sample_shape",
+    "require_spread",
+]
+
+
+def host(a) -> np.ndarray | None:
+    """The data as a NumPy array, or ``None`` for a global (multi-process) array."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return None
+    return np.asarray(a)
+
+
+def raise_first_bad(model: str, arg: str, values: np.ndarray, bad: np.ndarray, expected: str):
+    """Raises ``ValueError`` naming the first observation (leading index) where ``bad`` holds."""
+    if not bad.any():
+        return
+    rows = bad.reshape(bad.shape[0], -1).any(axis=1) if bad.ndim > 1 else bad
+    i = int(np.argmax(rows))
+    v = values[i]
+    shown = v.item() if np.ndim(v) == 0 else v.tolist()
+    raise ValueError(
+        f"{model}: {arg}[{i}] = {shown!r} is outside the support; expected {expected} "
+        f"({int(rows.sum())} of {rows.size} observations are not)."
+    )
+
+
+def require_ndim(model: str, arg: str, a: np.ndarray, ndim: int, what: str) -> None:
+    if a.ndim != ndim:
+        raise ValueError(f"{model}: {arg} must be {ndim}-D ({what}), got shape {a.shape}.")
+
+
+def check_support(model: str, x, *, low=None, high=None, low_open=True, high_open=True,
+                  arg: str = "data", ndim: int = 1) -> np.ndarray | None:
+    """Checks ``low < x < high`` (or ``<=`` where not open); returns the host array."""
+    a = host(x)
+    if a is None:
+        return None
+    require_ndim(model, arg, a, ndim, "one value per observation" if ndim == 1 else "(n, d)")
+    bad = np.zeros(a.shape, bool)
+    parts = []
+    if low is not None:
+        bad |= (a <= low) if low_open else (a < low)
+        parts.append(f"x {'>' if low_open else '>='} {low}")
+    if high is not None:
+        bad |= (a >= high) if high_open else (a > high)
+        parts.append(f"x {'<' if high_open else '<='} {high}")
+    raise_first_bad(model, arg, a, bad, " and ".join(parts))
+    return a
+
+
+def check_integers(model: str, k, *, arg: str = "data") -> np.ndarray | None:
+    """Checks non-negative integer-valued counts."""
+    a = host(k)
+    if a is None:
+        return None
+    require_ndim(model, arg, a, 1, "one count per observation")
+    bad = (a < 0) | (a != np.round(a))
+    raise_first_bad(model, arg, a, bad, "a non-negative integer count")
+    return a
+
+
+def check_binary(model: str, y, *, arg: str = "y") -> np.ndarray | None:
+    """Checks ``y`` in {0, 1}."""
+    a = host(y)
+    if a is None:
+        return None
+    require_ndim(model, arg, a, 1, "one label per observation")
+    bad = (a != 0) & (a != 1)
+    raise_first_bad(model, arg, a, bad, "0 or 1")
+    return a
+
+
+def check_labels(model: str, y, num_classes: int, *, arg: str = "labels") -> np.ndarray | None:
+    """Checks integer class labels in ``0 .. num_classes - 1``."""
+    a = host(y)
+    if a is None:
+        return None
+    require_ndim(model, arg, a, 1, "one integer label per observation")
+    bad = (a < 0) | (a >= num_classes) | (a != np.round(a))
+    raise_first_bad(model, arg, a, bad, f"an integer label in 0..{num_classes - 1}")
+    return a
+
+
+def check_design(model: str, X) -> np.ndarray | None:
+    """Checks that the design matrix is 2-D ``(n, d)`` with ``d >= 1``."""
+    a = host(X)
+    if a is None:
+        return None
+    require_ndim(model, "X", a, 2, "design matrix (n, d)")
+    if a.shape[1] == 0:
+        raise ValueError(f"{model}: X has no columns (shape {a.shape}); give at least one.")
+    return a
+
+
+def sample_shape(n) -> tuple:
+    """``n`` (an int) or a shape, as a tuple."""
+    if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
+        return (int(n),)
+    try:
+        return tuple(int(s) for s in n)
+    except TypeError as e:
+        raise TypeError(f"n: expected an int or a shape tuple, got {n!r}") from e
+
+
+def require_spread(model: str, ok: bool, what: str) -> None:
+    """Raises when the data cannot identify the model (e.g. all observations equal)."""
+    if not ok:
+        raise ValueError(f"{model}: cannot start a fit: {what}.")

@@ -1,0 +1,177 @@
+"""Unconditional discrete models: binary outcomes, class labels and counts.
+
+Probabilities are parametrised by logits, so every parameter value is valid and the
+log-probabilities come from the stable ``log_sigmoid`` / ``log_softmax`` (through optax).
+A class or outcome that never occurs has its MLE at the boundary (probability 0): the
+fit then stops where the gradient falls below ``tol`` (a probability of about ``tol``).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.stats as jstats
+import numpy as np
+import optax
+
+from .._constraints import Interval, Positive
+from .._model import AbstractModel
+from ._base import check_binary, check_integers, check_labels, sample_shape
+
+__all__ = ["Bernoulli", "Categorical", "Poisson", "NegativeBinomial"]
+
+
+def _clipped_mean(a: np.ndarray) -> float:
+    """The sample mean kept half an observation away from 0 and 1 (a finite start)."""
+    n = a.shape[0]
+    return float(np.clip(a.mean(), 0.5 / n, 1.0 - 0.5 / n))
+
+
+def bernoulli_log_prob(logit, y):
+    """``y log sigmoid(logit) + (1 - y) log sigmoid(-logit)``, stable for any logit."""
+    return -optax.sigmoid_binary_cross_entropy(logit, y)
+
+
+def categorical_log_prob(logits, label):
+    """``log_softmax(logits)[label]`` for one integer label."""
+    return -optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(label, jnp.int32))
+
+
+def with_reference(logits) -> jax.Array:
+    """Prepends the reference logit 0 along the last axis: ``(..., K - 1) -> (..., K)``."""
+    logits = jnp.asarray(logits)
+    zero = jnp.zeros((*logits.shape[:-1], 1), logits.dtype)
+    return jnp.concatenate([zero, logits], axis=-1)
+
+
+class Bernoulli(AbstractModel):
+    """Bernoulli distribution of ``y`` in {0, 1}; params ``{"logit": real}``.
+
+    ``p = sigmoid(logit)``; ``log p(y) = y log sigmoid(logit) + (1 - y) log sigmoid(-logit)``
+    (``-optax.sigmoid_binary_cross_entropy``). Start: the closed-form MLE
+    ``logit = log(m / (1 - m))``, ``m = mean(y)`` (kept inside ``[1/(2n), 1 - 1/(2n)]``).
+    :meth:`prob` gives ``p``.
+    """
+
+    @staticmethod
+    def prob(params) -> jax.Array:
+        """``p = P(y = 1) = sigmoid(logit)``."""
+        return jax.nn.sigmoid(params["logit"])
+
+    def log_prob(self, params, y):
+        return bernoulli_log_prob(params["logit"], y)
+
+    def check_data(self, y) -> None:
+        check_binary(self.name, y, arg="data")
+
+    def init(self, y):
+        m = _clipped_mean(np.asarray(y, np.float64))
+        return {"logit": float(np.log(m) - np.log1p(-m))}
+
+    def sample(self, key, params, n):
+        """``n`` draws in {0, 1} (integers)."""
+        return jax.random.bernoulli(key, self.prob(params), sample_shape(n)).astype(int)
+
+
+class Categorical(AbstractModel):
+    """Categorical distribution of integer labels ``0 .. num_classes - 1``.
+
+    Params ``{"logits": (num_classes - 1,) real}``: the log-odds of classes ``1..K-1``
+    against class 0, ``logits[k - 1] = log(p_k / p_0)`` (class 0 is the reference, so the
+    MLE is unique). ``log p(y) = log_softmax([0, logits])[y]``. Start: the closed-form MLE,
+    the class frequencies (each kept at least ``1/(2n)``). :meth:`probs` and
+    :meth:`full_logits` give the ``K`` probabilities and logits.
+
+    Args:
+        num_classes: ``K >= 2`` (static).
+    """
+
+    num_classes: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        if not (isinstance(self.num_classes, (int, np.integer)) and self.num_classes >= 2):
+            raise ValueError(
+                f"Categorical: num_classes must be an int >= 2, got {self.num_classes!r}"
+            )
+
+    @staticmethod
+    def full_logits(params) -> jax.Array:
+        """The ``K`` logits ``[0, logits]``."""
+        return with_reference(params["logits"])
+
+    @classmethod
+    def probs(cls, params) -> jax.Array:
+        """``p = softmax([0, logits])``."""
+        return jax.nn.softmax(cls.full_logits(params), axis=-1)
+
+    def log_prob(self, params, y):
+        return categorical_log_prob(self.full_logits(params), y)
+
+    def check_data(self, y) -> None:
+        check_labels(self.name, y, self.num_classes, arg="data")
+
+    def init(self, y):
+        a = np.asarray(y).astype(np.int64)
+        n = a.shape[0]
+        f = np.maximum(np.bincount(a, minlength=self.num_classes) / n, 0.5 / n)
+        return {"logits": np.log(f[1:]) - np.log(f[0])}
+
+    def sample(self, key, params, n):
+        """``n`` integer labels."""
+        return jax.random.categorical(key, self.full_logits(params), shape=sample_shape(n))
+
+
+class Poisson(AbstractModel):
+    """Poisson distribution of counts ``k = 0, 1, 2, ...``; params ``{"rate": > 0}``.
+
+    ``log p(k) = k log(rate) - rate - lgamma(k + 1)``; ``scipy.stats.poisson(mu=rate)``.
+    Start: the closed-form MLE ``rate = mean(k)`` (at least ``1/(2n)``).
+    """
+
+    def log_prob(self, params, k):
+        return jstats.poisson.logpmf(k, params["rate"])
+
+    def check_data(self, k) -> None:
+        check_integers(self.name, k)
+
+    def init(self, k):
+        a = np.asarray(k, np.float64)
+        return {"rate": Positive(float(max(a.mean(), 0.5 / a.shape[0])))}
+
+    def sample(self, key, params, n):
+        """``n`` counts."""
+        return jax.random.poisson(key, params["rate"], sample_shape(n))
+
+
+class NegativeBinomial(AbstractModel):
+    """Negative binomial distribution of counts; params ``{"n": > 0, "p": in (0, 1)}``.
+
+    ``log p(k) = lgamma(k + n) - lgamma(n) - lgamma(k + 1) + n log p + k log(1 - p)``;
+    ``scipy.stats.nbinom(n, p)`` (``n`` need not be an integer), mean ``n (1 - p) / p``,
+    variance ``mean / p``. In the NB2 form of regression packages: ``mu = n (1 - p) / p``,
+    ``alpha = 1 / n``. Start: the method of moments ``p = m / v``, ``n = m^2 / (v - m)``;
+    for data with ``v <= m`` (no overdispersion) the MLE is the Poisson limit ``n -> inf``,
+    which the fit approaches without converging; it starts from ``n = 100 m``.
+    """
+
+    def log_prob(self, params, k):
+        return jstats.nbinom.logpmf(k, params["n"], params["p"])
+
+    def check_data(self, k) -> None:
+        check_integers(self.name, k)
+
+    def init(self, k):
+        a = np.asarray(k, np.float64)
+        m = max(float(a.mean()), 0.5 / a.shape[0])
+        v = float(a.var())
+        size = m * m / (v - m) if v > m * (1 + 1e-3) else 100.0 * m
+        return {"n": Positive(size), "p": Interval(0.0, 1.0, size / (size + m))}
+
+    def sample(self, key, params, n):
+        """``n`` counts, drawn as a gamma-Poisson mixture:
+        ``lam ~ Gamma(n, scale=(1 - p) / p)``, ``k ~ Poisson(lam)``."""
+        k1, k2 = jax.random.split(key)
+        dt = jnp.result_type(params["n"], params["p"], float)
+        g = jax.random.gamma(k1, jnp.asarray(params["n"], dt), sample_shape(n), dt)
+        return jax.random.poisson(k2, g * (1 - params["p"]) / params["p"])
