@@ -16,11 +16,13 @@ integrated numerically), so they work for any unconditional model, without scipy
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain
 
@@ -81,29 +83,86 @@ def _observations(res, data) -> np.ndarray:
     return x
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _logpdf_compiled(logp, transforms, u, xs):
+    params = constrain(u, transforms)
+    return jax.vmap(lambda x: logp(params, x))(xs)
+
+
 def _logpdf(res, xs: np.ndarray) -> np.ndarray:
     """``log p(x; params)`` of the fitted model at each point of ``xs`` (-inf outside support)."""
-    params = constrain(res.u, res.transforms)
+    xs = np.asarray(xs, dtype=float)
+    # pad to a power of two (>= 64) so that a few compiled sizes serve every plot
+    size = max(64, 1 << (xs.size - 1).bit_length())
+    padded = np.concatenate([xs, np.full(size - xs.size, xs[0])])
     dtype = jnp.asarray(res.nll).dtype
-    lp = jax.vmap(lambda x: res.problem.logp(params, x))(jnp.asarray(xs, dtype))
-    lp = np.asarray(lp, dtype=float)
+    lp = _logpdf_compiled(res.problem.logp, res.transforms, res.u, jnp.asarray(padded, dtype))
+    lp = np.asarray(lp, dtype=float)[: xs.size]
     return np.where(np.isnan(lp), -np.inf, lp)
 
 
 # -- numerical distribution functions ------------------------------------------------
-def _continuous_cdf(res, x: np.ndarray):
-    """``(grid, cdf)`` of the fitted continuous model, integrating exp(log p) over the line.
+def _support_edge(res, outside: float, inside: float) -> float:
+    """The edge of the support between a point outside it and one inside (to ~1e-14)."""
+    for _ in range(8):  # each pass narrows the bracket 63-fold
+        pts = np.linspace(outside, inside, 64)
+        ok = _logpdf(res, pts) > -np.inf
+        k = int(np.argmax(ok))  # first point inside, walking from `outside`
+        outside, inside = pts[k - 1], pts[k]
+    return float(outside)
 
-    The grid is ``x = c + s * tan(theta)`` with ``theta`` uniform in (-pi/2, pi/2): dense
-    near the data, reaching far into both tails, so heavy tails keep their mass.
+
+def _support(res, x: np.ndarray, grid: np.ndarray, lp: np.ndarray):
+    """``(low, high)``: the support of the fitted density, ``-inf``/``inf`` when unbounded."""
+    inside = lp > -np.inf
+    low, high = -np.inf, np.inf
+    below = (grid < x.min()) & ~inside
+    if below.any():
+        a = grid[below].max()
+        b = grid[(grid > a) & inside].min(initial=x.min())
+        low = _support_edge(res, a, b)
+    above = (grid > x.max()) & ~inside
+    if above.any():
+        a = grid[above].min()
+        b = grid[(grid < a) & inside].max(initial=x.max())
+        high = _support_edge(res, a, b)
+    return low, high
+
+
+def _continuous_cdf(res, x: np.ndarray):
+    """``(grid, cdf)`` of the fitted continuous model, integrating exp(log p) numerically.
+
+    The integral runs over a variable ``t`` that maps onto the whole support, with
+    ``cdf = int p(x(t)) x'(t) dt`` by the trapezoid rule on a uniform ``t`` grid:
+    ``x = c + s tan(t)`` on the real line (dense near the data, reaching far into heavy
+    tails); ``x = low + exp(t)`` on a half-line and ``x = low + (high - low) sigmoid(t)``
+    on an interval, which also tame densities that are infinite at an edge (a gamma
+    shape below 1, a beta parameter below 1).
     """
     q25, q50, q75 = np.percentile(x, [25, 50, 75])
     scale = max(q75 - q25, 0.1 * float(np.std(x)), 1e-6 * max(abs(q50), 1.0))
     theta = np.linspace(-np.pi / 2, np.pi / 2, _CDF_POINTS + 2)[1:-1]
     grid = q50 + scale * np.tan(theta)
-    f = np.exp(_logpdf(res, grid)) * scale / np.cos(theta) ** 2
+    lp = _logpdf(res, grid)
+    low, high = _support(res, x, grid, lp)
+    if math.isfinite(low) and math.isfinite(high):
+        t = np.linspace(-40.0, 40.0, _CDF_POINTS)
+        sig = 1.0 / (1.0 + np.exp(-t))
+        grid, dxdt = low + (high - low) * sig, (high - low) * sig * (1.0 - sig)
+    elif math.isfinite(low) or math.isfinite(high):
+        edge, sign = (low, 1.0) if math.isfinite(low) else (high, -1.0)
+        s = max(abs(q50 - edge), scale)
+        t = np.linspace(math.log(s) - 35.0, math.log(s) + 28.0, _CDF_POINTS)
+        grid, dxdt = edge + sign * np.exp(t), np.exp(t)
+        if sign < 0:
+            grid, dxdt, t = grid[::-1], dxdt[::-1], -t[::-1]
+    else:
+        t, dxdt = theta, scale / np.cos(theta) ** 2
+    if t is not theta:
+        lp = _logpdf(res, grid)
+    f = np.exp(lp) * dxdt
     f = np.where(np.isfinite(f), f, 0.0)
-    steps = 0.5 * (f[1:] + f[:-1]) * np.diff(theta)
+    steps = 0.5 * (f[1:] + f[:-1]) * np.diff(t)
     cdf = np.concatenate([[0.0], np.cumsum(steps)])
     total = cdf[-1]
     if not total > 0:
@@ -195,9 +254,10 @@ def density(res, data=None, ax=None, *, discrete: bool | None = None, bins="auto
         ax.hist(x, bins=bins, density=True, alpha=0.5, label="data")
         pad = 0.05 * (x.max() - x.min() or 1.0)
         grid = np.linspace(x.min() - pad, x.max() + pad, 400)
-        pdf = np.exp(_logpdf(res, grid))
-        ax.plot(grid, np.where(np.isfinite(pdf), pdf, np.nan), color="C3", lw=2,
-                label="fitted pdf")
+        lp = _logpdf(res, grid)
+        # outside the support (log p = -inf) draw nothing rather than a line at zero
+        pdf = np.where(lp > -np.inf, np.exp(lp), np.nan)
+        ax.plot(grid, pdf, color="C3", lw=2, label="fitted pdf")
         ax.set_ylabel("density")
     ax.set_xlabel("x")
     ax.set_title(f"{res.model_name} fit (n = {x.size})")
@@ -237,21 +297,31 @@ def _chi2_1_quantile(level: float) -> float:
     return z * z
 
 
-def _interval_for(ci, names, name):
-    """The ``(low, high)`` of ``name`` from ``res.confint``'s result, whatever its layout."""
-    if isinstance(ci, dict) and name in ci:
-        lo, hi = ci[name]
-        return float(lo), float(hi)
-    if isinstance(ci, tuple) and len(ci) == 2:
-        lows = [float(v) for v in np.concatenate(
-            [np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(ci[0])])]
-        highs = [float(v) for v in np.concatenate(
-            [np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(ci[1])])]
-        i = list(names).index(name)
-        return lows[i], highs[i]
-    arr = np.asarray(ci, dtype=float).reshape(-1, 2)
-    i = list(names).index(name)
-    return float(arr[i, 0]), float(arr[i, 1])
+def _flat_bounds(res, index: int) -> tuple[float, float]:
+    """``(low, high)`` allowed for flat parameter ``index`` by its constraint."""
+    off = 0
+    for t, x in zip(res.transforms, jax.tree_util.tree_leaves(res.u), strict=True):
+        off += int(np.size(x))
+        if index < off:
+            return t.bounds() if hasattr(t, "bounds") else (-np.inf, np.inf)
+    raise IndexError(index)
+
+
+def _profile_grid(estimate, lo, hi, bounds, num):
+    """``num`` values spanning ``[lo, hi]`` and half its width either side, inside ``bounds``."""
+    low, high = bounds
+    lo = lo if math.isfinite(lo) and lo > low else None
+    hi = hi if math.isfinite(hi) and hi < high else None
+    half = [abs(estimate - v) for v in (lo, hi) if v is not None]
+    half = max(half) if half else max(abs(estimate), 1.0)
+    start = (lo if lo is not None else estimate - half) - 0.5 * half
+    stop = (hi if hi is not None else estimate + half) + 0.5 * half
+    # stay strictly inside the constraint: the profile is undefined on its bound
+    if math.isfinite(low) and start <= low:
+        start = low + 0.5 * ((lo if lo is not None else estimate) - low)
+    if math.isfinite(high) and stop >= high:
+        stop = high - 0.5 * (high - (hi if hi is not None else estimate))
+    return np.linspace(start, stop, num)
 
 
 def profile(res, name: str, ax=None, *, level: float = 0.95, values=None, num: int = 41):
@@ -276,24 +346,23 @@ def profile(res, name: str, ax=None, *, level: float = 0.95, values=None, num: i
     if name not in names:
         raise ValueError(f"name: no parameter {name!r}; the parameters are {names}")
     i = names.index(name)
-    flat = np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(res.params)])
+    flat = ravel_pytree(constrain(res.u, res.transforms))[0]
     estimate = float(flat[i])
-    lo, hi = _interval_for(res.confint(level, method="profile"), names, name)
+    ((lo, hi),) = np.asarray(res.confint(level, method="profile", params=[name]), dtype=float)
     if values is None:
-        width = (hi - lo) if math.isfinite(hi - lo) and hi > lo else max(abs(estimate), 1.0)
-        start, stop = lo - 0.5 * width, hi + 0.5 * width
-        if lo > 0 and start <= 0:  # keep a positive parameter's grid positive
-            start = 0.5 * lo
-        values = np.linspace(start, stop, num)
+        values = _profile_grid(estimate, lo, hi, _flat_bounds(res, i), num)
     values = np.asarray(values, dtype=float)
-    curve = np.asarray(res.profile(name, values), dtype=float)
-    deviance = 2.0 * (curve + float(res.loglik))
+    deviance = np.asarray(res.profile(name, values).statistic, dtype=float)
     cut = _chi2_1_quantile(level)
     fig, ax = _figure_and_axes(ax)
     ax.plot(values, deviance, color="C0", lw=2, label="profile deviance")
     ax.axhline(cut, color="grey", ls="--", lw=1, label=f"chi2(1) {100 * level:g}% = {cut:.3g}")
-    ax.axvline(lo, color="C3", ls=":", lw=1, label=f"interval [{lo:.4g}, {hi:.4g}]")
-    ax.axvline(hi, color="C3", ls=":", lw=1)
+    label = f"interval [{lo:.4g}, {hi:.4g}]"
+    low, high = _flat_bounds(res, i)
+    for end in (lo, hi):  # an end the profile never reaches (a bound, or inf) is not drawn
+        if math.isfinite(end) and low < end < high:
+            ax.axvline(end, color="C3", ls=":", lw=1, label=label)
+            label = None
     ax.plot([estimate], [0.0], "o", color="C3", label=f"estimate {estimate:.4g}")
     ax.set_xlabel(name)
     ax.set_ylabel("2 (NLL_total - min)")
