@@ -391,18 +391,11 @@ def _flat_names_values(tree, names=None):
 
 
 def _confint_bounds(res, level: float):
-    """Flattened lower and upper interval bounds from ``res.confint`` (any of its layouts)."""
-    import jax
+    """Lower and upper Wald bounds per flat parameter (``res.confint`` is ``(k, 2)``)."""
+    import numpy as np
 
-    ci = res.confint(level)
-    if isinstance(ci, tuple) and len(ci) == 2:
-        low, high = ci
-    elif isinstance(ci, dict) and set(ci) >= {"low", "high"}:
-        low, high = ci["low"], ci["high"]
-    else:  # a pytree whose leaves have a trailing axis of 2
-        low = jax.tree.map(lambda a: a[..., 0], ci)
-        high = jax.tree.map(lambda a: a[..., 1], ci)
-    return _flat_names_values(low)[1], _flat_names_values(high)[1]
+    ci = np.asarray(res.confint(level), dtype=float).reshape(-1, 2)
+    return ci[:, 0].tolist(), ci[:, 1].tolist()
 
 
 def _finite_or_none(v: float):
@@ -556,19 +549,8 @@ def lr_row(restricted: str, full: str, res_r, res_f) -> dict:
     import mlefit
 
     test = mlefit.lr_test(res_r, res_f)
-    row["statistic"] = float(_get(test, "statistic", 0))
-    row["df"] = int(_get(test, "df", 1))
-    row["p_value"] = float(_get(test, "pvalue", 2, "p_value"))
+    row["statistic"], row["df"], row["p_value"] = test.statistic, test.df, test.pvalue
     return row
-
-
-def _get(obj, name, index, *alt):
-    for n in (name, *alt):
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return obj[index]
 
 
 def run_compare(args) -> int:
