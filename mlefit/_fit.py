@@ -255,11 +255,11 @@ def newton_polish(f, u, value, grad, status, tol, max_iter: int = _POLISH_MAX_IT
             xn, vn, gn_, acc, rise = try_step(t)
             return t, xn, vn, gn_, acc, rise, k + 1
 
-        xn, vn, gn_, acc, rise = try_step(jnp.asarray(1.0, x.dtype))
+        # One traced trial step: the loop starts at t = 2 and halves before each trial.
+        two = jnp.asarray(2.0, x.dtype)
+        s0 = (two, x, v, g, jnp.asarray(False), jnp.asarray(True), 0)
         _, xn, vn, gn_, acc, _, _ = jax.lax.while_loop(
-            lambda s: ~s[4] & s[5] & (s[6] < 30),
-            ls_body,
-            (jnp.asarray(1.0, x.dtype), xn, vn, gn_, acc, rise, 0),
+            lambda s: ~s[4] & s[5] & (s[6] < 31), ls_body, s0
         )
         take = ok_h & acc & ~resolved
         x, v, g = _where(take, (xn, vn, gn_), (x, v, g))
@@ -426,8 +426,23 @@ def use_polish(opt, u0, n_obs: int) -> bool:
 @eqx.filter_jit
 def _fit_full_compiled(logp, transforms, opt, u0, data, weights, tol, max_steps, record_history):
     f = objective(logp, transforms, data, weights)
-    polish = use_polish(opt, u0, data[0].shape[0])
-    return full_batch_loop(f, opt, u0, tol, max_steps, record_history, polish)
+    return full_batch_loop(f, opt, u0, tol, max_steps, record_history, polish=False)
+
+
+@eqx.filter_jit
+def _polish_compiled(logp, transforms, u, value, grad, status, data, weights, tol):
+    f = objective(logp, transforms, data, weights)
+    return newton_polish(f, u, value, grad, status, tol)
+
+
+def _maybe_polish(logp, transforms, opt, out, data, weights, tol):
+    """Newton-polishes a default fit that stalled or ran out of steps (compiled on demand)."""
+    u, value, grad, steps, status, hist = out
+    if int(status) in (Status.STALLED, Status.MAX_STEPS) and use_polish(opt, u, data[0].shape[0]):
+        u, value, grad, status = _polish_compiled(
+            logp, transforms, u, value, grad, status, data, weights, tol
+        )
+    return u, value, grad, steps, status, hist
 
 
 @eqx.filter_jit
@@ -445,7 +460,7 @@ def _run_compiled(logp, transforms, opt, carry, data, weights, tol, max_steps, l
 @eqx.filter_jit
 def _finish_compiled(logp, transforms, opt, carry, data, weights, tol):
     f = objective(logp, transforms, data, weights)
-    return loop_finish(f, carry, tol, use_polish(opt, carry.u, data[0].shape[0]))
+    return loop_finish(f, carry, tol, polish=False)
 
 
 def _fit_full_chunked(
@@ -481,6 +496,8 @@ def _fit_full_chunked(
         if bar is not None:
             bar.close()
     out = _finish_compiled(*static, carry, data, weights, tol)
+    if not interrupted:
+        out = _maybe_polish(logp, transforms, opt, out, data, weights, tol)
     if interrupted:
         out = (*out[:4], jnp.asarray(Status.INTERRUPTED, jnp.int32), out[5])
     return out
@@ -685,7 +702,7 @@ def fit(
             progress,
         )
     elif opts.batch_size is None:
-        u, value, grad, steps, status, hist = _fit_full_compiled(
+        out = _fit_full_compiled(
             problem.logp,
             transforms,
             opts.optimizer,
@@ -695,6 +712,9 @@ def fit(
             tol_arr,
             opts.max_steps,
             opts.history,
+        )
+        u, value, grad, steps, status, hist = _maybe_polish(
+            problem.logp, transforms, opts.optimizer, out, data, weights, tol_arr
         )
     elif checkpoint is None and resume_from is None and layout is None:
         u, value, grad, steps, status, hist = _fit_minibatch_compiled(

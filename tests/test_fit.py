@@ -428,8 +428,9 @@ def test_init_required_for_plain_function():
 
 
 def test_non_finite_initial_nll_names_parameters():
-    with pytest.raises(ValueError, match=r"not finite.*sigma=-1\.0.*Positive"):
-        mlefit.fit(normal, RNG.normal(size=10), init={"mu": 0.0, "sigma": -1.0})
+    # A negative rate makes log(rate) NaN for every observation.
+    with pytest.raises(ValueError, match=r"not finite.*index 0.*rate=-1\.0.*Positive"):
+        mlefit.fit(exponential, RNG.exponential(size=10), init={"rate": -1.0})
 
 
 @pytest.mark.parametrize(
