@@ -31,8 +31,14 @@ import optax
 from jax.scipy.special import entr, rel_entr, xlogy
 
 __all__ = [
-    "entropy", "binary_entropy", "cross_entropy", "kl_divergence",
-    "binary_cross_entropy", "categorical_cross_entropy", "gaussian_nll", "mse",
+    "entropy",
+    "binary_entropy",
+    "cross_entropy",
+    "kl_divergence",
+    "binary_cross_entropy",
+    "categorical_cross_entropy",
+    "gaussian_nll",
+    "mse",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -47,6 +53,10 @@ def _concrete(x) -> np.ndarray | None:
     return np.asarray(x)
 
 
+def _index(i) -> list[int]:
+    return [int(j) for j in i]
+
+
 def _check_probs(name: str, p, axis: int) -> None:
     a = _concrete(p)
     if a is None or a.size == 0:
@@ -55,8 +65,9 @@ def _check_probs(name: str, p, axis: int) -> None:
     if np.any(a < 0) or not np.all(np.isfinite(a)):
         i = np.unravel_index(int(np.argmax((a < 0) | ~np.isfinite(a))), a.shape)
         raise ValueError(
-            f"{name}: probabilities must be finite and >= 0, but {name}{list(i)} = {a[i]!r}; "
-            "pass logits=True for unnormalised log-probabilities."
+            f"{name}: probabilities must be finite and >= 0, but "
+            f"{name}{_index(i)} = {a[i].item()!r}; pass logits=True for unnormalised "
+            "log-probabilities."
         )
     s = np.sum(a, axis=axis)
     # float32 inputs sum with about 1e-7 relative error per term.
@@ -65,7 +76,7 @@ def _check_probs(name: str, p, axis: int) -> None:
     if np.any(bad):
         if np.ndim(bad):
             i = np.unravel_index(int(np.argmax(bad)), bad.shape)
-            where, total = f" at index {list(i)}", float(s[i])
+            where, total = f" at index {_index(i)}", float(s[i])
         else:
             where, total = "", float(s)
         raise ValueError(
@@ -145,7 +156,9 @@ def binary_entropy(p, *, logits: bool = False, base=None) -> jax.Array:
         a = _concrete(p)
         if a is not None and np.any(~((a >= 0) & (a <= 1))):
             i = np.unravel_index(int(np.argmax(~((a >= 0) & (a <= 1)))), a.shape)
-            raise ValueError(f"p: a probability must lie in [0, 1], but p{list(i)} = {a[i]!r}")
+            raise ValueError(
+                f"p: a probability must lie in [0, 1], but p{_index(i)} = {a[i].item()!r}"
+            )
         h = entr(p) + entr(1 - p)
     return _in_base(h, base)
 
@@ -218,7 +231,7 @@ def binary_cross_entropy(logits, y, *, reduction: str = "mean") -> jax.Array:
     a = _concrete(y)
     if a is not None and np.any(~((a >= 0) & (a <= 1))):
         i = np.unravel_index(int(np.argmax(~((a >= 0) & (a <= 1)))), a.shape)
-        raise ValueError(f"y: labels must lie in [0, 1], but y{list(i)} = {a[i]!r}")
+        raise ValueError(f"y: labels must lie in [0, 1], but y{_index(i)} = {a[i].item()!r}")
     return _reduce(optax.sigmoid_binary_cross_entropy(logits, y), reduction)
 
 
@@ -248,8 +261,10 @@ def categorical_cross_entropy(logits, labels, *, reduction: str = "mean") -> jax
         a = _concrete(labels)
         if a is not None and np.any((a < 0) | (a >= k)):
             i = np.unravel_index(int(np.argmax((a < 0) | (a >= k))), a.shape)
-            raise ValueError(f"labels: class indices must be in 0..{k - 1}, but labels{list(i)} = "
-                             f"{a[i]!r}")
+            raise ValueError(
+                f"labels: class indices must be in 0..{k - 1}, but labels{_index(i)} = "
+                f"{a[i].item()!r}"
+            )
         values = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     elif labels.shape == logits.shape:
         _check_probs("labels", labels, -1)

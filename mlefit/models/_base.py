@@ -48,8 +48,17 @@ def require_ndim(model: str, arg: str, a: np.ndarray, ndim: int, what: str) -> N
         raise ValueError(f"{model}: {arg} must be {ndim}-D ({what}), got shape {a.shape}.")
 
 
-def check_support(model: str, x, *, low=None, high=None, low_open=True, high_open=True,
-                  arg: str = "data", ndim: int = 1) -> np.ndarray | None:
+def check_support(
+    model: str,
+    x,
+    *,
+    low=None,
+    high=None,
+    low_open=True,
+    high_open=True,
+    arg: str = "data",
+    ndim: int = 1,
+) -> np.ndarray | None:
     """Checks ``low < x < high`` (or ``<=`` where not open); returns the host array."""
     a = host(x)
     if a is None:

@@ -77,8 +77,9 @@ class Censored(AbstractModel):
             return
         require_ndim(self.name, "censor", c, 1, "one code per observation")
         bad = (c != EXACT) & (c != RIGHT) & (c != LEFT)
-        raise_first_bad(self.name, "censor", c, bad,
-                        "0 (exact), 1 (right-censored) or -1 (left-censored)")
+        raise_first_bad(
+            self.name, "censor", c, bad, "0 (exact), 1 (right-censored) or -1 (left-censored)"
+        )
 
     def init(self, x, censor):
         return self.model.init(x)
@@ -95,4 +96,3 @@ class Censored(AbstractModel):
             return t, jnp.zeros(sample_shape(n), int)
         cens = t > censor_at
         return jnp.where(cens, censor_at, t), cens.astype(int)
-

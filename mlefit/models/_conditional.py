@@ -72,8 +72,9 @@ class LinearGaussian(AbstractModel):
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
         if np.ndim(y) != 1:
-            raise ValueError(f"{self.name}: y must be 1-D (one response per row), got shape "
-                             f"{np.shape(y)}.")
+            raise ValueError(
+                f"{self.name}: y must be 1-D (one response per row), got shape {np.shape(y)}."
+            )
 
     def init(self, X, y):
         X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
@@ -81,8 +82,10 @@ class LinearGaussian(AbstractModel):
         beta = np.linalg.lstsq(A, y, rcond=None)[0]
         rss = float(np.sum((y - A @ beta) ** 2))
         require_spread(self.name, rss > 0, "the fit is exact (zero residuals): the MLE scale is 0")
-        params = {"coef": beta[1:] if self.intercept else beta,
-                  "scale": Positive(float(np.sqrt(rss / len(y))))}
+        params = {
+            "coef": beta[1:] if self.intercept else beta,
+            "scale": Positive(float(np.sqrt(rss / len(y)))),
+        }
         if self.intercept:
             params["intercept"] = float(beta[0])
         return params
@@ -164,8 +167,12 @@ class Softmax(AbstractModel):
         a = np.asarray(y).astype(np.int64)
         f = np.maximum(np.bincount(a, minlength=self.num_classes) / len(a), 0.5 / len(a))
         k1 = self.num_classes - 1
-        return _start(self.intercept, np.shape(X)[1], np.log(f[1:]) - np.log(f[0]),
-                      coef_shape=(np.shape(X)[1], k1))
+        return _start(
+            self.intercept,
+            np.shape(X)[1],
+            np.log(f[1:]) - np.log(f[0]),
+            coef_shape=(np.shape(X)[1], k1),
+        )
 
     def sample(self, key, params, n=None, X=None):
         """``(X, y)`` with ``y ~ Categorical(softmax(logits))``."""
@@ -242,10 +249,21 @@ class MLPClassifier(AbstractModel):
     activation: Callable = eqx.field(static=True)
     key_data: tuple = eqx.field(static=True)
 
-    def __init__(self, in_size: int, num_classes: int, width_size: int = 32, depth: int = 1,
-                 activation: Callable = jax.nn.tanh, key=0):
-        for name, v, low in (("in_size", in_size, 1), ("num_classes", num_classes, 2),
-                             ("width_size", width_size, 1), ("depth", depth, 0)):
+    def __init__(
+        self,
+        in_size: int,
+        num_classes: int,
+        width_size: int = 32,
+        depth: int = 1,
+        activation: Callable = jax.nn.tanh,
+        key=0,
+    ):
+        for name, v, low in (
+            ("in_size", in_size, 1),
+            ("num_classes", num_classes, 2),
+            ("width_size", width_size, 1),
+            ("depth", depth, 0),
+        ):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
                 raise ValueError(f"MLPClassifier: {name} must be an int >= {low}, got {v!r}")
         self.in_size, self.num_classes = int(in_size), int(num_classes)
@@ -254,8 +272,14 @@ class MLPClassifier(AbstractModel):
         self.key_data = _key_data(key)
 
     def _build(self, key) -> eqx.nn.MLP:
-        return eqx.nn.MLP(self.in_size, self.num_classes, self.width_size, self.depth,
-                          activation=self.activation, key=key)
+        return eqx.nn.MLP(
+            self.in_size,
+            self.num_classes,
+            self.width_size,
+            self.depth,
+            activation=self.activation,
+            key=key,
+        )
 
     def _key(self):
         return jax.random.wrap_key_data(jnp.asarray(self.key_data, jnp.uint32))
@@ -278,8 +302,7 @@ class MLPClassifier(AbstractModel):
     def check_data(self, X, y) -> None:
         a = check_design(self.name, X)
         if a is not None and a.shape[1] != self.in_size:
-            raise ValueError(f"{self.name}: X has {a.shape[1]} columns but in_size="
-                             f"{self.in_size}.")
+            raise ValueError(f"{self.name}: X has {a.shape[1]} columns but in_size={self.in_size}.")
         check_labels(self.name, y, self.num_classes)
 
     def init(self, X, y):

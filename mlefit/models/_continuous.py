@@ -19,7 +19,14 @@ from .._model import AbstractModel
 from ._base import check_support, require_spread, sample_shape
 
 __all__ = [
-    "Normal", "LogNormal", "Exponential", "Gamma", "Weibull", "Beta", "StudentT", "Laplace",
+    "Normal",
+    "LogNormal",
+    "Exponential",
+    "Gamma",
+    "Weibull",
+    "Beta",
+    "StudentT",
+    "Laplace",
     "MultivariateNormal",
 ]
 
@@ -312,13 +319,19 @@ class Laplace(AbstractModel):
     def log_cdf(self, params, x):
         # jax has no laplace.logcdf; both branches are finite everywhere.
         z = (x - params["loc"]) / params["scale"]
-        return jnp.where(z < 0, jnp.log(0.5) + jnp.minimum(z, 0.0),
-                         jnp.log1p(-0.5 * jnp.exp(-jnp.maximum(z, 0.0))))
+        return jnp.where(
+            z < 0,
+            jnp.log(0.5) + jnp.minimum(z, 0.0),
+            jnp.log1p(-0.5 * jnp.exp(-jnp.maximum(z, 0.0))),
+        )
 
     def log_sf(self, params, x):
         z = (x - params["loc"]) / params["scale"]
-        return jnp.where(z > 0, jnp.log(0.5) - jnp.maximum(z, 0.0),
-                         jnp.log1p(-0.5 * jnp.exp(jnp.minimum(z, 0.0))))
+        return jnp.where(
+            z > 0,
+            jnp.log(0.5) - jnp.maximum(z, 0.0),
+            jnp.log1p(-0.5 * jnp.exp(jnp.minimum(z, 0.0))),
+        )
 
     def _interior_point(self, params):
         return params["loc"]
@@ -373,8 +386,7 @@ class MultivariateNormal(AbstractModel):
         L = self.cholesky(params)
         z = jax.scipy.linalg.solve_triangular(L, x - params["loc"], lower=True)
         d = z.shape[-1]
-        return (-0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(jnp.diag(L)))
-                - 0.5 * d * jnp.log(2 * jnp.pi))
+        return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * d * jnp.log(2 * jnp.pi)
 
     def check_data(self, x) -> None:
         check_support(self.name, x, ndim=2)
@@ -382,8 +394,9 @@ class MultivariateNormal(AbstractModel):
     def init(self, x):
         a = _f64(x)
         n, d = a.shape
-        require_spread(self.name, n > d, f"{n} observations cannot identify a {d}x{d} covariance "
-                       f"(need n > d)")
+        require_spread(
+            self.name, n > d, f"{n} observations cannot identify a {d}x{d} covariance (need n > d)"
+        )
         mean = a.mean(axis=0)
         r = a - mean
         cov = r.T @ r / n
@@ -391,8 +404,11 @@ class MultivariateNormal(AbstractModel):
             L = np.linalg.cholesky(cov)
         except np.linalg.LinAlgError:
             L = None
-        require_spread(self.name, L is not None and bool(np.all(np.diag(L) > 0)),
-                       "the sample covariance is singular (collinear or constant columns)")
+        require_spread(
+            self.name,
+            L is not None and bool(np.all(np.diag(L) > 0)),
+            "the sample covariance is singular (collinear or constant columns)",
+        )
         rows, cols = np.tril_indices(d, -1)
         return {"loc": mean, "chol_diag": Positive(np.diag(L).copy()), "chol_lower": L[rows, cols]}
 
@@ -401,4 +417,3 @@ class MultivariateNormal(AbstractModel):
         L = self.cholesky(params)
         z = jax.random.normal(key, (*sample_shape(n), L.shape[0]), L.dtype)
         return params["loc"] + z @ L.T
-

@@ -70,8 +70,9 @@ class Mixture(AbstractModel):
 
     def log_prob(self, params, x):
         log_w = jax.nn.log_softmax(with_reference(params["logits"]), axis=-1)
-        lp = jnp.stack([c.log_prob(p, x) for c, p in zip(self.components, params["components"],
-                                                           strict=True)])
+        lp = jnp.stack(
+            [c.log_prob(p, x) for c, p in zip(self.components, params["components"], strict=True)]
+        )
         return jax.scipy.special.logsumexp(log_w + lp)
 
     def check_data(self, x) -> None:
@@ -101,8 +102,10 @@ class Mixture(AbstractModel):
         shape = sample_shape(n)
         keys = jax.random.split(key, len(self.components) + 1)
         label = jax.random.categorical(keys[0], with_reference(params["logits"]), shape=shape)
-        draws = [c.sample(kk, p, shape) for c, p, kk in
-                 zip(self.components, params["components"], keys[1:], strict=True)]
+        draws = [
+            c.sample(kk, p, shape)
+            for c, p, kk in zip(self.components, params["components"], keys[1:], strict=True)
+        ]
         out = draws[0]
         for j, d in enumerate(draws[1:], start=1):
             mask = (label == j).reshape(label.shape + (1,) * (d.ndim - label.ndim))
