@@ -218,11 +218,23 @@ def _level(text: str) -> float:
 
 
 # -- distributions ------------------------------------------------------------------------
+def _categorical(x):
+    """A Categorical over the labels ``0 .. max(x)`` (at least two classes)."""
+    from .models import Categorical
+
+    top = float(x.max()) if x.size else 0.0
+    return Categorical(num_classes=max(2, int(top) + 1) if math.isfinite(top) else 2)
+
+
+# Models whose constructor needs something from the data (canonical name -> factory(x)).
+_FACTORIES = {"categorical": _categorical}
+
+
 def available_dists() -> dict[str, type]:
     """Canonical CLI name -> class, for every unconditional ready-made model in ``mlefit.models``.
 
     Unconditional means ``log_prob(self, params, x)`` takes one observation array, and
-    the model is built with no arguments.
+    the model is built with no arguments (categorical: its classes are read from the data).
     """
     from . import _model
 
@@ -240,10 +252,11 @@ def available_dists() -> dict[str, type]:
         key = attr.lower().replace("_", "")
         if key in _NOT_SCALAR:
             continue
-        try:
-            cls()
-        except Exception:  # noqa: BLE001 - needs constructor arguments (e.g. a mixture)
-            continue
+        if key not in _FACTORIES:
+            try:
+                cls()
+            except Exception:  # noqa: BLE001 - needs constructor arguments (e.g. a mixture)
+                continue
         out[key] = cls
     return dict(sorted(out.items()))
 
@@ -361,7 +374,7 @@ def fit_one(canonical: str, cls: type, col):
 
     import mlefit
 
-    model = cls()
+    model = _FACTORIES[canonical](col.values) if canonical in _FACTORIES else cls()
     check_support(model, canonical, col)
     try:
         return mlefit.fit(model, jnp.asarray(col.values))
@@ -443,6 +456,11 @@ def _fmt(v, width=12) -> str:
     return f"{v:{width}.6g}"
 
 
+def _fmt10(v) -> str:
+    # log-likelihoods are compared by differences: show them to 10 significant digits
+    return "nan".rjust(16) if v is None else f"{v:16.10g}"
+
+
 def format_report(rep: dict) -> str:
     pct = f"{100 * rep['level']:g}%"
     head = f"{'parameter':<12}{'estimate':>12}{'std err':>12}{pct + ' low':>12}{pct + ' high':>12}"
@@ -458,9 +476,9 @@ def format_report(rep: dict) -> str:
         )
     lines += [
         "",
-        f"{'log-likelihood':<16}{_fmt(rep['loglik'], 14)}",
-        f"{'AIC':<16}{_fmt(rep['aic'], 14)}",
-        f"{'BIC':<16}{_fmt(rep['bic'], 14)}",
+        f"{'log-likelihood':<16}{_fmt10(rep['loglik'])}",
+        f"{'AIC':<16}{_fmt10(rep['aic'])}",
+        f"{'BIC':<16}{_fmt10(rep['bic'])}",
         f"{'status':<16}{rep['status']} after {rep['steps']} steps "
         f"(gradient max-norm {rep['grad_norm']:.2g})",
     ]
