@@ -5,8 +5,10 @@ A model is the log-density of ONE observation, ``log p(x; w)`` or ``log p(y | x;
 """
 
 from . import closed_form as closed_form
+from . import datasets as datasets
 from . import info as info
 from . import models as models
+from . import plot as plot
 from ._constraints import Interval as Interval
 from ._constraints import Positive as Positive
 from ._fit import fit as fit
