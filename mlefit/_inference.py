@@ -1,0 +1,996 @@
+"""Inference on a fit: exact Hessian, covariances, intervals, model comparison, diagnostics.
+
+Conventions (stated once): the objective is the mean NLL; the covariance is the inverse
+Hessian of the TOTAL NLL ``N(w) = -sum_i v_i log p(obs_i; w)`` (observed Fisher
+information) at the estimate. The Hessian is taken in the unconstrained parametrisation
+``u`` the optimiser used; covariances of constrained parameters (``Positive``,
+``Interval``) follow by the delta method, ``cov_c = J cov_u J`` with ``J = diag(dc/du)``.
+
+Pure functions (jit-able, vmappable over data sets; no Python control flow on values, no
+host callbacks). All take the raw pieces of a fit and flatten parameters in
+``jax.flatten_util.ravel_pytree`` order (the order of ``res.param_names``); ``p`` is the
+number of free scalar parameters:
+
+- ``hessian_total(logp, transforms, u, data, weights=None, *, chunk_size=None) -> (p, p)``:
+  Hessian of the total NLL with respect to flattened ``u``.
+- ``opg_total(logp, transforms, u, data, weights=None, *, chunk_size=None) -> (p, p)``:
+  ``B_u = sum_i v_i s_i s_i^T``, ``s_i`` the score of observation ``i`` in ``u``.
+- ``analyse(logp, transforms, u, data, weights=None, *, kind="observed", chunk_size=None)
+  -> Inference``: covariance (constrained space) of the requested kind, standard errors,
+  Hessian, positive-definiteness flag, per-parameter ``identified``/``at_bound`` masks and
+  the Hessian's condition number.
+- ``profile_nll(logp, transforms, u, data, weights, index, u_value, *, optimizer, tol,
+  max_steps) -> (total_nll, status)``: the total NLL minimised over all flat parameters but
+  ``index``, which is held at the unconstrained value ``u_value`` (``index`` may be traced).
+
+Large data: the Hessian is a sum over observation chunks (``lax.scan``; each chunk's
+Hessian by ``jax.hessian`` of the chunk's total NLL), never an ``n x p x p`` array. The
+last chunk re-reads the final ``chunk_size`` observations and gives the ones already
+counted weight zero, so every chunk has one shape and nothing is copied or padded.
+Measured on the 2-core CPU (logistic, n=1e6, p=33, float64): one ``jax.hessian`` over all
+data 0.95 s, chunks of 16384 0.29 s, per-observation Hessians summed 0.95 s.
+
+Host-side helpers used by :class:`~mlefit.FitResult` (cached per result object):
+``inference_of``, ``stderr_of``, ``param_names_of``, ``confint_of``, ``profile_of``,
+``summary_of``, and the public :func:`lr_test`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import statistics
+import warnings
+import weakref
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ._constraints import constrain, jacobian_diag
+from ._likelihood import mean_nll
+from ._status import Status
+
+__all__ = [
+    "Inference",
+    "LRTest",
+    "analyse",
+    "hessian_total",
+    "opg_total",
+    "profile_nll",
+    "lr_test",
+    "stderr_of",
+    "COVARIANCE_KINDS",
+]
+
+COVARIANCE_KINDS = ("observed", "opg", "sandwich")
+# Elements (observations x parameters) per Hessian chunk: 16384 observations at p = 32
+# was the fastest chunk on the 2-core CPU (see the module docstring).
+_CHUNK_ELEMENTS = 2**19
+_MIN_CHUNK = 256
+# Above this many parameters ``res.status`` does not form the dense Hessian on its own.
+MAX_PARAMS_FOR_STATUS = 2000
+
+
+# ---------------------------------------------------------------------------------------
+# Pure, vmappable kernels
+# ---------------------------------------------------------------------------------------
+class Inference(NamedTuple):
+    """Everything inference needs from one fit (arrays; a leading batch axis when vmapped).
+
+    Attributes:
+        cov: ``(p, p)`` covariance of the constrained parameters (kind as requested);
+            rows/columns of parameters without a standard error are NaN.
+        stderr: ``(p,)`` ``sqrt(diag(cov))``.
+        hessian: ``(p, p)`` Hessian of the total NLL in the unconstrained parametrisation.
+        positive_definite: the Hessian is numerically positive definite on the
+            parameters not at a bound.
+        identified: ``(p,)`` False for parameters in a null (or negative) direction of
+            the Hessian (e.g. two parameters that only enter as their sum).
+        at_bound: ``(p,)`` True where a constrained parameter sits at its bound.
+        condition_number: ``max|lambda| / min lambda`` of ``hessian`` (``inf`` if not PD).
+    """
+
+    cov: jax.Array
+    stderr: jax.Array
+    hessian: jax.Array
+    positive_definite: jax.Array
+    identified: jax.Array
+    at_bound: jax.Array
+    condition_number: jax.Array
+
+
+def default_chunk_size(n: int, p: int) -> int:
+    """Observations per Hessian chunk: about ``2**19 / p``, at least 256, at most ``n``."""
+    return int(min(n, max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(p, 1))))
+
+
+def _chunked_sum(fn, data: tuple, weights, chunk: int):
+    """``sum_k fn(obs_chunk_k, w_chunk_k)`` over observation chunks of one static size.
+
+    The last chunk re-reads the final ``chunk`` observations; those already counted get
+    weight 0 (they are valid observations, so a zero weight removes them exactly).
+    """
+    n = data[0].shape[0]
+    chunk = min(chunk, n)
+    n_chunks = -(-n // chunk)
+    dtype = jnp.result_type(*(a.dtype for a in data), float) if weights is None else weights.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+
+    def piece(i):
+        start = jnp.minimum(i * chunk, n - chunk)
+        obs = tuple(jax.lax.dynamic_slice_in_dim(a, start, chunk) for a in data)
+        w = (start + jnp.arange(chunk) >= i * chunk).astype(dtype)
+        if weights is not None:
+            w = w * jax.lax.dynamic_slice_in_dim(weights, start, chunk)
+        return fn(obs, w)
+
+    if n_chunks == 1:
+        return piece(0)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(piece, 0))
+    acc, _ = jax.lax.scan(
+        lambda acc, i: (jax.tree.map(jnp.add, acc, piece(i)), None), zeros, jnp.arange(n_chunks)
+    )
+    return acc
+
+
+def _weighted_total_nll(logp, params, obs, w):
+    lp = jax.vmap(logp, in_axes=(None,) + (0,) * len(obs))(params, *obs)
+    return -jnp.sum(jnp.where(w > 0, w * lp, 0.0))
+
+
+def _flat_pieces(transforms, u):
+    """Flattened ``u``, constrained ``c``, ``J = dc/du``, ``d2c/du2`` and the unravel of c."""
+    u_flat, _ = ravel_pytree(u)
+    c = constrain(u, transforms)
+    c_flat, unravel = ravel_pytree(c)
+    jac, _ = ravel_pytree(jacobian_diag(u, transforms))
+    leaves = jax.tree_util.tree_leaves(u)
+    d2 = [
+        jax.jvp(t.dforward, (x,), (jnp.ones_like(x),))[1]
+        for t, x in zip(transforms, leaves, strict=True)
+    ]
+    d2_flat = jnp.concatenate([jnp.ravel(x) for x in d2])
+    return u_flat, c_flat, jac, d2_flat, unravel
+
+
+def _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size):
+    """Gradient and Hessian of the total NLL with respect to the flat constrained params."""
+    n, p = data[0].shape[0], c_flat.size
+    chunk = chunk_size or default_chunk_size(n, p)
+
+    def piece(obs, w):
+        grad = jax.grad(lambda cf: _weighted_total_nll(logp, unravel(cf), obs, w))
+
+        def grad_twice(cf):
+            g = grad(cf)
+            return g, g
+
+        hess, g = jax.jacfwd(grad_twice, has_aux=True)(c_flat)
+        return g, hess
+
+    return _chunked_sum(piece, data, weights, chunk)
+
+
+def _opg_c(logp, c_flat, unravel, data, weights, chunk_size):
+    """``sum_i v_i s_i s_i^T`` with ``s_i`` the score of observation i in the constrained c."""
+    n, p = data[0].shape[0], c_flat.size
+    chunk = chunk_size or default_chunk_size(n, p)
+    score = jax.grad(lambda cf, *o: logp(unravel(cf), *o))
+
+    def piece(obs, w):
+        s = jax.vmap(score, in_axes=(None,) + (0,) * len(obs))(c_flat, *obs)
+        sw = jnp.where(w[:, None] > 0, w[:, None] * s, 0.0)
+        s = jnp.where(w[:, None] > 0, s, 0.0)
+        return sw.T @ s
+
+    return _chunked_sum(piece, data, weights, chunk)
+
+
+def _chain_rule(h_c, g_c, jac, d2):
+    """``H_u = J H_c J + diag(g_c * d2c/du2)`` (exact second-order chain rule)."""
+    return jac[:, None] * h_c * jac[None, :] + jnp.diag(g_c * d2)
+
+
+def hessian_total(logp, transforms, u, data: tuple, weights=None, *, chunk_size=None):
+    """Returns the Hessian of the total NLL in the unconstrained parametrisation, ``(p, p)``.
+
+    ``H_u = d^2/du^2 [-sum_i v_i log p(obs_i; constrain(u))]``, ``u`` flattened with
+    ``ravel_pytree``; computed exactly by autodiff, summed over observation chunks.
+
+    Args:
+        logp: ``log p(params, *obs)`` of one observation (constrained params).
+        transforms: the per-leaf transforms from ``split_init``.
+        u: unconstrained parameters (pytree).
+        data: tuple of arrays, observations on the leading axis.
+        weights: optional ``(n,)`` observation weights.
+        chunk_size: observations per chunk (default about ``2**19 / p``).
+
+    Example:
+        >>> import jax.numpy as jnp, jax.scipy.stats as st
+        >>> from mlefit._constraints import Identity
+        >>> lp = lambda p, x: st.norm.logpdf(x, p, 1.0)
+        >>> float(hessian_total(lp, (Identity(),), jnp.array(0.0), (jnp.zeros(5),))[0, 0])
+        5.0
+    """
+    _, c_flat, jac, d2, unravel = _flat_pieces(transforms, u)
+    g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
+    return _chain_rule(h_c, g_c, jac, d2)
+
+
+def opg_total(logp, transforms, u, data: tuple, weights=None, *, chunk_size=None):
+    """Returns the outer product of scores ``B_u = sum_i v_i s_i s_i^T``, ``(p, p)``.
+
+    ``s_i = d log p(obs_i; constrain(u)) / du`` (``vmap(grad)`` over chunks of
+    observations). Arguments as :func:`hessian_total`.
+
+    Example:
+        >>> import jax.numpy as jnp, jax.scipy.stats as st
+        >>> from mlefit._constraints import Identity
+        >>> lp = lambda p, x: st.norm.logpdf(x, p, 1.0)
+        >>> float(opg_total(lp, (Identity(),), jnp.array(0.0), (jnp.array([1.0, -2.0]),))[0, 0])
+        5.0
+    """
+    _, c_flat, jac, _, unravel = _flat_pieces(transforms, u)
+    b_c = _opg_c(logp, c_flat, unravel, data, weights, chunk_size)
+    return jac[:, None] * b_c * jac[None, :]
+
+
+def _flat_bounds(transforms, u, dtype):
+    lows, highs = [], []
+    for t, x in zip(transforms, jax.tree_util.tree_leaves(u), strict=True):
+        lo, hi = t.bounds() if hasattr(t, "bounds") else (-np.inf, np.inf)
+        lows.append(np.full(np.size(x), lo))
+        highs.append(np.full(np.size(x), hi))
+    return jnp.asarray(np.concatenate(lows), dtype), jnp.asarray(np.concatenate(highs), dtype)
+
+
+def _at_bound(c_flat, g_c, h_c_diag, low, high):
+    """A constrained parameter is at its bound when the unconstrained Newton step crosses it.
+
+    With the total-NLL gradient ``g`` and curvature ``h`` in the constrained coordinate,
+    the parameter is at its lower bound when ``g > 0`` and (``h <= 0`` or
+    ``g / h >= c - low``), i.e. the likelihood would keep increasing past the bound (and
+    symmetrically at the upper bound). At an interior optimum ``g ~ 0`` and the step is
+    negligible; on a boundary the step is of the order of the curvature scale.
+    """
+    lo = jnp.isfinite(low) & (g_c > 0) & ((h_c_diag <= 0) | (g_c >= h_c_diag * (c_flat - low)))
+    hi = jnp.isfinite(high) & (g_c < 0) & ((h_c_diag <= 0) | (-g_c >= h_c_diag * (high - c_flat)))
+    return lo | hi
+
+
+def _rcond(dtype) -> float:
+    # Eigenvalues of the correlation-scaled Hessian below eps^(3/4) x the largest
+    # (float64 1.8e-12, float32 6.5e-6) leave its inverse with < ~3 correct digits.
+    return float(jnp.finfo(dtype).eps) ** 0.75
+
+
+def _regularised_inverse(h, free):
+    """Inverse of a symmetric ``h`` on the ``free`` coordinates, NaN where not available.
+
+    ``h`` is scaled to unit diagonal, ``R = D^-1/2 h D^-1/2``, and eigendecomposed. When
+    ``R`` is numerically PD this is ``h^-1``. Otherwise parameters loading on a null or
+    negative eigenvector are not identified (NaN rows/columns); the others get the
+    generalised-inverse variance, which is the variance of an estimable parameter.
+    Returns ``(inverse, positive_definite, identified)``.
+    """
+    p = h.shape[0]
+    eye = jnp.eye(p, dtype=h.dtype)
+    eps = jnp.finfo(h.dtype).eps
+    finite = jnp.all(jnp.isfinite(h))
+    hs = jnp.where(finite, 0.5 * (h + h.T), eye)
+    d = jnp.diag(hs)
+    usable = free & (d > 0)
+    scale = 1.0 / jnp.sqrt(jnp.where(usable, d, 1.0))
+    r = jnp.where(usable[:, None] & usable[None, :], hs * scale[:, None] * scale[None, :], eye)
+    lam, vec = jnp.linalg.eigh(r)
+    bad = lam <= _rcond(h.dtype) * jnp.max(lam)
+    lam_inv = jnp.where(bad, 0.0, 1.0 / jnp.where(bad, 1.0, lam))
+    inv = (vec * lam_inv) @ vec.T * scale[:, None] * scale[None, :]
+    loading = jnp.max(jnp.where(bad[None, :], jnp.abs(vec), 0.0), axis=1)
+    identified = finite & usable & (loading <= jnp.sqrt(eps))
+    positive_definite = finite & ~jnp.any(bad) & jnp.all(usable | ~free)
+    inv = jnp.where(identified[:, None] & identified[None, :], inv, jnp.nan)
+    return inv, positive_definite, identified
+
+
+def _condition_number(h):
+    finite = jnp.all(jnp.isfinite(h))
+    eye = jnp.eye(h.shape[0], dtype=h.dtype)
+    lam = jnp.linalg.eigvalsh(jnp.where(finite, 0.5 * (h + h.T), eye))
+    pos = lam[0] > 0
+    cond = jnp.where(pos, jnp.max(jnp.abs(lam)) / jnp.where(pos, lam[0], 1.0), jnp.inf)
+    return jnp.where(finite, cond, jnp.nan)
+
+
+def _nan_to_zero(x):
+    return jnp.where(jnp.isnan(x), 0.0, x)
+
+
+def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None):
+    """Returns the :class:`Inference` of a fit: covariance, stderr, Hessian and diagnostics.
+
+    - observed: ``cov_u = H_u^-1`` (inverse Hessian of the total NLL);
+    - opg: ``cov_u = B_u^-1``, ``B_u = sum_i v_i s_i s_i^T`` (outer product of scores);
+    - sandwich: ``cov_u = H_u^-1 B_u H_u^-1`` (robust, statsmodels' HC0);
+
+    then ``cov = J cov_u J`` (delta method), ``stderr = sqrt(diag(cov))``. Parameters at
+    a bound, or not identified by the Hessian, have NaN rows and columns. Pure and
+    vmappable: ``jax.vmap(lambda u, d: analyse(logp, ts, u, d))(us, datas)``.
+
+    Args:
+        logp, transforms, u, data, weights, chunk_size: as :func:`hessian_total`.
+        kind: ``"observed"`` (default), ``"opg"`` or ``"sandwich"`` (static).
+
+    Example:
+        >>> import jax.numpy as jnp, jax.scipy.stats as st
+        >>> from mlefit._constraints import Identity
+        >>> lp = lambda p, x: st.norm.logpdf(x, p, 2.0)
+        >>> inf = analyse(lp, (Identity(),), jnp.array(0.0), (jnp.zeros(16),))
+        >>> float(inf.stderr[0])  # sigma / sqrt(n)
+        0.5
+    """
+    if kind not in COVARIANCE_KINDS:
+        raise ValueError(f"kind: expected one of {COVARIANCE_KINDS}, got {kind!r}")
+    _, c_flat, jac, d2, unravel = _flat_pieces(transforms, u)
+    g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
+    h_u = _chain_rule(h_c, g_c, jac, d2)
+    low, high = _flat_bounds(transforms, u, c_flat.dtype)
+    at_bound = _at_bound(c_flat, g_c, jnp.diag(h_c), low, high)
+    h_inv, positive_definite, identified = _regularised_inverse(h_u, ~at_bound)
+    if kind == "observed":
+        cov_u = h_inv
+    else:
+        b_c = _opg_c(logp, c_flat, unravel, data, weights, chunk_size)
+        b_u = jac[:, None] * b_c * jac[None, :]
+        if kind == "opg":
+            cov_u, _, ok = _regularised_inverse(b_u, ~at_bound)
+        else:
+            ok = identified
+            hz = _nan_to_zero(h_inv)
+            cov_u = hz @ b_u @ hz
+        ok = ok & identified
+        cov_u = jnp.where(ok[:, None] & ok[None, :], cov_u, jnp.nan)
+    cov = jac[:, None] * cov_u * jac[None, :]
+    stderr = jnp.sqrt(jnp.diag(cov))
+    return Inference(
+        cov=cov,
+        stderr=stderr,
+        hessian=h_u,
+        positive_definite=positive_definite,
+        identified=identified,
+        at_bound=at_bound,
+        condition_number=_condition_number(h_u),
+    )
+
+
+def _weight_total(data, weights, dtype):
+    if weights is None:
+        return jnp.asarray(data[0].shape[0], dtype)
+    return jnp.sum(weights).astype(dtype)
+
+
+def profile_nll(
+    logp, transforms, u, data: tuple, weights, index, u_value, *, optimizer, tol, max_steps: int
+):
+    """Returns ``(total_nll, status)``: the NLL minimised with flat parameter ``index`` fixed.
+
+    ``N_prof(index, u_value) = min over u_-index of N(u with u[index] = u_value)``, the
+    total NLL; ``status`` is the re-fit's :class:`Status` code. The re-fit starts at
+    ``u`` and runs :func:`mlefit._fit.full_batch_loop` on the mean NLL; the fixed
+    coordinate has zero gradient, so ``index`` may be a traced value and the function
+    vmaps over ``(index, u_value)`` pairs with one compilation.
+
+    Example:
+        >>> import jax.numpy as jnp, jax.scipy.stats as st, optax
+        >>> from mlefit._constraints import Identity
+        >>> lp = lambda p, x: st.norm.logpdf(x, p["m"], 1.0)
+        >>> nll, status = profile_nll(lp, (Identity(),), {"m": jnp.array(0.0)},
+        ...     (jnp.zeros(4),), None, 0, 1.0, optimizer=optax.lbfgs(), tol=1e-9, max_steps=50)
+        >>> round(float(nll) - 4 * 0.9189385332, 6)  # 4 * (1 - 0)^2 / 2
+        2.0
+    """
+    from ._fit import full_batch_loop  # _fit imports _result, which imports this lazily
+
+    u_flat, unravel = ravel_pytree(u)
+
+    def f(r):
+        full = r.at[index].set(u_value)
+        return mean_nll(logp, constrain(unravel(full), transforms), data, weights)
+
+    # No Newton polish: it would put a Hessian in every vmapped re-fit (compile time), and
+    # the profile NLL needs the minimum only to within the gradient tolerance.
+    _, value, _, _, status, _ = full_batch_loop(
+        f, optimizer, u_flat, tol, max_steps, False, polish=False
+    )
+    return _weight_total(data, weights, value.dtype) * value, status
+
+
+# ---------------------------------------------------------------------------------------
+# Compiled entry points and the per-result cache
+# ---------------------------------------------------------------------------------------
+@eqx.filter_jit
+def _analyse_compiled(logp, transforms, u, data, weights, kind, chunk_size):
+    return analyse(logp, transforms, u, data, weights, kind=kind, chunk_size=chunk_size)
+
+
+@eqx.filter_jit
+def _analyse_batched(logp, transforms, u, data, weights, kind, chunk_size):
+    return jax.vmap(
+        lambda u, d, w: analyse(logp, transforms, u, d, w, kind=kind, chunk_size=chunk_size)
+    )(u, data, weights)
+
+
+@eqx.filter_jit
+def _profile_compiled(
+    logp, transforms, optimizer, u, data, weights, index, u_value, tol, max_steps
+):
+    return jax.vmap(
+        lambda i, v: profile_nll(
+            logp, transforms, u, data, weights, i, v,
+            optimizer=optimizer, tol=tol, max_steps=max_steps,
+        )
+    )(index, u_value)
+
+
+_CACHE: dict[int, dict] = {}
+
+
+def _cache_of(res) -> dict:
+    """The cache of one result object, dropped when the object is garbage collected."""
+    key = id(res)
+    entry = _CACHE.get(key)
+    if entry is None:
+        entry = _CACHE[key] = {}
+        weakref.finalize(res, _CACHE.pop, key, None)
+    return entry
+
+
+def _check_kind(kind):
+    if kind not in COVARIANCE_KINDS:
+        kinds = ", ".join(map(repr, COVARIANCE_KINDS))
+        raise ValueError(f"kind: expected one of {kinds}, got {kind!r}")
+
+
+def compute_inference(res, kind: str = "observed", chunk_size: int | None = None) -> Inference:
+    """Runs the compiled :func:`analyse` on a result (no cache); batched results are vmapped."""
+    _check_kind(kind)
+    logp, ts = res.problem.logp, res.transforms
+    batch = res.batch_shape
+    if not batch:
+        return _analyse_compiled(logp, ts, res.u, res.data, res.weights, kind, chunk_size)
+    size = math.prod(batch)
+    flat = lambda x: x.reshape((size,) + x.shape[len(batch):])  # noqa: E731
+    u, data, weights = jax.tree.map(flat, (res.u, res.data, res.weights))
+    out = _analyse_batched(logp, ts, u, data, weights, kind, chunk_size)
+    return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), out)
+
+
+def inference_of(res, kind: str = "observed") -> Inference:
+    """The :class:`Inference` of ``res``, computed once per result object and kind."""
+    _check_kind(kind)
+    cache = _cache_of(res)
+    if kind not in cache:
+        cache[kind] = compute_inference(res, kind)
+    return cache[kind]
+
+
+def stderr_of(res, kind: str = "observed"):
+    """Returns the standard errors of ``res`` as a pytree like ``res.params`` (not cached).
+
+    Compiled: the exact Hessian of the total NLL (chunked), its inverse and the delta
+    method. Meant for timing (``jax.block_until_ready(stderr_of(res))``); ``res.stderr``
+    is the cached equivalent.
+    """
+    return _unflatten(res, compute_inference(res, kind).stderr)
+
+
+def n_params(res) -> int:
+    """Number of free scalar parameters ``k`` of a (single or batched) result."""
+    batch = len(res.batch_shape)
+    return int(sum(math.prod(x.shape[batch:]) for x in jax.tree_util.tree_leaves(res.u)))
+
+
+def _unflatten(res, flat):
+    """A flat ``(..., p)`` array back to the structure of ``res.params``."""
+    batch = res.batch_shape
+    flat = jnp.asarray(flat)
+    out, off = [], 0
+    leaves, treedef = jax.tree_util.tree_flatten(res.u)
+    for x in leaves:
+        shape = x.shape[len(batch):]
+        size = math.prod(shape)
+        out.append(flat[..., off:off + size].reshape(flat.shape[:-1] + shape))
+        off += size
+    return res.problem.finalize(treedef.unflatten(out))
+
+
+# ---------------------------------------------------------------------------------------
+# Names, status, intervals
+# ---------------------------------------------------------------------------------------
+def _key_name(path) -> str:
+    out = ""
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            out += ("." if out else "") + str(k.key)
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            out += ("." if out else "") + k.name
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            out += f"[{k.idx}]"
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            out += f"[{k.key}]"
+        else:
+            out += ("." if out else "") + str(k)
+    return out
+
+
+def param_names_of(res) -> list[str]:
+    """Readable names of the flat parameters, in ``ravel_pytree`` order (rows of ``cov``)."""
+    batch = len(res.batch_shape)
+    names = []
+    for path, x in jax.tree_util.tree_flatten_with_path(res.u)[0]:
+        base = _key_name(path) or "theta"
+        shape = x.shape[batch:]
+        if not shape:
+            names.append(base)
+        else:
+            names.extend(f"{base}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape))
+    return names
+
+
+def refined_status_code(res) -> np.ndarray:
+    """The optimiser's status refined by the inference verdict (see ``FitResult.status``).
+
+    CONVERGED or STALLED with a parameter at its bound -> AT_BOUND; otherwise CONVERGED
+    with a Hessian that is not positive definite -> HESSIAN_NOT_POSITIVE_DEFINITE. Other
+    statuses (max_steps, non_finite, ...) are the optimiser's and are kept.
+    """
+    code = np.asarray(res.status_code).copy()
+    check = (code == Status.CONVERGED) | (code == Status.STALLED)
+    if not check.any() or n_params(res) > MAX_PARAMS_FOR_STATUS:
+        return code
+    inf = inference_of(res)
+    at_bound = np.asarray(inf.at_bound).any(axis=-1)
+    pd = np.asarray(inf.positive_definite)
+    code = np.where(check & at_bound, Status.AT_BOUND, code)
+    code = np.where((code == Status.CONVERGED) & ~pd, Status.HESSIAN_NOT_POSITIVE_DEFINITE, code)
+    return code
+
+
+def _normal_quantile(level: float) -> float:
+    """``z`` with ``P(|Z| <= z) = level`` (host side, double precision); ``z^2`` is chi2_1's."""
+    return statistics.NormalDist().inv_cdf((1.0 + level) / 2.0)
+
+
+def _check_level(level) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating, np.integer)):
+        raise TypeError(f"level: expected a number in (0, 1), got {type(level).__name__}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level: must be strictly between 0 and 1 (e.g. 0.95), got {level!r}")
+    return float(level)
+
+
+def _indices_of(res, params) -> list[int]:
+    names = param_names_of(res)
+    if params is None:
+        return list(range(len(names)))
+    if isinstance(params, str):
+        params = [params]
+    lookup = {n: i for i, n in enumerate(names)}
+    out = []
+    for name in params:
+        if name not in lookup:
+            shown = ", ".join(map(repr, names[:12])) + (", ..." if len(names) > 12 else "")
+            raise ValueError(f"params: unknown parameter name {name!r}; the fit has {shown}")
+        out.append(lookup[name])
+    return out
+
+
+def wald_confint(res, level: float = 0.95, params=None, kind: str = "observed") -> np.ndarray:
+    """``estimate -/+ z_{(1+level)/2} * stderr`` per flat parameter, shape ``(..., k, 2)``."""
+    level = _check_level(level)
+    idx = _indices_of(res, params)
+    inf = inference_of(res, kind)
+    est = np.asarray(_flat_params(res))[..., idx]
+    se = np.asarray(inf.stderr)[..., idx]
+    z = _normal_quantile(level)
+    return np.stack([est - z * se, est + z * se], axis=-1)
+
+
+def _flat_params(res):
+    batch = res.batch_shape
+    c = constrain(res.u, res.transforms) if not batch else None
+    if c is not None:
+        return ravel_pytree(c)[0]
+    size = math.prod(batch)
+    u = jax.tree.map(lambda x: x.reshape((size,) + x.shape[len(batch):]), res.u)
+    flat = jax.vmap(lambda v: ravel_pytree(constrain(v, res.transforms))[0])(u)
+    return flat.reshape(batch + flat.shape[1:])
+
+
+def _require_single(res, what: str):
+    if res.batch_shape:
+        raise TypeError(f"{what}: works on a single fit; index the batched result first (res[i])")
+
+
+def _flat_transform(res, index: int):
+    """The transform of flat parameter ``index``."""
+    off = 0
+    for t, x in zip(res.transforms, jax.tree_util.tree_leaves(res.u), strict=True):
+        off += int(np.size(x))
+        if index < off:
+            return t
+    raise IndexError(index)
+
+
+def _bucket(k: int) -> int:
+    """Batch size of a vmapped profile call: the next power of two >= k (at least 4), so
+    intervals and curves of any size share a few compilations."""
+    return max(4, 1 << (k - 1).bit_length())
+
+
+def _profile_eval(res, indices, u_values):
+    """Profile total NLL and convergence at each ``(index, u_value)`` pair (one vmapped call)."""
+    from ._fit import DEFAULT_MAX_STEPS, default_optimizer, default_tol
+
+    indices = np.asarray(indices, dtype=np.int32).ravel()
+    u_values = np.asarray(u_values, dtype=float).ravel()
+    k = indices.size
+    pad = _bucket(k) - k
+    # Padding repeats the first pair: a valid re-fit whose result is discarded.
+    indices = np.concatenate([indices, np.full(pad, indices[0], np.int32)])
+    u_values = np.concatenate([u_values, np.full(pad, u_values[0])])
+    dtype = ravel_pytree(res.u)[0].dtype
+    tol = jnp.asarray(default_tol(dtype), dtype)
+    nll, status = _profile_compiled(
+        res.problem.logp, res.transforms, default_optimizer(), res.u, res.data, res.weights,
+        jnp.asarray(indices), jnp.asarray(u_values, dtype), tol, DEFAULT_MAX_STEPS,
+    )
+    return np.asarray(nll, dtype=float)[:k], (np.asarray(status) == Status.CONVERGED)[:k]
+
+
+def _nll_min(res) -> float:
+    return float(res.n_obs * res.nll)
+
+
+def profile_of(res, name: str, values) -> np.ndarray:
+    """``res.profile``: the profile total-NLL curve of one parameter (see FitResult)."""
+    _require_single(res, "profile")
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a parameter name (str), got {type(name).__name__}")
+    (index,) = _indices_of(res, [name])
+    values = np.atleast_1d(np.asarray(values, dtype=float))
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(
+            f"values: expected a non-empty 1-D array of values, got shape {values.shape}"
+        )
+    t = _flat_transform(res, index)
+    lo, hi = t.bounds() if hasattr(t, "bounds") else (-np.inf, np.inf)
+    bad = ~(np.isfinite(values) & (values > lo) & (values < hi))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"values: parameter {name!r} must lie in ({lo}, {hi}); "
+            f"values[{i}] = {float(values[i])!r}"
+        )
+    u_values = np.asarray(t.inverse(jnp.asarray(values)))
+    nll, conv = _profile_eval(res, [index] * values.size, u_values)
+    if not conv.all():
+        bad = values[~conv]
+        warnings.warn(
+            f"profile: the re-fit with {name} fixed did not converge at {bad.size} value(s), "
+            f"first {bad[0]!r}; those points of the curve are upper bounds.",
+            stacklevel=3,
+        )
+    return nll
+
+
+# Multiples of z * stderr (unconstrained scale) tried in turn until the profile crosses.
+_PROFILE_GRID = (1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 40.0)
+_PROFILE_ITERS = 60
+
+
+def profile_confint(res, level: float = 0.95, params=None) -> np.ndarray:
+    """Profile-likelihood interval per flat parameter, shape ``(k, 2)`` (see FitResult).
+
+    Works in the unconstrained coordinate ``u_j`` (the LR statistic is invariant under
+    the monotone map to ``c_j``). For each (parameter, side): step out from the estimate
+    by multiples of ``z * se(u_j)`` until ``r(t) = sqrt(2 (N_prof - N_min)) - z`` turns
+    positive, then Illinois regula falsi on ``r`` (nearly linear in ``t`` because the
+    profile is nearly quadratic). All (parameter, side) pairs are re-fitted together in
+    one vmapped call per step.
+    """
+    level = _check_level(level)
+    _require_single(res, "confint(method='profile')")
+    idx = _indices_of(res, params)
+    z = _normal_quantile(level)  # the chi2_1 quantile is z^2
+    inf = inference_of(res)
+    u_hat = np.asarray(ravel_pytree(res.u)[0], dtype=float)
+    jac = np.asarray(ravel_pytree(jacobian_diag(res.u, res.transforms))[0], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se_u = np.asarray(inf.stderr, dtype=float) / jac
+    step = np.where(np.isfinite(se_u) & (se_u > 0), se_u, 1.0)
+    nll0 = _nll_min(res)
+
+    js = np.repeat(np.asarray(idx), 2)
+    sides = np.tile([-1.0, 1.0], len(idx))
+    m = js.size
+
+    def residual(t):
+        nll, _ = _profile_eval(res, js, u_hat[js] + sides * t)
+        d = 2.0 * (nll - nll0)
+        d = np.where(np.isnan(d), np.inf, d)  # a non-finite NLL is beyond any quantile
+        return np.sqrt(np.maximum(d, 0.0)) - z
+
+    # Bracket: t_lo with r < 0 (the estimate: r = -z), t_hi with r >= 0.
+    t_lo, r_lo = np.zeros(m), np.full(m, -z)
+    t_hi, r_hi = np.full(m, np.inf), np.full(m, np.nan)
+    for mult in _PROFILE_GRID:
+        open_ = ~np.isfinite(t_hi)
+        if not open_.any():
+            break
+        t = np.where(open_, step[js] * z * mult, t_lo)
+        r = residual(t)
+        crossed = open_ & (r >= 0)
+        t_hi = np.where(crossed, t, t_hi)
+        r_hi = np.where(crossed, np.where(np.isfinite(r), r, np.nan), r_hi)
+        below = open_ & (r < 0)
+        t_lo, r_lo = np.where(below, t, t_lo), np.where(below, r, r_lo)
+    has = np.isfinite(t_hi)
+
+    # Illinois regula falsi; a NaN r_hi (non-finite NLL) falls back to bisection.
+    active = has.copy()
+    t_root = np.where(has, t_hi, np.inf)
+    last = np.zeros(m)
+    for _ in range(_PROFILE_ITERS):
+        if not active.any():
+            break
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lin = t_lo - r_lo * (t_hi - t_lo) / (r_hi - r_lo)
+        t_new = np.where(np.isfinite(lin) & (lin > t_lo) & (lin < t_hi), lin, 0.5 * (t_lo + t_hi))
+        t_new = np.where(active, t_new, t_root)
+        r_new = residual(t_new)
+        below = active & (r_new < 0)
+        above = active & ~(r_new < 0)
+        r_hi = np.where(below & (last == -1), 0.5 * r_hi, r_hi)  # Illinois: stale end halves
+        r_lo = np.where(above & (last == 1), 0.5 * r_lo, r_lo)
+        t_lo, r_lo = np.where(below, t_new, t_lo), np.where(below, r_new, r_lo)
+        t_hi = np.where(above, t_new, t_hi)
+        r_hi = np.where(above, np.where(np.isfinite(r_new), r_new, np.nan), r_hi)
+        last = np.where(below, -1, np.where(above, 1, last))
+        t_root = np.where(active, t_new, t_root)
+        done = (np.abs(r_new) <= 1e-9 * z) | (t_hi - t_lo <= 1e-13 * (1.0 + np.abs(u_hat[js])))
+        active = active & ~done
+
+    out = np.empty(m)
+    for k in range(m):
+        t = _flat_transform(res, int(js[k]))
+        u_val = u_hat[js[k]] + sides[k] * t_root[k] if has[k] else sides[k] * np.inf
+        out[k] = float(t.forward(jnp.asarray(u_val)))
+    if (~has).any():
+        names = param_names_of(res)
+        open_sides = sorted({names[js[k]] for k in np.flatnonzero(~has)})
+        warnings.warn(
+            f"confint: the profile likelihood of {', '.join(open_sides)} stays below the "
+            f"chi2 quantile out to {_PROFILE_GRID[-1]:g} x z x stderr; that end of the "
+            "interval is reported as the parameter's bound (or +-inf).",
+            stacklevel=3,
+        )
+    return out.reshape(len(idx), 2)
+
+
+def confint_of(res, level=0.95, method="wald", params=None, kind="observed") -> np.ndarray:
+    """``res.confint``: ``(k, 2)`` lower/upper bounds in the order of ``params``."""
+    if method == "wald":
+        return wald_confint(res, level, params, kind)
+    if method == "profile":
+        return profile_confint(res, level, params)
+    raise ValueError(f"method: expected 'wald' or 'profile', got {method!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Model comparison
+# ---------------------------------------------------------------------------------------
+class LRTest(NamedTuple):
+    """Likelihood-ratio test result: ``statistic``, degrees of freedom ``df``, ``pvalue``."""
+
+    statistic: float
+    df: int
+    pvalue: float
+
+
+def lr_test(restricted, full) -> LRTest:
+    """Returns the likelihood-ratio test of a restricted model nested in a full one.
+
+    ``statistic = 2 (loglik_full - loglik_restricted)``, ``df = k_full - k_restricted``
+    (free scalar parameters), ``pvalue = P(chi2_df >= statistic)``. Valid when the
+    restricted model is the full one with ``df`` parameters fixed at interior values.
+
+    Args:
+        restricted: the ``FitResult`` of the smaller model.
+        full: the ``FitResult`` of the larger model, fitted to the same data.
+
+    Example:
+        >>> import jax.numpy as jnp, jax.scipy.stats as st, mlefit
+        >>> x = jnp.array([0.1, 1.9, 2.2, 3.8, 1.5])
+        >>> m0 = lambda p, x: st.norm.logpdf(x, 0.0, p["s"])
+        >>> m1 = lambda p, x: st.norm.logpdf(x, p["mu"], p["s"])
+        >>> r0 = mlefit.fit(m0, x, {"s": mlefit.Positive(1.0)})
+        >>> r1 = mlefit.fit(m1, x, {"mu": 0.0, "s": mlefit.Positive(1.0)})
+        >>> mlefit.lr_test(r0, r1).df
+        1
+    """
+    for name, r in (("restricted", restricted), ("full", full)):
+        if not hasattr(r, "loglik") or not hasattr(r, "u"):
+            raise TypeError(f"{name}: expected a FitResult, got {type(r).__name__}")
+        if r.batch_shape:
+            raise TypeError(f"{name}: expected a single fit, got a batched result; index it first")
+    k0, k1 = n_params(restricted), n_params(full)
+    if k0 >= k1:
+        raise ValueError(
+            f"restricted: has {k0} free parameters but full has {k1}; the restricted model "
+            "must have fewer (pass lr_test(restricted, full) in that order)."
+        )
+    n0, n1 = float(restricted.n_obs), float(full.n_obs)
+    if not np.isclose(n0, n1, rtol=1e-12, atol=0.0):
+        raise ValueError(
+            f"full: n_obs={n1:g} differs from restricted n_obs={n0:g}; both models must be "
+            "fitted to the same data."
+        )
+    for name, r in (("restricted", restricted), ("full", full)):
+        if r.status != Status.CONVERGED:
+            warnings.warn(f"lr_test: the {name} fit has status {r.status}", stacklevel=2)
+    stat = float(2.0 * (full.loglik - restricted.loglik))
+    df = k1 - k0
+    pvalue = float(jax.scipy.stats.chi2.sf(max(stat, 0.0), df))
+    return LRTest(stat, df, pvalue)
+
+
+# ---------------------------------------------------------------------------------------
+# Display
+# ---------------------------------------------------------------------------------------
+def _fmt(x, width=10) -> str:
+    x = float(x)
+    if math.isnan(x):
+        return f"{'nan':>{width}}"
+    if math.isinf(x):
+        return f"{'inf' if x > 0 else '-inf':>{width}}"
+    return f"{x:>{width}.4g}"
+
+
+def _pvalue(z):
+    return np.array([math.erfc(abs(v) / math.sqrt(2.0)) if np.isfinite(v) else np.nan for v in z])
+
+
+def _table(res, kind, level, max_rows):
+    _require_single(res, "summary")
+    names = param_names_of(res)
+    est = np.asarray(_flat_params(res), dtype=float)
+    inf = inference_of(res, kind)
+    se = np.asarray(inf.stderr, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = est / se
+    pv = _pvalue(z)
+    q = _normal_quantile(level)
+    notes = []
+    at_bound = np.asarray(inf.at_bound)
+    ident = np.asarray(inf.identified)
+    for i in range(len(names)):
+        notes.append("at bound" if at_bound[i] else ("not identified" if not ident[i] else ""))
+    rows = [
+        (names[i], est[i], se[i], z[i], pv[i], est[i] - q * se[i], est[i] + q * se[i], notes[i])
+        for i in range(len(names))
+    ]
+    return rows[:max_rows], max(0, len(rows) - max_rows), inf
+
+
+def _header(res, inf, kind):
+    from ._status import Status as _S
+
+    status = res.status
+    nll_ok = np.isfinite(float(res.nll))
+    items = [
+        ("Model", res.model_name),
+        ("n_obs", _num(res.n_obs)),
+        ("Log-likelihood", f"{float(res.loglik):.6g}" if nll_ok else "nan"),
+        ("AIC", f"{float(res.aic):.6g}"),
+        ("BIC", f"{float(res.bic):.6g}"),
+        ("Converged", str(bool(status == _S.CONVERGED))),
+        ("Status", f"{status}"),
+        ("Steps", str(int(res.steps)) + (" (minibatch)" if res.minibatch else "")),
+        ("Gradient norm", f"{float(res.grad_norm):.3g}"),
+        ("Hessian cond.", f"{float(inf.condition_number):.3g}"),
+        ("Covariance", kind),
+        ("Parameters", str(n_params(res))),
+    ]
+    return items, status
+
+
+def _num(x):
+    v = float(np.asarray(x))
+    return str(int(v)) if v.is_integer() else f"{v:g}"
+
+
+def _explanations(res, inf, status) -> list[str]:
+    out = [f"Status: {status} ({status.message})."]
+    names = param_names_of(res)
+    at_bound = np.asarray(inf.at_bound)
+    not_id = [names[i] for i in np.flatnonzero(~np.asarray(inf.identified) & ~at_bound)]
+    bound = [names[i] for i in np.flatnonzero(at_bound)]
+    if not bool(inf.positive_definite) or not_id:
+        which = ", ".join(not_id[:10]) + (" ..." if len(not_id) > 10 else "")
+        out.append(
+            "The Hessian of the NLL is not positive definite"
+            + (f": {which} not identified (std err NaN)." if not_id else ".")
+        )
+    if bound:
+        out.append(
+            f"At a bound: {', '.join(bound[:10])} (std err NaN: the Wald approximation does not "
+            "hold on a boundary; use confint(method='profile'))."
+        )
+    if res.minibatch:
+        out.append("Inference was computed full-batch over the data at the final iterate.")
+    return out
+
+
+def summary_of(res, kind: str = "observed", level: float = 0.95, max_rows: int = 50) -> str:
+    """``res.summary()``: a text table in the manner of statsmodels and iminuit."""
+    _check_kind(kind)
+    level = _check_level(level)
+    rows, more, inf = _table(res, kind, level, max_rows)
+    items, status = _header(res, inf, kind)
+    width = 92
+    lines = ["mlefit fit result".center(width), "=" * width]
+    half = (len(items) + 1) // 2
+    left, right = items[:half], items[half:]
+    for k in range(half):
+        a = f"{left[k][0] + ':':<16}{left[k][1]:<28}"
+        b = f"{right[k][0] + ':':<16}{right[k][1]}" if k < len(right) else ""
+        lines.append((a + b).rstrip())
+    lines.append("=" * width)
+    lo, hi = f"[{(1 - level) / 2:.3g}", f"{(1 + level) / 2:.3g}]"
+    name_w = max([9] + [len(r[0]) for r in rows])
+    lines.append(
+        f"{'':<{name_w}} {'estimate':>10} {'std err':>10} {'z':>10} {'P>|z|':>10} "
+        f"{lo:>10} {hi:>10}"
+    )
+    lines.append("-" * max(width, name_w + 67))
+    for name, e, s, zz, pv, a, b, note in rows:
+        line = f"{name:<{name_w}} {_fmt(e)} {_fmt(s)} {_fmt(zz)} {_fmt(pv)} {_fmt(a)} {_fmt(b)}"
+        lines.append(line + (f"  ({note})" if note else ""))
+    if more:
+        lines.append(f"... {more} more parameters (summary(max_rows=...) to show them)")
+    lines.append("=" * width)
+    lines.extend(_explanations(res, inf, status))
+    return "\n".join(lines)
+
+
+def html_of(res, kind: str = "observed", level: float = 0.95, max_rows: int = 50) -> str:
+    """``res._repr_html_``: the summary as an HTML table."""
+    if res.batch_shape:
+        return f"<pre>{html.escape(repr(res))}</pre>"
+    rows, more, inf = _table(res, kind, level, max_rows)
+    items, status = _header(res, inf, kind)
+    e = html.escape
+    head = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td>{e(str(v))}</td></tr>"
+                   for k, v in items)
+    cols = ["", "estimate", "std err", "z", "P&gt;|z|",
+            f"[{(1 - level) / 2:.3g}", f"{(1 + level) / 2:.3g}]", ""]
+    body = "".join(
+        "<tr>" + f"<td>{e(r[0])}</td>" + "".join(f"<td>{_fmt(v, 0).strip()}</td>" for v in r[1:7])
+        + f"<td>{e(r[7])}</td></tr>"
+        for r in rows
+    )
+    if more:
+        body += f"<tr><td colspan=8>... {more} more parameters</td></tr>"
+    notes = "".join(f"<p>{e(s)}</p>" for s in _explanations(res, inf, status))
+    colour = "#c00" if status != Status.CONVERGED else "#080"
+    return (
+        f"<div><p><b>mlefit fit result</b> <span style='color:{colour}'>{e(str(status))}</span>"
+        f"</p><table>{head}</table><table><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>"
+        f"{body}</table>{notes}</div>"
+    )
