@@ -12,6 +12,7 @@ from . import plot as plot
 from ._constraints import Interval as Interval
 from ._constraints import Positive as Positive
 from ._fit import fit as fit
+from ._inference import lr_test as lr_test
 from ._likelihood import loglik as loglik
 from ._likelihood import nll as nll
 from ._model import AbstractModel as AbstractModel

@@ -57,16 +57,34 @@ class FitResult(eqx.Module):
 
     @property
     def status(self):
-        """The :class:`Status` of the fit (an array of them for a batched result)."""
-        code = np.asarray(self.status_code)
-        if code.ndim == 0:
-            return Status(int(code))
-        return np.vectorize(Status, otypes=[object])(code)
+        """The :class:`Status` of the fit (an array of them for a batched result).
+
+        The optimiser's verdict refined by inference (computed on first access, cached):
+        a fit that converged (or stalled) with a constrained parameter at its bound is
+        ``AT_BOUND``; one that converged where the Hessian of the NLL is not positive
+        definite is ``HESSIAN_NOT_POSITIVE_DEFINITE``. ``MAX_STEPS``, ``NON_FINITE``, ...
+        are kept as the optimiser reported them (``optimizer_status``). Models with more
+        than 2000 parameters skip the Hessian check here (``res.cov`` still computes it).
+        """
+        from ._inference import refined_status_code
+
+        return _as_status(refined_status_code(self))
+
+    @property
+    def optimizer_status(self):
+        """The :class:`Status` as the optimiser reported it, before the inference checks."""
+        return _as_status(np.asarray(self.status_code))
 
     @property
     def converged(self):
-        """``True`` where the status is ``CONVERGED``."""
-        return jnp.asarray(self.status_code) == Status.CONVERGED
+        """``True`` where ``status`` is ``CONVERGED``: the optimiser converged, the Hessian
+        is positive definite and no parameter is at a bound (iminuit's ``valid``).
+
+        ``optimizer_status`` says whether the optimiser alone converged.
+        """
+        from ._inference import refined_status_code
+
+        return jnp.asarray(refined_status_code(self) == Status.CONVERGED)
 
     @property
     def loglik(self) -> jax.Array:
@@ -99,6 +117,128 @@ class FitResult(eqx.Module):
             raise TypeError("a single FitResult has no len(); only batched results do")
         return self.batch_shape[0]
 
+    # -- inference (mlefit/_inference.py; lazy, compiled, cached per result) ---------
+    @property
+    def param_names(self) -> list[str]:
+        """Readable names of the flat parameters (``"mu"``, ``"w[3]"``, ``"layer.bias[0]"``,
+        ``"W[1,2]"``), in the order of the rows of ``cov``."""
+        from ._inference import param_names_of
+
+        return param_names_of(self)
+
+    def covariance(self, kind: str = "observed") -> jax.Array:
+        """Returns the ``(p, p)`` covariance of the flat parameters (rows: ``param_names``).
+
+        - ``"observed"``: inverse Hessian of the TOTAL NLL (observed Fisher information);
+        - ``"opg"``: inverse of ``sum_i s_i s_i^T`` (outer product of per-observation scores);
+        - ``"sandwich"``: ``H^-1 (sum_i s_i s_i^T) H^-1`` (robust; statsmodels' HC0).
+
+        Taken in the unconstrained parametrisation and mapped to constrained parameters
+        by the delta method, ``J cov_u J``, ``J = diag(dc/du)``. Rows and columns of a
+        parameter that is not identified (Hessian not positive definite) or at a bound
+        are NaN. Computed full-batch, in observation chunks, on first request; cached.
+
+        Example:
+            >>> res.covariance("sandwich")  # doctest: +SKIP
+        """
+        from ._inference import inference_of
+
+        return inference_of(self, kind).cov
+
+    @property
+    def cov(self) -> jax.Array:
+        """The observed-information covariance, ``covariance("observed")``."""
+        return self.covariance("observed")
+
+    @property
+    def stderr(self):
+        """Standard errors ``sqrt(diag(cov))`` as a pytree like ``params`` (NaN where
+        the Hessian gives none; see ``status``)."""
+        from ._inference import _unflatten, inference_of
+
+        return _unflatten(self, inference_of(self).stderr)
+
+    @property
+    def hessian(self) -> jax.Array:
+        """Hessian of the total NLL at the estimate, unconstrained parametrisation, ``(p, p)``."""
+        from ._inference import inference_of
+
+        return inference_of(self).hessian
+
+    @property
+    def hessian_cond(self) -> jax.Array:
+        """Condition number of ``hessian``: ``max|lambda| / min lambda`` (``inf`` if not PD)."""
+        from ._inference import inference_of
+
+        return inference_of(self).condition_number
+
+    @property
+    def n_params(self) -> int:
+        """Number of free scalar parameters ``k`` (the size of ``u``)."""
+        from ._inference import n_params
+
+        return n_params(self)
+
+    @property
+    def aic(self) -> jax.Array:
+        """Akaike information criterion ``2 k - 2 loglik``."""
+        return 2.0 * self.n_params - 2.0 * self.loglik
+
+    @property
+    def bic(self) -> jax.Array:
+        """Bayesian information criterion ``k log(n_obs) - 2 loglik``."""
+        return self.n_params * jnp.log(self.n_obs) - 2.0 * self.loglik
+
+    def confint(self, level: float = 0.95, method: str = "wald", params=None,
+                kind: str = "observed"):
+        """Returns confidence intervals as an array ``(k, 2)`` of ``(lower, upper)`` rows.
+
+        - ``"wald"``: ``estimate -/+ z_{(1+level)/2} * stderr`` (``kind`` picks the
+          covariance); a batched result gives ``batch_shape + (k, 2)``.
+        - ``"profile"``: ``{v : 2 (N_prof(v) - N_min) <= chi2_1(level)}`` with ``N_prof``
+          the total NLL re-minimised over the other parameters (vmapped re-fits, then a
+          root search). An end the profile never reaches is the parameter's bound (or
+          +-inf), with a warning.
+
+        Args:
+            level: confidence level in (0, 1).
+            method: ``"wald"`` or ``"profile"``.
+            params: parameter names (``param_names``) to report; default all, in order.
+            kind: covariance for Wald intervals (see ``covariance``).
+
+        Example:
+            >>> lo, hi = res.confint(0.95, method="profile", params=["sigma"])[0]  # doctest: +SKIP
+        """
+        from ._inference import confint_of
+
+        return confint_of(self, level, method, params, kind)
+
+    def profile(self, name: str, values) -> np.ndarray:
+        """Returns the profile total NLL ``min_{others} N(name = v)`` at each ``v`` in ``values``.
+
+        ``2 * (res.profile(name, v) - (-res.loglik))`` is the likelihood-ratio statistic
+        of ``name = v``. The re-fits are vmapped over ``values``.
+
+        Example:
+            >>> curve = res.profile("sigma", np.linspace(0.8, 1.2, 9))  # doctest: +SKIP
+        """
+        from ._inference import profile_of
+
+        return profile_of(self, name, values)
+
+    def summary(self, kind: str = "observed", level: float = 0.95, max_rows: int = 50) -> str:
+        """Returns a text table of the fit: header (model, n_obs, log-likelihood, AIC, BIC,
+        converged, status, steps, gradient norm, Hessian condition number) and per parameter
+        estimate, std err, z, P>|z| and the Wald interval; notes say why a std err is NaN."""
+        from ._inference import summary_of
+
+        return summary_of(self, kind, level, max_rows)
+
+    def _repr_html_(self) -> str:
+        from ._inference import html_of
+
+        return html_of(self)
+
     # -- display -----------------------------------------------------------------
     def __repr__(self) -> str:
         if self.batch_shape:
@@ -114,6 +254,12 @@ class FitResult(eqx.Module):
             f"n_obs={_num(self.n_obs)}, status={self.status}, steps={int(self.steps)}, "
             f"grad_norm={float(self.grad_norm):.3g})"
         )
+
+
+def _as_status(code: np.ndarray):
+    if code.ndim == 0:
+        return Status(int(code))
+    return np.vectorize(Status, otypes=[object])(code)
 
 
 def _num(x):
