@@ -352,7 +352,9 @@ def profile(res, name: str, ax=None, *, level: float = 0.95, values=None, num: i
     if values is None:
         values = _profile_grid(estimate, lo, hi, _flat_bounds(res, i), num)
     values = np.asarray(values, dtype=float)
-    deviance = np.asarray(res.profile(name, values).statistic, dtype=float)
+    curve = res.profile(name, values)  # total NLL re-minimised over the other parameters
+    curve = np.asarray(getattr(curve, "nll", curve), dtype=float)
+    deviance = 2.0 * (curve + float(res.loglik))
     cut = _chi2_1_quantile(level)
     fig, ax = _figure_and_axes(ax)
     ax.plot(values, deviance, color="C0", lw=2, label="profile deviance")
