@@ -1,0 +1,535 @@
+"""Batched fits: many independent data sets, one ``vmap`` over the whole compiled fit.
+
+``fit_many(model, data)`` with ``data`` of shape ``(B, n, ...)`` runs the fit loop of
+:func:`mlefit.fit` (or a damped Newton loop, :mod:`mlefit._newton`) under ``jax.vmap``
+in one compiled call. Each member has its own step budget, status and convergence test;
+a finished member is frozen by the batched loop while the others continue, and the loop
+ends when its slowest member does (so one stubborn data set sets the time for all:
+the default step budget is smaller than ``fit``'s).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._checks import check_model_output, float_dtype
+from ._constraints import constrain, is_constraint, split_init
+from ._fit import (
+    _init_not_finite_message,
+    check_options,
+    full_batch_loop,
+    objective,
+    use_polish,
+)
+from ._model import AbstractModel, Problem, as_problem
+from ._newton import NEWTON_MAX_PARAMS, newton_loop
+from ._result import FitResult
+from ._status import Status
+
+__all__ = ["fit_many", "DEFAULT_MAX_STEPS_NEWTON", "DEFAULT_MAX_STEPS_MANY"]
+
+# Newton converges in ~5-30 steps when it converges at all; refused steps count too.
+DEFAULT_MAX_STEPS_NEWTON = 200
+# L-BFGS budget per member: a batched loop costs as much as its slowest member.
+DEFAULT_MAX_STEPS_MANY = 2_000
+_NEWTON = "newton"
+
+
+# ---------------------------------------------------------------------------------------
+# Checks at the boundary (before anything compiles)
+# ---------------------------------------------------------------------------------------
+def check_batched_data(data) -> tuple:
+    """Returns data as a tuple of arrays of shape ``(B, n, ...)`` sharing ``B`` and ``n``."""
+    arrays = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    if not arrays:
+        raise ValueError("data: got an empty tuple; pass an array (B, n, ...) or a tuple of them.")
+    out = []
+    for k, a in enumerate(arrays):
+        name = "data" if len(arrays) == 1 else f"data[{k}]"
+        if not isinstance(a, (jax.Array, np.ndarray)):
+            try:
+                a = np.asarray(a)
+            except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
+                raise TypeError(f"{name}: cannot convert {type(a).__name__} to an array") from e
+        if a.dtype == object or not (
+            np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
+        ):
+            raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
+        if a.ndim < 2:
+            raise ValueError(
+                f"{name}: fit_many needs a leading data-set axis and an observation axis, "
+                f"shape (B, n, ...); got shape {a.shape}. For one data set use mlefit.fit."
+            )
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise ValueError(
+                f"{name}: has shape {a.shape}; need at least one data set and one observation."
+            )
+        out.append(a)
+    shapes = [a.shape[:2] for a in out]
+    if len(set(shapes)) > 1:
+        desc = ", ".join(f"data[{k}] has (B, n) = {s}" for k, s in enumerate(shapes))
+        raise ValueError(
+            f"data: the arrays must share the data-set and observation axes, but {desc}."
+        )
+    return tuple(out)
+
+
+def check_batched_weights(weights, mask, shape: tuple, dtype):
+    """Returns ``(B, n)`` weights (``mask`` as 0/1, multiplied into ``weights``) or ``None``."""
+    if weights is None and mask is None:
+        return None
+    w = None
+    if weights is not None:
+        w = weights if isinstance(weights, (jax.Array, np.ndarray)) else np.asarray(weights)
+        if w.shape != shape:
+            raise ValueError(
+                f"weights: expected shape {shape} (data sets, observations), got {w.shape}"
+            )
+        wn = np.asarray(w, dtype=float)
+        bad = ~(np.isfinite(wn) & (wn >= 0))
+        if bad.any():
+            b, i = np.argwhere(bad)[0]
+            raise ValueError(
+                f"weights: must be finite and non-negative; data set {b}, observation {i} has "
+                f"weight {wn[b, i]!r}"
+            )
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != shape:
+            raise ValueError(
+                f"mask: expected shape {shape} (data sets, observations), got {m.shape}"
+            )
+        if m.dtype != np.bool_:
+            raise TypeError(
+                f"mask: expected a boolean array (True = observation used), got dtype {m.dtype}"
+            )
+        w = m if w is None else np.asarray(w) * m
+    w = np.asarray(w, dtype=float) if not isinstance(w, jax.Array) else w
+    empty = ~(np.asarray(w, dtype=float).sum(axis=1) > 0)
+    if empty.any():
+        b = int(np.argmax(empty))
+        raise ValueError(
+            f"weights: data set {b} has no observation with positive weight "
+            f"({int(empty.sum())} data set(s) are empty); each needs at least one."
+        )
+    return jnp.asarray(w, dtype=dtype)
+
+
+def _check_batched_finite(data: tuple, weights) -> None:
+    """``ValueError`` naming the data set and observation of the first NaN/inf value.
+
+    Observations with zero weight (padding) may hold anything.
+    """
+    used = None if weights is None else np.asarray(weights) > 0
+    for k, a in enumerate(data):
+        if not jnp.issubdtype(a.dtype, jnp.inexact):
+            continue
+        ok = np.isfinite(np.asarray(a).reshape(a.shape[0], a.shape[1], -1)).all(axis=2)
+        bad = ~ok if used is None else (~ok & used)
+        if bad.any():
+            b, i = (int(v) for v in np.argwhere(bad)[0])
+            name = "data" if len(data) == 1 else f"data[{k}]"
+            per_set = bad.any(axis=1)
+            raise ValueError(
+                f"data: {name} has NaN or inf values in {int(per_set.sum())} data set(s) "
+                f"(first: data set {b}, observation {i}); remove or impute them, give them "
+                "zero weight, or pass check_finite=False to let those fits fail with status "
+                "'init_not_finite' while the others run."
+            )
+
+
+def _used(a: np.ndarray, w: np.ndarray | None, b: int) -> np.ndarray:
+    """The observations of data set ``b`` with positive weight (host array)."""
+    return a[b] if w is None else a[b][w[b] > 0]
+
+
+def _host_data(data: tuple, weights):
+    return tuple(np.asarray(a) for a in data), None if weights is None else np.asarray(weights)
+
+
+def _flat_used(hdata: tuple, hw) -> tuple:
+    """All used observations of all data sets, stacked on one observation axis."""
+    if hw is None:
+        return tuple(a.reshape((-1,) + a.shape[2:]) for a in hdata)
+    used = hw > 0
+    return tuple(a[used] for a in hdata)
+
+
+def _check_model_data(model: AbstractModel, hdata: tuple, hw) -> None:
+    """Runs the model's support check on all used observations; names the data set on failure."""
+    try:
+        model.check_data(*_flat_used(hdata, hw))
+    except ValueError:
+        for b in range(hdata[0].shape[0]):
+            try:
+                model.check_data(*(_used(a, hw, b) for a in hdata))
+            except ValueError as e:
+                raise ValueError(f"data set {b}: {e}") from e
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# Starting points
+# ---------------------------------------------------------------------------------------
+def _stack_inits(inits: list, B: int):
+    """One init pytree whose leaves (and constraint values) carry a leading axis ``B``."""
+    flat0, treedef = jax.tree_util.tree_flatten(inits[0], is_leaf=is_constraint)
+    columns = [[] for _ in flat0]
+    for b, init in enumerate(inits):
+        flat, td = jax.tree_util.tree_flatten(init, is_leaf=is_constraint)
+        if td != treedef or any(
+            is_constraint(x) != is_constraint(y) or (is_constraint(x) and x != y)
+            for x, y in zip(flat, flat0, strict=True)
+        ):
+            raise ValueError(
+                f"init: the model's start for data set {b} has a different structure or "
+                f"constraints ({td}) than for data set 0 ({treedef})."
+            )
+        for col, x in zip(columns, flat, strict=True):
+            col.append(np.asarray(x.value if is_constraint(x) else x))
+    leaves = []
+    for leaf0, col in zip(flat0, columns, strict=True):
+        stacked = np.stack(col)
+        if is_constraint(leaf0):
+            leaf = copy.copy(leaf0)
+            leaf.value = stacked
+            leaves.append(leaf)
+        else:
+            leaves.append(stacked)
+    return treedef.unflatten(leaves)
+
+
+def _init_values(model, *obs):
+    flat = jax.tree_util.tree_leaves(model.init(*obs), is_leaf=is_constraint)
+    return [jnp.asarray(x.value if is_constraint(x) else x) for x in flat]
+
+
+@eqx.filter_jit
+def _vmapped_init_values(model, data):
+    return jax.vmap(lambda *obs: _init_values(model, *obs))(*data)
+
+
+_NOT_TRACEABLE = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+def _traced_model_init(model: AbstractModel, data: tuple):
+    """``model.init`` vmapped over the data sets, or ``None`` when it is not traceable."""
+    captured = {}
+
+    def structure(*obs):
+        captured["init"] = model.init(*obs)
+        return _init_values(model, *obs)
+
+    one_set = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
+    try:
+        jax.eval_shape(structure, *one_set)
+        values = _vmapped_init_values(model, data)
+    except _NOT_TRACEABLE:
+        return None
+    flat, treedef = jax.tree_util.tree_flatten(captured["init"], is_leaf=is_constraint)
+    leaves = []
+    for leaf, v in zip(flat, values, strict=True):
+        v = np.asarray(v)
+        if is_constraint(leaf):
+            leaf = copy.copy(leaf)
+            leaf.value = v
+            leaves.append(leaf)
+        else:
+            leaves.append(v)
+    return treedef.unflatten(leaves)
+
+
+def _bad_starts(init, B: int) -> np.ndarray:
+    """Data sets whose start is not finite or violates its constraint."""
+    bad = np.zeros(B, bool)
+    for leaf in jax.tree_util.tree_leaves(init, is_leaf=is_constraint):
+        v = np.asarray(leaf.value if is_constraint(leaf) else leaf, dtype=float).reshape(B, -1)
+        bad |= ~np.isfinite(v).all(axis=1)
+        if is_constraint(leaf):
+            lo, hi = leaf.bounds()
+            bad |= ~((v > lo) & (v < hi)).all(axis=1)
+    return bad
+
+
+def _replace_starts(init, bad: np.ndarray):
+    good = int(np.argmin(bad))
+
+    def fix(leaf):
+        v = np.array(leaf.value if is_constraint(leaf) else leaf)
+        v[bad] = v[good]
+        if is_constraint(leaf):
+            leaf = copy.copy(leaf)
+            leaf.value = v
+            return leaf
+        return v
+
+    return jax.tree.map(fix, init, is_leaf=is_constraint)
+
+
+def batched_model_init(model: AbstractModel, data: tuple, weights, hdata: tuple, hw):
+    """The model's data-driven start for every data set, stacked on a leading axis.
+
+    Without padding, ``model.init`` is vmapped over the data sets when it is traceable
+    (jnp only); otherwise it runs per data set on the host, on the used observations.
+    A data set whose start fails (``init`` raises ``ValueError``, or gives a non-finite
+    or out-of-constraint value, e.g. all values equal) starts from another data set's
+    start, with a warning: its fit then fails on its own and says so in its status.
+    """
+    B = hdata[0].shape[0]
+    init = None
+    if hw is None or (hw > 0).all():
+        init = _traced_model_init(model, data)
+    failed = []
+    if init is None:
+        inits = [None] * B
+        for b in range(B):
+            try:
+                inits[b] = model.init(*(_used(a, hw, b) for a in hdata))
+            except ValueError as e:
+                failed.append((b, str(e)))
+        if len(failed) == B:
+            b, e = failed[0]
+            raise ValueError(f"data set {b}: {e}")
+        good = next(i for i in inits if i is not None)
+        init = _stack_inits([good if i is None else i for i in inits], B)
+    bad = _bad_starts(init, B)
+    bad[[b for b, _ in failed]] = True
+    if bad.all():
+        raise ValueError(f"init: the {model.name} model's start is not valid for any data set.")
+    if bad.any():
+        init = _replace_starts(init, bad)
+        b = int(np.argmax(bad))
+        why = dict(failed).get(b, "its start is not finite or outside the constraints")
+        warnings.warn(
+            f"fit_many: the {model.name} model's start failed for {int(bad.sum())} data set(s) "
+            f"(first: data set {b}: {why}); those fits start from another data set's start "
+            "and report their own status.",
+            stacklevel=3,
+        )
+    return init
+
+
+def _check_batched_u0(u0, B: int) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(u0)[0]:
+        if leaf.ndim == 0 or leaf.shape[0] != B:
+            name = jax.tree_util.keystr(path, simple=True, separator=".") or "<root>"
+            raise ValueError(
+                f"init: with batched_init=True every parameter needs a leading axis of size "
+                f"B={B} (one start per data set); parameter {name!r} has shape {leaf.shape}."
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# The compiled, vmapped fit
+# ---------------------------------------------------------------------------------------
+@jax.jit
+def fill_padding(data: tuple, weights):
+    """Replaces zero-weight observations by the first positive-weight one of the same data set.
+
+    A zero weight removes an observation from the NLL exactly, but its log-density still
+    enters the gradient as ``0 * grad``, which is NaN when the padding value is outside
+    the support (or NaN). A copy of a valid observation makes padding harmless.
+    """
+    first = jnp.argmax(weights > 0, axis=1)
+
+    def fill(a):
+        valid = jnp.take_along_axis(a, first.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)
+        keep = (weights > 0).reshape(weights.shape + (1,) * (a.ndim - 2))
+        return jnp.where(keep, a, valid)
+
+    return tuple(fill(a) for a in data)
+
+
+def _max_norm(tree):
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+@eqx.debug.assert_max_traces(max_traces=None)  # counts traces (tests: no recompilation)
+def _fit_many_traced(
+    logp, transforms, solver, u0, data, weights, tol, max_steps, record_history, batched_init
+):
+    def one(u0, data, w):
+        f = objective(logp, transforms, data, w)
+        if solver == _NEWTON:
+            out = newton_loop(f, u0, tol, max_steps, record_history)
+        else:
+            polish = use_polish(solver, u0, data[0].shape[0])
+            out = full_batch_loop(f, solver, u0, tol, max_steps, record_history, polish)
+        u, value, grad, steps, status, hist = out
+        return u, value, _max_norm(grad), steps, status, hist
+
+    in_axes = (0 if batched_init else None, 0, None if weights is None else 0)
+    return jax.vmap(one, in_axes=in_axes)(u0, data, weights)
+
+
+_fit_many_compiled = eqx.filter_jit(_fit_many_traced)
+
+
+def _count_params(u0, batched: bool) -> int:
+    return sum(
+        int(np.prod(x.shape[1:] if batched else x.shape)) for x in jax.tree_util.tree_leaves(u0)
+    )
+
+
+def _choose_solver(optimizer, n_params: int):
+    if optimizer is None:
+        return _NEWTON if n_params <= NEWTON_MAX_PARAMS else None
+    if isinstance(optimizer, str):
+        if optimizer != _NEWTON:
+            raise ValueError(f"optimizer: the only named optimizer is 'newton', got {optimizer!r}")
+        return _NEWTON
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer: expected 'newton', an optax GradientTransformation (e.g. optax.lbfgs()) "
+            f"or None, got {type(optimizer).__name__}"
+        )
+    return optimizer
+
+
+def fit_many(
+    model,
+    data,
+    init=None,
+    *,
+    weights=None,
+    mask=None,
+    batched_init: bool = False,
+    optimizer=None,
+    max_steps: int | None = None,
+    tol: float | None = None,
+    history: bool = False,
+    check_finite: bool = True,
+) -> FitResult:
+    """Fits one model to B independent data sets in one compiled call; returns a batched FitResult.
+
+    For each data set ``b``: ``w*_b = argmin_w -(sum_i v_bi log p(obs_bi; w)) / sum_i v_bi``,
+    the fit of :func:`mlefit.fit` under ``jax.vmap`` (compiled once per shapes and model).
+    The result's fields carry a leading axis B (``res.params["mu"].shape == (B,)``,
+    ``res.status``, ``res.converged``, ``res.stderr`` per fit); ``res[b]`` is the b-th fit
+    as an ordinary :class:`FitResult` (``summary()`` and all).
+
+    Convergence is per fit: each member stops on its own test, with its own ``max_steps``
+    budget, and keeps its values while the others run; the call ends with the slowest
+    member. A data set that cannot be fitted (all values equal, a divergent likelihood)
+    ends with its own status (``stalled``, ``max_steps``, ``non_finite``) and does not
+    affect the others.
+
+    Args:
+        model: as for :func:`mlefit.fit`: ``log_prob(params, *obs)``, an equinox Module
+            (shared start), or a ready-made model (its data-driven ``init`` runs per data
+            set, on the used observations only).
+        data: an array ``(B, n, ...)`` or a tuple of them: B data sets of n observations.
+        init: starting parameters. Shared by all data sets (default), or one per data set
+            with ``batched_init=True`` (every leaf, or constraint value, has a leading
+            axis B). Shapes alone cannot tell the two apart, hence the flag.
+        weights: ``(B, n)`` non-negative observation weights; a zero weight is padding,
+            so ragged data sets are padded to a common n (the padded values may be
+            anything, even NaN). ``res.n_obs[b] = sum_i weights[b, i]``.
+        mask: ``(B, n)`` boolean, False = padding (the same as 0/1 weights; multiplied
+            into ``weights`` when both are given).
+        batched_init: whether ``init`` has a leading data-set axis.
+        optimizer: ``"newton"`` (damped Newton with the exact Hessian,
+            :func:`mlefit._newton.newton_loop`), an optax ``GradientTransformation``
+            (e.g. ``optax.lbfgs()``, the loop of ``fit``), or None: Newton for up to 32
+            free parameters, else ``fit``'s default L-BFGS. Newton was 2x faster than
+            vmapped L-BFGS on 10,000 Gamma fits (it needs fewer, equally vectorised steps).
+        max_steps: step budget per data set (default 200 for Newton, 2,000 otherwise).
+        tol: gradient max-norm tolerance on each mean NLL (default as ``fit``).
+        history: record each fit's mean NLL per step (a ``(B, max_steps + 1)`` buffer).
+        check_finite: raise ``ValueError`` (naming data set and observation) for NaN/inf
+            in used observations, like ``fit``. With False those fits end with status
+            ``init_not_finite`` and the others are fitted as usual.
+
+    Returns:
+        A batched :class:`FitResult`. Its ``data`` holds the data with padding replaced by
+        a copy of a valid observation of the same data set (zero weight, no effect).
+
+    Example:
+        >>> import jax.numpy as jnp, jax.scipy.stats as st, mlefit
+        >>> normal = lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"])
+        >>> x = jnp.array([[1.0, 2.0, 4.0], [0.0, 1.0, 2.0]])
+        >>> res = mlefit.fit_many(normal, x, {"mu": 0.0, "sigma": mlefit.Positive(1.0)})
+        >>> res.params["mu"].round(4).tolist()
+        [2.3333, 1.0]
+    """
+    data = check_batched_data(data)
+    B, n = data[0].shape[:2]
+    dtype = float_dtype(data)
+    weights = check_batched_weights(weights, mask, (B, n), dtype)
+    if check_finite:
+        _check_batched_finite(data, weights)
+    if not isinstance(batched_init, bool):
+        raise TypeError(f"batched_init: expected True or False, got {batched_init!r}")
+
+    one_set = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)  # one data set
+    if isinstance(model, AbstractModel):
+        hdata, hw = _host_data(data, weights)
+        _check_model_data(model, hdata, hw)
+        problem = Problem(logp=model.log_prob, name=model.name, source=model)
+        if init is None:
+            init = batched_model_init(model, data, weights, hdata, hw)
+            batched_init = True
+    else:
+        problem, init = as_problem(model, init, one_set)
+        if batched_init and init is not None and problem.module_static is not None:
+            raise ValueError("batched_init: an equinox Module model is its own (shared) start.")
+
+    u0, transforms = split_init(init, dtype)
+    if batched_init:
+        _check_batched_u0(u0, B)
+    solver = _choose_solver(optimizer, _count_params(u0, batched_init))
+    if max_steps is None:
+        max_steps = DEFAULT_MAX_STEPS_NEWTON if solver == _NEWTON else DEFAULT_MAX_STEPS_MANY
+    opts = check_options(
+        n, dtype, None if solver == _NEWTON else solver, None, None, None, max_steps, tol, history
+    )
+    u0_one = jax.tree.map(lambda x: x[0], u0) if batched_init else u0
+    check_model_output(problem.logp, constrain(u0_one, transforms), one_set)
+    if weights is not None:
+        data = fill_padding(data, weights)
+
+    u, value, grad_norm, steps, status, hist = _fit_many_compiled(
+        problem.logp,
+        transforms,
+        solver,
+        u0,
+        data,
+        weights,
+        jnp.asarray(opts.tol, dtype),
+        opts.max_steps,
+        opts.history,
+        batched_init,
+    )
+    codes = np.asarray(status)
+    if (codes == Status.INIT_NOT_FINITE).all():
+        u0_first = u0_one
+        first = tuple(a[0] for a in data)
+        msg = _init_not_finite_message(problem, init, u0_first, transforms, first)
+        raise ValueError(f"every data set failed at the start; data set 0: {msg}")
+    n_obs = jnp.full((B,), n, dtype) if weights is None else jnp.sum(weights, axis=1)
+    return FitResult(
+        params=problem.finalize(constrain(u, transforms)),
+        u=u,
+        nll=value,
+        n_obs=n_obs,
+        status_code=status,
+        steps=steps,
+        grad_norm=grad_norm,
+        history_buffer=hist,
+        data=data,
+        weights=weights,
+        problem=problem,
+        transforms=transforms,
+        minibatch=False,
+    )

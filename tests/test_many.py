@@ -1,0 +1,297 @@
+"""Batched fits: fit_many against separate fits, closed forms and scipy; padding, bad
+data sets, per-fit status, init handling, indexing and no recompilation."""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.stats as jst
+import numpy as np
+import optax
+import pytest
+import scipy.stats
+
+import mlefit
+import mlefit._many as many
+from mlefit.models import Gamma, Normal
+
+from .helpers import rel_err
+
+
+def normal(p, x):
+    return jst.norm.logpdf(x, p["mu"], p["sigma"])
+
+
+INIT = {"mu": 0.0, "sigma": mlefit.Positive(1.0)}
+B, N = 5, 40
+
+
+@pytest.fixture(scope="module")
+def xs():
+    rng = np.random.default_rng(1)
+    return rng.normal(rng.uniform(-3, 3, (B, 1)), rng.uniform(0.5, 2.0, (B, 1)), (B, N))
+
+
+@pytest.fixture(scope="module")
+def res(xs):
+    return mlefit.fit_many(normal, xs, INIT)
+
+
+def closed_form_normal(x):
+    return x.mean(axis=-1), x.std(axis=-1)  # MLE: mean and the biased standard deviation
+
+
+# -- shapes, indexing, agreement with separate fits ---------------------------------------
+def test_fields_have_a_leading_data_set_axis(res):
+    assert res.batch_shape == (B,) and len(res) == B
+    assert res.params["mu"].shape == (B,) and res.params["sigma"].shape == (B,)
+    assert res.converged.shape == (B,) and bool(res.converged.all())
+    assert res.nll.shape == res.n_obs.shape == res.steps.shape == res.grad_norm.shape == (B,)
+    assert np.asarray(res.status).shape == (B,)
+    assert res.data[0].shape == (B, N)
+
+
+def test_matches_closed_form_and_separate_fits(res, xs):
+    mu, sigma = closed_form_normal(xs)
+    # tol = 1e-9 on the gradient of the mean NLL and a Hessian of order 1/sigma^2:
+    # the estimates are within ~1e-9 of the optimum; 1e-8 leaves room for rounding.
+    assert rel_err(res.params["mu"], mu) < 1e-8
+    assert rel_err(res.params["sigma"], sigma) < 1e-8
+    for b in range(B):
+        single = mlefit.fit(normal, xs[b], INIT)
+        assert rel_err(res.params["mu"][b], single.params["mu"]) < 1e-8
+        assert rel_err(res.params["sigma"][b], single.params["sigma"]) < 1e-8
+        assert rel_err(res.nll[b], single.nll) < 1e-12  # same optimum: NLL agrees to rounding
+
+
+def test_indexing_gives_an_ordinary_fit(res, xs):
+    r2 = res[2]
+    assert isinstance(r2, mlefit.FitResult) and r2.batch_shape == ()
+    assert r2.data[0].shape == (N,)
+    text = repr(r2)
+    assert "status=converged" in text and "mu" in text
+    assert "batch_shape=(5,)" in repr(res) and "converged" in repr(res)
+    if hasattr(r2, "summary"):
+        s = r2.summary()
+        assert "mu" in s and "sigma" in s
+        # stderr of the mean of a Gaussian: sigma_hat / sqrt(n) (observed information)
+        se = r2.stderr["mu"]
+        assert rel_err(se, xs[2].std() / np.sqrt(N)) < 1e-6
+
+
+def test_batched_stderr_matches_closed_form(res, xs):
+    from mlefit._inference import stderr_of
+
+    se = stderr_of(res)
+    assert se["mu"].shape == (B,)
+    # Observed information of N(mu, sigma) at the MLE: se(mu) = sigma / sqrt(n),
+    # se(sigma) = sigma / sqrt(2n); 1e-6 covers the 1e-9 optimisation tolerance.
+    sigma = xs.std(axis=1)
+    assert rel_err(se["mu"], sigma / np.sqrt(N)) < 1e-6
+    assert rel_err(se["sigma"], sigma / np.sqrt(2 * N)) < 1e-6
+
+
+def test_lbfgs_and_newton_agree(xs, res):
+    r = mlefit.fit_many(normal, xs, INIT, optimizer=optax.lbfgs())
+    assert bool(r.converged.all())
+    assert rel_err(r.params["sigma"], res.params["sigma"]) < 1e-8
+
+
+def test_tuple_data_regression_matches_least_squares():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(4, 30))
+    y = 1.0 + 2.0 * X + rng.normal(size=(4, 30))
+
+    def linear(p, x, y):
+        return jst.norm.logpdf(y, p["a"] + p["b"] * x, p["s"])
+
+    r = mlefit.fit_many(linear, (X, y), {"a": 0.0, "b": 0.0, "s": mlefit.Positive(1.0)})
+    for b in range(4):
+        slope, intercept = np.polyfit(X[b], y[b], 1)  # the MLE of (a, b) is least squares
+        assert rel_err(r.params["b"][b], slope) < 1e-8
+        assert rel_err(r.params["a"][b], intercept) < 1e-8
+
+
+# -- ragged data sets ----------------------------------------------------------------------
+def test_padding_does_not_bias_anything(xs, res):
+    lengths = np.array([N, 25, 10, 33, 3])
+    w = (np.arange(N)[None, :] < lengths[:, None]).astype(float)
+    padded = np.where(w > 0, xs, np.nan)  # padding may hold anything, NaN included
+    # A tight tol lets Newton run to rounding, so the padded fits can be compared to the
+    # closed-form MLE of the unpadded data sets to 1e-10.
+    r = mlefit.fit_many(normal, padded, INIT, weights=w, tol=1e-13)
+    rm = mlefit.fit_many(normal, padded, INIT, mask=w > 0, tol=1e-13)
+    assert bool(r.converged.all())
+    np.testing.assert_array_equal(np.asarray(r.n_obs), lengths)
+    for b in range(B):
+        mu, sigma = closed_form_normal(xs[b, : lengths[b]])
+        assert abs(float(r.params["mu"][b]) - mu) < 1e-10 * sigma
+        assert rel_err(r.params["sigma"][b], sigma) < 1e-10
+        assert rel_err(rm.params["sigma"][b], sigma) < 1e-10
+    # data set 0 is not padded: the weighted and the unweighted fit agree
+    assert rel_err(r.nll[0], res.nll[0]) < 1e-12
+    assert np.isfinite(np.asarray(r.data[0])).all()  # padding replaced by valid observations
+
+
+def test_padded_model_init_uses_only_the_used_observations(xs):
+    lengths = np.array([N, 12, 10, 33, 4])
+    mask = np.arange(N)[None, :] < lengths[:, None]
+    padded = np.where(mask, xs, 1e6)
+    r = mlefit.fit_many(Normal(), padded, mask=mask)
+    for b in range(B):
+        mu, sigma = closed_form_normal(xs[b, : lengths[b]])
+        assert rel_err(r.params["loc"][b], mu) < 1e-8
+        assert rel_err(r.params["scale"][b], sigma) < 1e-8
+
+
+# -- per-fit convergence and bad data sets ------------------------------------------------
+def test_a_converged_member_stops_while_others_continue(xs):
+    # Data set 0 starts at its optimum; the others start far away.
+    mu, sigma = closed_form_normal(xs)
+    init = {
+        "mu": np.where(np.arange(B) == 0, mu, 10.0),
+        "sigma": mlefit.Positive(np.where(np.arange(B) == 0, sigma, 5.0)),
+    }
+    r = mlefit.fit_many(normal, xs, init, batched_init=True, history=True)
+    steps = np.asarray(r.steps)
+    assert steps[0] <= 1 and steps[1:].min() > steps[0]
+    h = np.asarray(r.history_buffer)
+    for b in range(B):
+        assert np.isfinite(h[b, : steps[b] + 1]).all()
+        assert np.isnan(h[b, steps[b] + 1 :]).all()  # nothing recorded after it stopped
+        assert np.all(np.diff(h[b, : steps[b] + 1]) <= 1e-15)  # accepted steps never rise
+    assert rel_err(r.params["mu"], mu) < 1e-8
+
+
+def test_one_bad_data_set_does_not_spoil_the_others(xs):
+    bad = xs.copy()
+    bad[1] = 3.0  # zero spread: the NLL decreases without bound as sigma -> 0
+    bad[3, 7] = np.nan
+    with pytest.raises(ValueError, match="data set 3, observation 7"):
+        mlefit.fit_many(normal, bad, INIT)
+    r = mlefit.fit_many(normal, bad, INIT, check_finite=False)
+    status = r.status
+    assert status[3] == mlefit.Status.INIT_NOT_FINITE
+    assert status[1] != mlefit.Status.CONVERGED
+    assert np.isfinite(np.asarray(r.params["sigma"][1]))  # never NaN, even when it fails
+    good = [0, 2, 4]
+    mu, sigma = closed_form_normal(xs[good])
+    assert all(status[b] == mlefit.Status.CONVERGED for b in good)
+    assert rel_err(r.params["mu"][np.array(good)], mu) < 1e-8
+    assert rel_err(r.params["sigma"][np.array(good)], sigma) < 1e-8
+
+
+def test_model_init_failure_in_one_data_set_warns_and_reports(xs):
+    bad = xs.copy()
+    bad[2] = 1.5  # Normal.init refuses zero spread
+    everything = np.ones((B, N), bool)  # (the mask only shares the compiled fit of the test above)
+    with pytest.warns(UserWarning, match="data set 2"):
+        r = mlefit.fit_many(Normal(), bad, mask=everything)
+    assert r.status[2] != mlefit.Status.CONVERGED
+    good = np.array([0, 1, 3, 4])
+    assert bool(r.converged[good].all())
+    assert rel_err(r.params["loc"][good], xs[good].mean(axis=1)) < 1e-8
+
+
+def test_nothing_fittable_raises():
+    with pytest.raises(ValueError, match="every data set failed at the start"):
+        mlefit.fit_many(normal, np.full((B, N), np.inf), INIT, check_finite=False)
+
+
+# -- init: shared, batched, model-driven ----------------------------------------------------
+def test_shared_and_batched_init_agree(xs, res):
+    init = {"mu": np.linspace(-1, 1, B), "sigma": mlefit.Positive(np.linspace(0.5, 2.0, B))}
+    r = mlefit.fit_many(normal, xs, init, batched_init=True, history=True)
+    assert rel_err(r.params["mu"], res.params["mu"]) < 1e-8
+    assert rel_err(r.params["sigma"], res.params["sigma"]) < 1e-8
+    with pytest.raises(ValueError, match="leading axis of size B=5"):
+        mlefit.fit_many(normal, xs, INIT, batched_init=True)
+
+
+class TracedNormal(mlefit.AbstractModel):
+    """A model whose init is pure jnp, so fit_many vmaps it."""
+
+    def log_prob(self, params, x):
+        return jst.norm.logpdf(x, params["loc"], params["scale"])
+
+    def init(self, x):
+        return {"loc": jnp.mean(x), "scale": mlefit.Positive(jnp.std(x))}
+
+
+def test_traceable_model_init_is_vmapped(xs):
+    r = mlefit.fit_many(TracedNormal(), xs, max_steps=0)  # the start is the closed form
+    mu, sigma = closed_form_normal(xs)
+    assert rel_err(r.params["loc"], mu) < 1e-12 and rel_err(r.params["scale"], sigma) < 1e-12
+    bad = xs.copy()
+    bad[4] = 0.0  # start scale 0 violates Positive: replaced, with a warning
+    with pytest.warns(UserWarning, match="data set 4"):
+        r = mlefit.fit_many(TracedNormal(), bad)
+    assert bool(r.converged[:4].all()) and not bool(r.converged[4])
+
+
+def test_gamma_matches_scipy():
+    rng = np.random.default_rng(3)
+    x = rng.gamma(np.array([0.7, 2.0, 5.0])[:, None], np.array([2.0, 1.0, 0.3])[:, None], (3, 150))
+    r = mlefit.fit_many(Gamma(), x)
+    assert bool(r.converged.all())
+    for b in range(3):
+        a, _, scale = scipy.stats.gamma.fit(x[b], floc=0)
+        # scipy solves the 1-D shape equation to its default xtol (~1e-8 relative)
+        assert rel_err(r.params["shape"][b], a) < 1e-6
+        assert rel_err(r.params["scale"][b], scale) < 1e-6
+        # and our NLL is at least as low as scipy's, to rounding
+        nll_scipy = -scipy.stats.gamma.logpdf(x[b], a, scale=scale).mean()
+        assert float(r.nll[b]) <= nll_scipy + 1e-12
+
+
+class Coin(eqx.Module):
+    logit: jax.Array
+
+    def log_prob(self, y):
+        return y * jax.nn.log_sigmoid(self.logit) + (1 - y) * jax.nn.log_sigmoid(-self.logit)
+
+
+def test_module_model_shares_its_start():
+    y = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    r = mlefit.fit_many(Coin(jnp.array(0.0)), y)
+    p = jax.nn.sigmoid(r.params.logit)
+    assert rel_err(p, np.array([0.75, 0.25])) < 1e-8  # MLE: the sample proportion
+
+
+# -- compile once ------------------------------------------------------------------------------
+def test_second_call_with_same_shapes_does_not_retrace(xs, res):
+    before = eqx.debug.get_num_traces(many._fit_many_traced)
+    r = mlefit.fit_many(normal, xs + 1.0, INIT)
+    assert eqx.debug.get_num_traces(many._fit_many_traced) == before
+    assert rel_err(r.params["mu"], res.params["mu"] + 1.0) < 1e-8
+
+
+# -- errors before compiling -----------------------------------------------------------------
+def test_bad_input_errors(xs):
+    with pytest.raises(ValueError, match=r"shape \(B, n, ...\)"):
+        mlefit.fit_many(normal, xs[0], INIT)
+    with pytest.raises(ValueError, match=r"weights: expected shape \(5, 40\)"):
+        mlefit.fit_many(normal, xs, INIT, weights=np.ones((5, 39)))
+    w = np.ones((B, N))
+    w[2, 5] = -1.0
+    with pytest.raises(ValueError, match="data set 2, observation 5"):
+        mlefit.fit_many(normal, xs, INIT, weights=w)
+    w[2, 5] = 1.0
+    w[4] = 0.0
+    with pytest.raises(ValueError, match="data set 4 has no observation"):
+        mlefit.fit_many(normal, xs, INIT, weights=w)
+    with pytest.raises(TypeError, match="mask: expected a boolean"):
+        mlefit.fit_many(normal, xs, INIT, mask=np.ones((B, N)))
+    with pytest.raises(ValueError, match="optimizer: the only named optimizer is 'newton'"):
+        mlefit.fit_many(normal, xs, INIT, optimizer="bfgs")
+    with pytest.raises(ValueError, match="share the data-set and observation axes"):
+        mlefit.fit_many(lambda p, x, y: 0.0, (xs, xs[:, :3]), INIT)
+    x = np.abs(xs)
+    x[3, 11] = -1.0
+    with pytest.raises(ValueError, match="data set 3: Gamma: data\\[11\\]"):
+        mlefit.fit_many(Gamma(), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="init: the NLL"):
+            mlefit.fit_many(normal, xs, {"mu": 0.0, "sigma": 0.0})
