@@ -9,12 +9,14 @@ from . import datasets as datasets
 from . import info as info
 from . import models as models
 from . import plot as plot
+from ._bootstrap import bootstrap as bootstrap
 from ._constraints import Interval as Interval
 from ._constraints import Positive as Positive
 from ._fit import fit as fit
 from ._inference import lr_test as lr_test
 from ._likelihood import loglik as loglik
 from ._likelihood import nll as nll
+from ._many import fit_many as fit_many
 from ._model import AbstractModel as AbstractModel
 from ._result import FitResult as FitResult
 from ._status import Status as Status
