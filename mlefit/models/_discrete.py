@@ -30,11 +30,17 @@ def _clipped_mean(a: np.ndarray) -> float:
 
 def bernoulli_log_prob(logit, y):
     """``y log sigmoid(logit) + (1 - y) log sigmoid(-logit)``, stable for any logit."""
+    logit = jnp.asarray(logit)
+    if not jnp.issubdtype(logit.dtype, jnp.inexact):
+        logit = logit.astype(jnp.result_type(float))
     return -optax.sigmoid_binary_cross_entropy(logit, y)
 
 
 def categorical_log_prob(logits, label):
     """``log_softmax(logits)[label]`` for one integer label."""
+    logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.inexact):
+        logits = logits.astype(jnp.result_type(float))
     return -optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(label, jnp.int32))
 
 
