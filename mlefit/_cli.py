@@ -130,8 +130,10 @@ p-value would be wrong, so it is not reported.
 
 _BENCH_EXAMPLES = """\
 examples:
-  mlefit bench                      # writes benchmarks/RESULTS.md
-  mlefit bench /tmp/results.md
+  mlefit bench                      # the full suite, written to benchmarks/RESULTS.md
+  mlefit bench /tmp/results.md      # written to another file
+  mlefit bench --quick              # small sizes, about a minute, nothing written
+  mlefit bench --only logistic,gamma
 
 Runs the benchmark suite of a source checkout (python -m benchmarks.run); it needs
 the repository, not just the installed package.
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="where to write the results (default benchmarks/RESULTS.md)")
+    p.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated problem names")
     p.set_defaults(run=run_bench)
     return parser
 
@@ -376,8 +380,11 @@ def fit_one(canonical: str, cls: type, col):
 
     model = _FACTORIES[canonical](col.values) if canonical in _FACTORIES else cls()
     check_support(model, canonical, col)
+    options = {}
+    if sys.stderr.isatty() and "progress" in inspect.signature(mlefit.fit).parameters:
+        options["progress"] = {"delay": 1.0}  # a bar only for fits longer than a second
     try:
-        return mlefit.fit(model, jnp.asarray(col.values))
+        return mlefit.fit(model, jnp.asarray(col.values), **options)
     except ValueError as e:
         raise UsageError(f"{_where(col)}: cannot fit {display_name(canonical)}: {e}") from None
 
@@ -656,11 +663,11 @@ def format_compare(out: dict) -> str:
 
 
 def repo_root() -> Path | None:
-    """The source checkout holding ``benchmarks/`` next to the imported ``mlefit``, if any."""
-    root = Path(__file__).resolve().parent.parent
-    bench = root / "benchmarks"
-    if (bench / "run.py").is_file() or (bench / "__main__.py").is_file():
-        return root
+    """The source checkout with ``benchmarks/run.py``: the one of the imported ``mlefit``
+    (an editable install), else the current folder if it is a clone; ``None`` if neither."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "benchmarks" / "run.py").is_file() and (root / "mlefit").is_dir():
+            return root
     return None
 
 
@@ -673,6 +680,10 @@ def run_bench(args) -> int:
             "(or 'python -m benchmarks.run') from the clone"
         )
     cmd = [sys.executable, "-m", "benchmarks.run"]
+    if args.quick:
+        cmd.append("--quick")
+    if args.only:
+        cmd += ["--only", args.only]
     if args.path:
-        cmd += ["--output", os.path.abspath(args.path)]
+        cmd += ["--out", os.path.abspath(args.path)]
     return subprocess.call(cmd, cwd=root)

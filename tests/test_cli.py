@@ -275,10 +275,10 @@ def test_bench_runs_the_suite_module(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(_cli, "repo_root", lambda: tmp_path)
     monkeypatch.setattr(_cli.subprocess, "call", lambda cmd, cwd: calls.append((cmd, cwd)) or 0)
-    assert main(["bench", "out.md"]) == 0
+    assert main(["bench", "out.md", "--quick"]) == 0
     (cmd, cwd), = calls
-    assert cmd[1:3] == ["-m", "benchmarks.run"] and cwd == tmp_path
-    assert cmd[-1] == str(tmp_path / "out.md")
+    assert cmd[1:] == ["-m", "benchmarks.run", "--quick", "--out", str(tmp_path / "out.md")]
+    assert cwd == tmp_path
 
 
 def test_console_entry_point_subprocess(tmp_path):
