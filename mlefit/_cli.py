@@ -361,25 +361,38 @@ def _setup_jax() -> None:
 
 
 def _enable_compilation_cache() -> None:
-    import mlefit
-
-    enable = getattr(mlefit, "enable_compilation_cache", None)
-    if enable is not None:
-        try:
-            enable()
-        except Exception:  # noqa: BLE001 - a cache is an optimisation, never a failure
-            pass
+    try:
+        from ._cache import enable_compilation_cache
+    except ImportError:
+        return
+    try:
+        enable_compilation_cache()
+    except Exception:  # noqa: BLE001 - a cache is an optimisation, never a failure
+        pass
 
 
 # -- fitting and reporting ------------------------------------------------------------------
-def fit_one(canonical: str, cls: type, col):
-    """Fits one model to the column; UsageError for data the model cannot take."""
+def make_model(canonical: str, cls: type, col):
+    """The model for the column, its data checked (host-side, nothing compiled or written).
+
+    UsageError for data outside the support, or data that cannot start a fit (e.g. all
+    observations equal).
+    """
+    model = _FACTORIES[canonical](col.values) if canonical in _FACTORIES else cls()
+    check_support(model, canonical, col)
+    try:
+        model.init(col.values)
+    except ValueError as e:
+        raise UsageError(f"{_where(col)}: cannot fit {display_name(canonical)}: {e}") from None
+    return model
+
+
+def fit_one(canonical: str, model, col):
+    """Fits the model to the column; UsageError for data the model cannot take."""
     import jax.numpy as jnp
 
     import mlefit
 
-    model = _FACTORIES[canonical](col.values) if canonical in _FACTORIES else cls()
-    check_support(model, canonical, col)
     options = {}
     if sys.stderr.isatty() and "progress" in inspect.signature(mlefit.fit).parameters:
         options["progress"] = {"delay": 1.0}  # a bar only for fits longer than a second
@@ -541,8 +554,9 @@ def run_fit(args) -> int:
     if args.plot:
         check_plot_target(args.plot)
     col = load_data(args.data, args.column)
-    _setup_jax()
-    res = fit_one(canonical, cls, col)
+    model = make_model(canonical, cls, col)
+    _setup_jax()  # only now, when the input is known to be good
+    res = fit_one(canonical, model, col)
     rep = report(res, canonical, col, args.level)
     if args.json:
         print(json.dumps(rep, indent=2, allow_nan=False))
@@ -588,8 +602,9 @@ def run_compare(args) -> int:
     if len(resolved) < 2:
         raise UsageError("compare needs at least two --dist options (use 'fit' for one)")
     col = load_data(args.data, args.column)
-    _setup_jax()
-    fits = {c: fit_one(c, cls, col) for c, cls in resolved}
+    models = {c: make_model(c, cls, col) for c, cls in resolved}
+    _setup_jax()  # only now, when the input is known to be good
+    fits = {c: fit_one(c, m, col) for c, m in models.items()}
     rows = []
     for c, res in fits.items():
         k = len(_flat_names_values(res.params)[0])

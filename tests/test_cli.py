@@ -6,6 +6,7 @@ written; the expected numbers come from closed forms or scipy, never from mlefit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,12 +21,15 @@ import mlefit
 from mlefit import _cli, datasets
 from mlefit._cli import main
 
+CACHE_CALLS: list = []
+
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
-    """Each test runs in its own empty folder, with the compilation cache left alone."""
+    """Each test runs in its own empty folder; the compilation cache is only counted."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(_cli, "_enable_compilation_cache", lambda: None)
+    CACHE_CALLS.clear()
+    monkeypatch.setattr(_cli, "_enable_compilation_cache", lambda: CACHE_CALLS.append(1))
 
 
 def _write(path, text):
@@ -51,6 +55,7 @@ def _assert_usage_error(tmp_path, capsys, argv, pattern):
 
     assert re.search(pattern, err), err
     assert sorted(os.listdir(tmp_path)) == before  # nothing written
+    assert not CACHE_CALLS  # not even the compilation cache is switched on
     return err
 
 
@@ -116,7 +121,9 @@ BAD_FILES = [
      r"header on line 1 but no data rows\)"),
     ("blank.csv", "\n\n", [], r"blank\.csv: the file is empty"),
     ("neg.csv", "x\n1.0\n2.0\n-3.0\n", [], r"neg\.csv, line 4, column 'x': data outside the "
-     r"support of gamma"),
+     r"support of gamma: data\[2\] = -3\.0"),
+    ("same.csv", "x\n2\n2\n2\n", [], r"same\.csv, column 'x': cannot fit gamma: .*all 3 "
+     r"observations are equal"),
 ]
 
 
@@ -264,6 +271,21 @@ def test_compare_boundary_case_has_no_p_value(tmp_path, capsys):
     line = next(s for s in out.splitlines() if "normal within studentt" in s)
     assert "boundary" in line and "p =" not in line
     assert out.index("studentt") < out.index("normal ")  # t-distributed data: studentt first
+
+
+def test_not_converged_is_exit_1_and_says_so(tmp_path, capsys, monkeypatch):
+    real_fit_one = _cli.fit_one
+
+    def stopped_early(canonical, model, col):  # the same fit, as if max_steps ran out
+        res = real_fit_one(canonical, model, col)
+        return dataclasses.replace(res, status_code=np.asarray(mlefit.Status.MAX_STEPS))
+
+    monkeypatch.setattr(_cli, "fit_one", stopped_early)
+    code, out, _ = _run(capsys, "fit", "--dist", "normal", "--json")
+    rep = json.loads(out)
+    assert code == 1 and rep["converged"] is False and rep["status"] == "max_steps"
+    code, out, _ = _run(capsys, "fit", "--dist", "normal")
+    assert code == 1 and "WARNING: stopped at max_steps" in out
 
 
 def test_bench_outside_a_checkout(tmp_path, capsys, monkeypatch):
