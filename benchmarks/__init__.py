@@ -1,0 +1,1 @@
+"""mlefit benchmark suite: ``python -m benchmarks.run`` (see benchmarks/run.py)."""
