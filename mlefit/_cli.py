@@ -157,14 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "fit",
         help="fit one distribution to one column of a file",
-        description="Fit a distribution by maximum likelihood and print estimates, "
-        "standard errors, confidence intervals, log-likelihood, AIC, BIC and convergence.",
+        description="Fit a distribution by maximum likelihood and print estimates, standard\n"
+        "errors, confidence intervals, log-likelihood, AIC, BIC and convergence.",
         epilog=_FIT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_data_arguments(p)
     p.add_argument("--dist", required=True, metavar="NAME",
-                   help="distribution (normal, gamma, poisson, ...; a wrong name lists them)")
+                   help=f"the distribution, one of: {_dist_list()}")
     p.add_argument("--level", type=_level, default=0.95,
                    help="confidence level of the intervals (default 0.95)")
     p.add_argument("--json", action="store_true",
@@ -177,14 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare",
         help="fit several distributions and rank them by AIC",
-        description="Fit each --dist to the same data; print a table ranked by AIC and "
+        description="Fit each --dist to the same data; print a table ranked by AIC and\n"
         "likelihood-ratio tests between nested models.",
         epilog=_COMPARE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_data_arguments(p)
     p.add_argument("--dist", action="append", required=True, metavar="NAME",
-                   help="a distribution to fit; repeat for each model (at least two)")
+                   help=f"a distribution to fit; repeat for each model (at least two): "
+                   f"{_dist_list()}")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(run=run_compare)
 
@@ -274,6 +275,10 @@ def _n_obs_args(cls) -> int | None:
         return None
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(positional) - 2  # self, params
+
+
+def _dist_list() -> str:
+    return ", ".join(display_name(k) for k in available_dists()) or "(none)"
 
 
 def display_name(canonical: str) -> str:
@@ -559,7 +564,7 @@ def run_fit(args) -> int:
     res = fit_one(canonical, model, col)
     rep = report(res, canonical, col, args.level)
     if args.json:
-        print(json.dumps(rep, indent=2, allow_nan=False))
+        print(json.dumps(_json_safe(rep), indent=2, allow_nan=False))
     else:
         print(format_report(rep))
     if args.plot:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -19,6 +20,7 @@ __all__ = ["read_column", "strikes", "strikes_path", "Column"]
 
 # Cells read as "missing" rather than "not a number", so the message says what they are.
 _MISSING = {"", "na", "n/a", "nan", "null", "none", "nil", "-", ".", "?"}
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+$")
 
 
 class Column(NamedTuple):
@@ -217,7 +219,8 @@ def _parse_cell(cell: str, where: str) -> float:
     try:
         v = float(s)
     except ValueError:
-        raise ValueError(f"{where}: {s!r} is not a number") from None
+        hint = " (a decimal comma? write 3.5, not 3,5)" if _DECIMAL_COMMA.match(s) else ""
+        raise ValueError(f"{where}: {s!r} is not a number{hint}") from None
     if not math.isfinite(v):
         raise ValueError(f"{where}: {s!r} is not a finite number")
     return v

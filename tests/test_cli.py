@@ -116,6 +116,8 @@ BAD_FILES = [
      r"empty_cell\.csv, line 3, column 'x': empty cell"),
     ("short.csv", "x,y\n1,2\n3\n", ["--column", "y"],
      r"short\.csv, line 3, column 'y': missing value \(the row has only 1 field"),
+    ("dec.csv", "x;y\n1,5;2\n2,5;3\n", ["--column", "x"],
+     r"dec\.csv, line 2, column 'x': '1,5' is not a number \(a decimal comma\?"),
     ("inf.csv", "x\n1\ninf\n", [], r"inf\.csv, line 3, column 'x': 'inf' is not a finite number"),
     ("header_only.csv", "x\n", [], r"header_only\.csv, column 'x': no values \(the file has a "
      r"header on line 1 but no data rows\)"),
