@@ -475,41 +475,11 @@ def report(res, canonical: str, col, level: float) -> dict:
     }
 
 
-def _fmt(v, width=12) -> str:
-    if v is None:
-        return "nan".rjust(width)
-    return f"{v:{width}.6g}"
-
-
-def _fmt10(v) -> str:
-    # log-likelihoods are compared by differences: show them to 10 significant digits
-    return "nan".rjust(16) if v is None else f"{v:16.10g}"
-
-
-def format_report(rep: dict) -> str:
-    pct = f"{100 * rep['level']:g}%"
-    head = f"{'parameter':<12}{'estimate':>12}{'std err':>12}{pct + ' low':>12}{pct + ' high':>12}"
-    lines = [
-        f"{rep['model']} fit to {_source_label(rep['data'])} (n = {rep['data']['n_obs']})",
-        "",
-        head,
-        "-" * len(head),
-    ]
-    for name, p in rep["params"].items():
-        lines.append(
-            f"{name:<12}{_fmt(p['estimate'])}{_fmt(p['stderr'])}{_fmt(p['ci_low'])}{_fmt(p['ci_high'])}"
-        )
-    lines += [
-        "",
-        f"{'log-likelihood':<16}{_fmt10(rep['loglik'])}",
-        f"{'AIC':<16}{_fmt10(rep['aic'])}",
-        f"{'BIC':<16}{_fmt10(rep['bic'])}",
-        f"{'status':<16}{rep['status']} after {rep['steps']} steps "
-        f"(gradient max-norm {rep['grad_norm']:.2g})",
-    ]
-    if not rep["converged"]:
-        lines.append(f"{'':<16}WARNING: {rep['message']}")
-    return "\n".join(lines)
+def format_report(res, rep: dict) -> str:
+    """The text of ``mlefit fit``: where the data came from, then ``res.summary``."""
+    d = rep["data"]
+    head = f"{rep['dist']} fit to {_source_label(d)}, n = {d['n_obs']}"
+    return head + "\n\n" + res.summary(level=rep["level"])
 
 
 # -- plot -----------------------------------------------------------------------------------
@@ -566,11 +536,11 @@ def run_fit(args) -> int:
     if args.json:
         print(json.dumps(_json_safe(rep), indent=2, allow_nan=False))
     else:
-        print(format_report(rep))
+        print(format_report(res, rep))
     if args.plot:
         write_plot(res, col.values, is_discrete(res.problem.source, canonical), args.plot)
         if not args.json:
-            print(f"{'plot':<16}{args.plot}")
+            print(f"Plot written to {args.plot}")
     return EXIT_OK if rep["converged"] else EXIT_NOT_CONVERGED
 
 
