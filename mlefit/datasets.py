@@ -33,7 +33,14 @@ class Column(NamedTuple):
 
 
 def strikes_path() -> Path:
-    """Path of the bundled ``strikes.csv`` (Kennan 1985 strike durations, public domain)."""
+    """Returns the path of the bundled ``strikes.csv`` (Kennan 1985 strike durations).
+
+    Public domain; columns ``duration`` (days) and ``iprod``. See ``mlefit/data/README.md``.
+
+    Example:
+        >>> strikes_path().name
+        'strikes.csv'
+    """
     return Path(str(resources.files("mlefit") / "data" / "strikes.csv"))
 
 
