@@ -778,7 +778,7 @@ def profile_confint(res, level: float = 0.95, params=None) -> np.ndarray:
             f"confint: the profile likelihood of {', '.join(open_sides)} stays below the "
             f"chi2 quantile out to {_PROFILE_GRID[-1]:g} x z x stderr; that end of the "
             "interval is reported as the parameter's bound (or +-inf).",
-            stacklevel=3,
+            stacklevel=4,
         )
     return out.reshape(len(idx), 2)
 

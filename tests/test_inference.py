@@ -214,21 +214,33 @@ def test_non_identifiable_model_reports_not_positive_definite():
     assert "not positive definite" in text and "a, b not identified" in text
 
 
-def test_parameter_at_bound_is_flagged():
-    # Var(x) = 1 + s with s >= 0; a sample variance below 1 puts the MLE s on its bound.
+def bounded_mixture(p, x):
+    """r N(mu, 1 + s) + (1 - r) N(5, 1), s Positive, r Interval(0, 1)."""
+    sd = jnp.sqrt(1.0 + p["s"])
+    return jnp.logaddexp(
+        jnp.log(p["r"]) + jst.norm.logpdf(x, p["mu"], sd),
+        jnp.log1p(-p["r"]) + jst.norm.logpdf(x, 5.0, 1.0),
+    )
+
+
+def test_parameters_at_lower_and_upper_bounds_are_flagged():
+    # Data from N(0, 0.8^2): the sample variance is below 1, so s sits on its lower bound
+    # 0, and no observation is near 5, so the weight r sits on its upper bound 1.
     x = jnp.asarray(np.random.default_rng(7).normal(0.0, 0.8, 300))
-    model = lambda p, x: jst.norm.logpdf(x, p["mu"], jnp.sqrt(1.0 + p["s"]))  # noqa: E731
-    res = mlefit.fit(model, x, {"mu": 0.0, "s": Positive(0.5)})
-    assert float(res.params["s"]) < 1e-6
+    init = {"mu": 0.0, "s": Positive(0.5), "r": mlefit.Interval(0.0, 1.0, 0.5)}
+    res = mlefit.fit(bounded_mixture, x, init)
+    assert float(res.params["s"]) < 1e-6 and float(res.params["r"]) > 1 - 1e-6
     assert res.status == Status.AT_BOUND
     assert not bool(res.converged)
-    assert np.isnan(res.stderr["s"])
-    # mu with s fixed at its bound: stderr of a mean with known variance 1.
+    assert np.isnan(res.stderr["s"]) and np.isnan(res.stderr["r"])
+    # mu with s and r fixed at their bounds: stderr of a mean with known variance 1.
     assert rel_err(res.stderr["mu"], 1.0 / np.sqrt(300)) < 1e-6
-    assert "s (std err NaN" in res.summary() and "(at bound)" in res.summary()
-    with pytest.warns(UserWarning, match="bound"):
-        ci = res.confint(method="profile", params=["s"])
-    assert ci[0, 0] == 0.0 and 0.0 < ci[0, 1] < 1.0
+    text = res.summary()
+    assert "At a bound: r, s (std err NaN" in text and "(at bound)" in text
+    with pytest.warns(UserWarning, match="r, s stays below the chi2 quantile"):
+        ci = res.confint(method="profile", params=["s", "r"])
+    assert ci[0, 0] == 0.0 and 0.0 < ci[0, 1] < 0.5
+    assert ci[1, 1] == 1.0 and 0.5 < ci[1, 0] < 1.0
 
 
 def test_interior_small_positive_parameter_is_not_at_bound():
