@@ -46,15 +46,12 @@ _DISCRETE = {"poisson", "negativebinomial", "bernoulli", "binomial", "geometric"
 # Nested pairs (restricted, full) and how the restriction sits in the full model.
 # A restriction on the boundary of the parameter space breaks the chi-square reference
 # of the likelihood-ratio statistic (Self & Liang 1987): say so, report no p-value.
-_NESTED = {
-    ("exponential", "gamma"): ("shape = 1", None),
-    ("exponential", "weibull"): ("shape = 1", None),
-    ("geometric", "negativebinomial"): ("r = 1", None),
-    ("normal", "studentt"): ("df -> infinity", "df -> infinity is the boundary of df > 0"),
-    ("poisson", "negativebinomial"): (
-        "dispersion -> 0",
-        "the Poisson is the boundary (zero over-dispersion) of the negative binomial",
-    ),
+_NESTED = {  # (restricted, full): (the restriction, whether it is on the boundary)
+    ("exponential", "gamma"): ("shape = 1", False),
+    ("exponential", "weibull"): ("shape = 1", False),
+    ("geometric", "negativebinomial"): ("n = 1", False),
+    ("normal", "studentt"): ("df -> infinity", True),
+    ("poisson", "negativebinomial"): ("n -> infinity, no over-dispersion", True),
 }
 
 BUNDLED_COLUMN = "duration"
@@ -557,8 +554,11 @@ def lr_row(restricted: str, full: str, res_r, res_f) -> dict:
         "p_value": None,
         "note": None,
     }
-    if boundary is not None:
-        row["note"] = f"boundary case ({boundary}): the chi-square p-value does not apply"
+    if boundary:
+        row["note"] = (
+            "boundary case: the restriction is on the edge of the parameter space, so the "
+            "chi-square reference does not hold; no p-value"
+        )
         return row
     import mlefit
 
@@ -624,6 +624,8 @@ def _json_safe(obj):
 def _source_label(d: dict) -> str:
     if d["source"].startswith("bundled"):
         return d["source"]
+    if d["source"].lower().endswith(".npy"):  # no header: the column is an index
+        return f"{d['source']}, column {d['column']}"
     return f"{d['source']}, column {d['column']!r}"
 
 
