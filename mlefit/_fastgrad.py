@@ -204,17 +204,22 @@ def rewrite_count(fun: Callable, u, *args) -> int:
     return _count(_vg_jaxpr(fun, u, args).jaxpr, n_obs)
 
 
-def fast_value_and_grad(fun: Callable, u, *args):
+def fast_value_and_grad(fun: Callable, u, *args, _closed=None):
     """``(fun(u, *args), d fun / d u)`` through the rewritten reverse-mode program.
 
     Same values as ``jax.value_and_grad(fun)(u, *args)`` up to summation order.
     """
     n_obs = _n_obs(args)
-    closed = _vg_jaxpr(fun, u, args)
+    closed = _vg_jaxpr(fun, u, args) if _closed is None else _closed
     flat = jax.tree_util.tree_leaves((u, args))
     out = _eval(closed.jaxpr, closed.consts, flat, -1 if n_obs is None else n_obs)
     value, grad_leaves = out[0], out[1:]
     return value, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(u), grad_leaves)
+
+
+def _key(u):
+    leaves, treedef = jax.tree_util.tree_flatten(u)
+    return treedef, tuple((a.shape, a.dtype, a.weak_type) for a in map(_aval, leaves))
 
 
 def _is_zero(t) -> bool:
@@ -247,15 +252,27 @@ def fast_objective(loss: Callable, *args) -> Callable:
     if n_obs is None or n_obs < MIN_OBS or not enabled():
         return lambda u: loss(u, *args)
 
+    plans: dict = {}
+
+    def plan(u):
+        # Traced once per parameter structure: a fit calls f several times while tracing
+        # (first step, loop body, line search, Newton polish), all with the same shapes.
+        key = _key(u)
+        if key not in plans:
+            conv, hoisted = jax.closure_convert(lambda v, a: loss(v, *a), u, args)
+            full = lambda v, a, *h: conv(v, a, *h)  # noqa: E731
+            closed = _vg_jaxpr(full, u, (args, *hoisted))
+            plans[key] = (full, tuple(hoisted), closed if _count(closed.jaxpr, n_obs) else None)
+        return key, plans[key]
+
     def f(u):
-        conv, hoisted = jax.closure_convert(lambda v, a: loss(v, *a), u, args)
-        if _count(_vg_jaxpr(lambda v, a, *h: conv(v, a, *h), u, (args, *hoisted)).jaxpr,
-                  n_obs) == 0:
-            return conv(u, args, *hoisted)
+        key, (full, hoisted, closed) = plan(u)
+        if closed is None:
+            return loss(u, *args)
 
         @jax.custom_jvp
         def g(u, a, h):
-            return conv(u, a, *h)
+            return full(u, a, *h)
 
         def g_jvp(primals, tangents):
             u, a, h = primals
@@ -263,8 +280,9 @@ def fast_objective(loss: Callable, *args) -> Callable:
             if not all(_is_zero(t) for t in jax.tree_util.tree_leaves((da, dh), is_leaf=_is_zero)):
                 # Derivative with respect to data or closed-over values: plain autodiff.
                 tangents = jax.tree.map(_instantiate, tangents, primals, is_leaf=_is_zero)
-                return jax.jvp(lambda v, b, k: conv(v, b, *k), primals, tangents)
-            value, grad = fast_value_and_grad(lambda v, b, *k: conv(v, b, *k), u, a, *h)
+                return jax.jvp(lambda v, b, k: full(v, b, *k), primals, tangents)
+            reuse = closed if _key(u) == key else None
+            value, grad = fast_value_and_grad(full, u, a, *h, _closed=reuse)
             dots = [jnp.vdot(gl, tl) for gl, tl in zip(
                 jax.tree_util.tree_leaves(grad),
                 jax.tree_util.tree_leaves(du, is_leaf=_is_zero), strict=True,
@@ -273,6 +291,6 @@ def fast_objective(loss: Callable, *args) -> Callable:
             return value, jnp.asarray(tangent, value.dtype)
 
         g.defjvp(g_jvp, symbolic_zeros=True)
-        return g(u, args, tuple(hoisted))
+        return g(u, args, hoisted)
 
     return f
