@@ -11,8 +11,14 @@ from . import models as models
 from . import plot as plot
 from ._bootstrap import bootstrap as bootstrap
 from ._cache import enable_compilation_cache as enable_compilation_cache
+from ._checkpoint import checkpoint_info as checkpoint_info
 from ._constraints import Interval as Interval
 from ._constraints import Positive as Positive
+from ._distributed import ShardedData as ShardedData
+from ._distributed import data_mesh as data_mesh
+from ._distributed import init_distributed as init_distributed
+from ._distributed import shard as shard
+from ._distributed import shard_local as shard_local
 from ._fit import fit as fit
 from ._inference import lr_test as lr_test
 from ._likelihood import loglik as loglik
@@ -21,5 +27,9 @@ from ._many import fit_many as fit_many
 from ._model import AbstractModel as AbstractModel
 from ._result import FitResult as FitResult
 from ._status import Status as Status
+from ._stream import ArrayStream as ArrayStream
+from ._stream import stream_hessian as stream_hessian
+from ._stream import stream_nll as stream_nll
+from ._stream import stream_value_and_grad as stream_value_and_grad
 
 __version__ = "0.1.0"

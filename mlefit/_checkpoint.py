@@ -42,7 +42,10 @@ from ._fit import (
     minibatch_init,
 )
 
-__all__ = ["checkpoint_info", "run_minibatch", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "checkpoint_info", "run_minibatch", "save_checkpoint", "load_checkpoint", "resume_state",
+    "saved_state",
+]
 
 FORMAT_VERSION = 1
 _MAGIC = b"MLEFIT-CHECKPOINT\n"
@@ -270,7 +273,8 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
     )
     start = 0
     if resume_from is not None:
-        state, start, key = _resume(resume_from, expected, state, epochs, key, user_key)
+        state, start, key, _ = resume_state(resume_from, expected, state, epochs, key,
+                                            user_key)
     n_batches = -(-n // batch_size)
     while start < epochs:
         stop = epochs if checkpoint is None else min(start + checkpoint_every, epochs)
@@ -282,19 +286,21 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
         if checkpoint is not None:
             progress = {"epoch": start, "epochs": epochs, "steps": start * n_batches}
             save_checkpoint(checkpoint, dict(expected, **progress),
-                            _saved_state(state, key, start))
+                            saved_state(state, key, start))
     return _finish_compiled(problem.logp, transforms, state, data, weights, tol,
                             jnp.asarray(epochs * n_batches, jnp.int32))
 
 
-def _saved_state(state: MinibatchState, key, epoch: int) -> dict:
+def saved_state(state: MinibatchState, key, epoch: int) -> dict:
+    """What a checkpoint stores of a minibatch fit after ``epoch`` epochs."""
     return {
         "u": state.u, "opt_state": state.opt_state, "bad": state.bad,
         "history": state.history[:epoch], "key": _key_leaf(key),
     }
 
 
-def _resume(path, expected, state: MinibatchState, epochs: int, key, user_key):
+def resume_state(path, expected, state: MinibatchState, epochs: int, key, user_key):
+    """``(state, epoch, key, header)`` restored from the checkpoint at ``path``."""
     def like(header):
         e = int(header["epoch"])
         return {
@@ -320,4 +326,4 @@ def _resume(path, expected, state: MinibatchState, epochs: int, key, user_key):
         )
     history = state.history.at[:done].set(saved["history"])
     restored = MinibatchState(saved["u"], saved["opt_state"], saved["bad"], history)
-    return restored, done, saved_key
+    return restored, done, saved_key, header

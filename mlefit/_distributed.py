@@ -221,11 +221,11 @@ def shard_local(local_data, mesh: Mesh, *, weights=None) -> ShardedData:
     n_rows = block * n_proc
     starts = _process_blocks(sharding, n_rows)
 
-    def make(a):
-        a = np.asarray(_pad_rows(a, pad))
+    def make(a):  # a: this process's block, already padded
+        a = np.asarray(a)
         return jax.make_array_from_process_local_data(sharding, a, (n_rows,) + a.shape[1:])
 
-    placed = tuple(make(a) for a in arrays)
+    placed = tuple(make(_pad_rows(a, pad)) for a in arrays)
     padded = any(c != block for c in counts)
     if weights is None and not padded:
         return ShardedData(placed, None, None)
@@ -270,7 +270,7 @@ def init_distributed(
 
 
 def as_sharded(data, weights, mesh):
-    """``(data, weights, layout)`` for ``fit``: unpacks :class:`ShardedData`, or shards with ``mesh``."""
+    """``(data, weights, layout)`` for ``fit``: unpacks ``ShardedData`` or shards with ``mesh``."""
     if isinstance(data, ShardedData):
         if weights is not None:
             raise ValueError(

@@ -1,19 +1,742 @@
-"""Streaming data larger than memory (work in progress)."""
+"""Data larger than memory: fits and likelihood sums over a stream of chunks.
+
+A *source* is :class:`ArrayStream` (arrays or ``.npy`` files read chunk by chunk, never
+whole) or any re-iterable whose iteration yields batches (an array or a tuple of arrays,
+observations on the leading axis); each pass over it is one epoch.
+
+- Minibatch SGD, ``fit(model, source, batch_size=B, optimizer=...)``: each chunk goes to
+  the device once and one compiled program runs the optimiser steps over its batches
+  (the step is ``mlefit``'s one ``sgd_step``). Every chunk has one shape (the last is
+  padded with zero-weight copies of a real row), so nothing recompiles.
+- Full batch, ``fit(model, source)``: L-BFGS on the host whose every NLL/gradient
+  evaluation streams all chunks through one compiled chunk kernel (a Python loop over
+  chunks; the optimiser's direction is optax's ``scale_by_lbfgs``, the step length a
+  weak-Wolfe bisection line search).
+- Sums over a source with bounded memory: :func:`stream_nll`,
+  :func:`stream_value_and_grad`, :func:`stream_hessian` (the Hessian of the total NLL,
+  for standard errors).
+
+Memory: a ``.npy`` file (or a memmap from ``np.load(path, mmap_mode="r")``) is read with
+``pread`` into one chunk-sized buffer at a time, so the process holds a few chunks, not
+the file (pages of a memory map would count in its resident memory). At most two chunks
+are in flight on the device.
+"""
 
 from __future__ import annotations
 
 import collections.abc
+import functools
+import math
+import mmap
+import os
+import pathlib
+from typing import NamedTuple
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+
+from ._checks import check_data, check_model_output, float_dtype
+from ._constraints import Identity, constrain, split_init
+from ._fit import (
+    MinibatchState,
+    _all_finite,
+    _max_norm,
+    check_options,
+    epoch_batches,
+    sgd_step,
+)
+from ._likelihood import _resolve, total_loglik
+from ._model import as_problem
+from ._result import FitResult
+from ._status import Status
+
+__all__ = [
+    "ArrayStream",
+    "stream_nll",
+    "stream_value_and_grad",
+    "stream_hessian",
+    "fit_source",
+    "is_source",
+]
+
+# Default chunk: about this many bytes of observations.
+_CHUNK_BYTES = 32 * 2**20
+_SHUFFLES = ("chunks", "global", "none")
+# Line search of the streamed L-BFGS (weak Wolfe conditions, bisection).
+_C1, _C2, _MAX_TRIALS = 1e-4, 0.9, 30
+_PATIENCE = 5  # iterations without a change of the NLL beyond rounding before stopping
+_STALL_TOL_FACTOR = 100.0
+
+
+# -- columns: where the rows come from -------------------------------------------------
+class _FileColumn:
+    """Rows of a C-ordered ``.npy`` file (or raw file at ``offset``), read with ``pread``."""
+
+    def __init__(self, path, offset: int, shape: tuple, dtype):
+        self.path, self.offset = str(path), int(offset)
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._map = None
+
+    @classmethod
+    def from_npy(cls, path, name: str):
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no file at {str(path)!r}")
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read(f)
+            except ValueError as e:
+                raise ValueError(f"{name}: {str(path)!r} is not a .npy file ({e})") from e
+            offset = f.tell()
+        if fortran and len(shape) > 1:
+            raise ValueError(
+                f"{name}: {str(path)!r} is stored in Fortran order; rows must be contiguous: "
+                "save it with np.save(path, np.ascontiguousarray(a))."
+            )
+        return cls(path, offset, shape, dtype)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start,) + self.shape[1:], self.dtype)
+        view = memoryview(out).cast("B")
+        pos, done = self.offset + start * self.row_bytes, 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], pos + done)
+            if got <= 0:
+                raise OSError(f"{self.path!r}: unexpected end of file at byte {pos + done}")
+            done += got
+        return out
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        # Random rows (global shuffle): through a memory map, pages cached by the kernel.
+        if self._map is None:
+            self._map = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+        return np.asarray(self._map[rows])
+
+    def __del__(self):
+        try:
+            os.close(self._fd)
+        except (OSError, AttributeError, TypeError):
+            pass
+
+
+class _ArrayColumn:
+    """Rows of an array in memory (anything NumPy can slice)."""
+
+    def __init__(self, a):
+        self.a = a
+        self.shape, self.dtype = tuple(a.shape), np.dtype(a.dtype)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.ascontiguousarray(self.a[start:stop])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.a[rows])
+
+
+def _column(x, name: str):
+    if isinstance(x, (str, os.PathLike)):
+        return _FileColumn.from_npy(x, name)
+    if isinstance(x, np.memmap) and isinstance(x.base, mmap.mmap) and x.filename \
+            and x.flags.c_contiguous:
+        # A whole-file memory map (np.load(path, mmap_mode="r")): read its file instead.
+        return _FileColumn(x.filename, x.offset, x.shape, x.dtype)
+    if isinstance(x, jax.Array):
+        x = np.asarray(x)
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise TypeError(f"{name}: expected a numeric array or a .npy path, got dtype {x.dtype}")
+    return _ArrayColumn(x)
+
+
+class _Chunk(NamedTuple):
+    obs: tuple  # host arrays, ``rows`` rows each (padded)
+    w: np.ndarray  # weights, 0 on padding
+    m: int  # real rows (the first m)
+    index: int  # position of the chunk in the source
+
+
+def _pad(a: np.ndarray, rows: int) -> np.ndarray:
+    m = a.shape[0]
+    if m == rows:
+        return a
+    return np.concatenate([a, np.repeat(a[:1], rows - m, axis=0)])
+
+
+class ArrayStream:
+    """A source of observations read in chunks from arrays or ``.npy`` files, never whole.
+
+    ``fit(model, ArrayStream(...), batch_size=B, optimizer=opt)`` runs minibatch SGD over
+    it, ``fit(model, ArrayStream(...))`` a full-batch L-BFGS fit whose every evaluation
+    streams the chunks; :func:`stream_nll`, :func:`stream_value_and_grad` and
+    :func:`stream_hessian` sum over it. Iterating over it yields the chunks in order
+    (tuples of arrays, or arrays for one column).
+
+    Args:
+        data: an array, a ``.npy`` path, or a tuple of them (e.g. ``("X.npy", "y.npy")``),
+            observations on the leading axis. Paths and ``np.load(path, mmap_mode="r")``
+            memory maps are read with ``pread`` (resident memory stays a few chunks).
+        weights: optional weight per observation (an array or a ``.npy`` path).
+        chunk_size: observations per chunk (default: about 32 MB of data); SGD rounds it
+            up to a multiple of the batch size.
+        shuffle: how SGD orders observations in each epoch (from ``fold_in(key, epoch)``):
+            ``"chunks"`` (default; the chunks in random order, the rows within each chunk
+            permuted on the device: sequential reads), ``"global"`` (one permutation of all
+            observations: the same steps as ``fit`` on the in-memory arrays with the same
+            key, but random reads, for data that fit in the page cache), ``"none"`` (in
+            file order).
+
+    Example:
+        >>> import numpy as np, mlefit
+        >>> s = mlefit.ArrayStream((np.ones((10, 2)), np.zeros(10)), chunk_size=4)
+        >>> [x.shape[0] for x, y in s]
+        [4, 4, 2]
+    """
+
+    def __init__(self, data, *, weights=None, chunk_size: int | None = None,
+                 shuffle: str = "chunks"):
+        items = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+        if not items:
+            raise ValueError("data: got an empty tuple; pass an array, a path, or a tuple.")
+        names = ["data"] if len(items) == 1 else [f"data[{k}]" for k in range(len(items))]
+        self._columns = tuple(_column(x, nm) for x, nm in zip(items, names, strict=True))
+        self._single = not isinstance(data, (tuple, list))
+        for col, nm in zip(self._columns, names, strict=True):
+            if len(col.shape) == 0 or col.shape[0] == 0:
+                raise ValueError(f"{nm}: needs a leading observation axis with >= 1 rows, "
+                                 f"got shape {col.shape}")
+        lengths = [c.shape[0] for c in self._columns]
+        if len(set(lengths)) > 1:
+            desc = ", ".join(f"{nm} has {n}" for nm, n in zip(names, lengths, strict=True))
+            raise ValueError(f"data: the arrays must share the leading (observation) axis, "
+                             f"but {desc} observations.")
+        self.n_obs = lengths[0]
+        self._weights = None
+        if weights is not None:
+            self._weights = _column(weights, "weights")
+            if self._weights.shape != (self.n_obs,):
+                raise ValueError(f"weights: expected shape ({self.n_obs},) (one per "
+                                 f"observation), got {self._weights.shape}")
+        if shuffle not in _SHUFFLES:
+            raise ValueError(f"shuffle: expected one of {_SHUFFLES}, got {shuffle!r}")
+        self.shuffle = shuffle
+        row_bytes = sum(c.dtype.itemsize * math.prod(c.shape[1:]) for c in self._columns)
+        if chunk_size is None:
+            chunk_size = max(1, _CHUNK_BYTES // max(row_bytes, 1))
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+                or chunk_size < 1:
+            raise ValueError(f"chunk_size: must be a positive int, got {chunk_size!r}")
+        self.chunk_size = int(min(chunk_size, self.n_obs))
+        floats = [c.dtype for c in self._columns if np.issubdtype(c.dtype, np.floating)]
+        self._float = floats[0] if floats else np.dtype(jnp.result_type(float))
+
+    @property
+    def shapes(self) -> list:
+        """``(trailing shape, dtype)`` of each column."""
+        return [(c.shape[1:], c.dtype) for c in self._columns]
+
+    def _weights_of(self, get, m: int, where: str) -> np.ndarray:
+        if self._weights is None:
+            return np.ones((m,), np.dtype(jnp.result_type(float)))
+        w = np.asarray(get(self._weights), self._float)
+        bad = ~(np.isfinite(w) & (w >= 0))
+        if bad.any():
+            raise ValueError(f"weights: must be finite and non-negative; the weight of "
+                             f"observation {where(int(np.argmax(bad)))} is {w[bad][0]!r}")
+        return w
+
+    def read(self, start: int, stop: int) -> tuple[tuple, np.ndarray]:
+        """Rows ``start:stop`` of every column and their weights (host arrays)."""
+        obs = tuple(c.read(start, stop) for c in self._columns)
+        return obs, self._weights_of(lambda c: c.read(start, stop), stop - start,
+                                     lambda i: start + i)
+
+    def take(self, rows: np.ndarray) -> tuple[tuple, np.ndarray]:
+        obs = tuple(c.take(rows) for c in self._columns)
+        return obs, self._weights_of(lambda c: c.take(rows), len(rows), lambda i: rows[i])
+
+    def __iter__(self):
+        for start in range(0, self.n_obs, self.chunk_size):
+            obs, _ = self.read(start, min(start + self.chunk_size, self.n_obs))
+            yield obs[0] if self._single else obs
+
+    def __len__(self) -> int:
+        return -(-self.n_obs // self.chunk_size)
+
+    def sample(self) -> tuple:
+        return self.read(0, self.chunk_size)[0]
+
+    def chunks(self, rows: int, order: str = "none", key=None, epoch: int = 0):
+        """Yields :class:`_Chunk` s of ``rows`` rows (the last padded), in ``order``."""
+        n = self.n_obs
+        n_chunks = -(-n // rows)
+        if order == "global":
+            idx, _ = epoch_batches(key, epoch, n, 1)
+            perm = np.asarray(idx).reshape(-1)[:n]
+            for c in range(n_chunks):
+                sel = perm[c * rows:(c + 1) * rows]
+                obs, w = self.take(sel)
+                yield _pad_chunk(obs, w, rows, c)
+            return
+        seq = range(n_chunks)
+        if order == "chunks":
+            seq = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n_chunks))
+        for c in seq:
+            c = int(c)
+            obs, w = self.read(c * rows, min((c + 1) * rows, n))
+            yield _pad_chunk(obs, w, rows, c)
+
+
+def _pad_chunk(obs, w, rows, index) -> _Chunk:
+    m = w.shape[0]
+    w = w if m == rows else np.concatenate([w, np.zeros((rows - m,), w.dtype)])
+    return _Chunk(tuple(_pad(a, rows) for a in obs), w, m, index)
+
+
+class _IterableSource:
+    """A user's iterable of batches; each pass is an epoch; batches padded to ``rows``."""
+
+    def __init__(self, source):
+        self.source = source
+        self.one_shot = isinstance(source, collections.abc.Iterator)
+        self._first = None
+        self.n_obs = None
+        self.shuffle = "none"
+
+    def _batches(self):
+        if self._first is not None:
+            first, self._first = self._first, None
+            if self.one_shot:
+                yield first
+                yield from self.source
+                return
+        yield from iter(self.source)
+
+    def sample(self) -> tuple:
+        it = iter(self.source)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ValueError("data: the source yielded no batch.") from None
+        batch = check_data(first)
+        if self.one_shot:
+            self._first = first
+        self.shapes = [(a.shape[1:], np.dtype(a.dtype)) for a in batch]
+        self.first_rows = batch[0].shape[0]
+        return batch
+
+    def chunks(self, rows: int, order: str = "none", key=None, epoch: int = 0):
+        for i, b in enumerate(self._batches()):
+            obs = tuple(np.asarray(a) for a in check_data(b))
+            got = [(a.shape[1:], a.dtype) for a in obs]
+            if got != self.shapes:
+                raise ValueError(
+                    f"data: batch {i} of epoch {epoch} has (trailing shape, dtype) {got}, "
+                    f"but the first batch had {self.shapes}; every batch needs the same."
+                )
+            m = obs[0].shape[0]
+            if m > rows:
+                raise ValueError(
+                    f"batch_size: batch {i} of epoch {epoch} has {m} observations, more than "
+                    f"{rows}; pass batch_size >= the largest batch the source yields."
+                )
+            yield _pad_chunk(obs, np.ones((m,), np.dtype(jnp.result_type(float))), rows, i)
 
 
 def is_source(data) -> bool:
     """True for a stream of batches (an iterable that is not an array or a tuple of arrays)."""
+    if isinstance(data, ArrayStream):
+        return True
     if isinstance(data, (tuple, list, np.ndarray, jax.Array, str, bytes, dict)):
+        return False
+    from ._distributed import ShardedData
+
+    if isinstance(data, ShardedData):
         return False
     return isinstance(data, collections.abc.Iterable)
 
 
-def fit_source(model, source, init, **kwargs):
-    raise NotImplementedError("streaming sources are not supported yet")
+def _as_source(source):
+    return source if isinstance(source, ArrayStream) else _IterableSource(source)
+
+
+# -- compiled chunk kernels -------------------------------------------------------------
+@eqx.filter_jit
+def _sgd_chunk(logp, transforms, opt, carry, acc, obs, w, m, key, epoch, index, shuffle: bool,
+               batch_size: int):
+    """The optimiser steps over one chunk's batches; ``acc += (sum value*wsum, sum w)``."""
+    rows = w.shape[0]
+    if shuffle:
+        k = jax.random.fold_in(jax.random.fold_in(key, epoch), index)
+        r = jnp.where(jnp.arange(rows) < m, jax.random.uniform(k, (rows,)), 2.0)
+        order = jnp.argsort(r)  # real rows in random order, padding last
+        obs, w = tuple(a[order] for a in obs), w[order]
+    nb = rows // batch_size
+    obs = tuple(a.reshape((nb, batch_size) + a.shape[1:]) for a in obs)
+    w = w.reshape(nb, batch_size)
+    opt = optax.with_extra_args_support(opt)
+    carry, weighted = jax.lax.scan(
+        lambda c, b: sgd_step(logp, transforms, opt, c, b[0], b[1]), carry, (obs, w)
+    )
+    add = lambda a, b: (a + b).astype(a.dtype)  # noqa: E731 - one dtype, one compile
+    return carry, (add(acc[0], jnp.sum(weighted)), add(acc[1], jnp.sum(w)))
+
+
+@eqx.filter_jit
+def _sum_chunk(logp, transforms, u, obs, w, acc, order: int):
+    """``acc +`` the chunk's total NLL (order 0), and its gradient in ``u`` (order 1)."""
+    f = lambda v: -total_loglik(logp, constrain(v, transforms), obs, w)  # noqa: E731
+    add = lambda a, b: (a + b).astype(a.dtype)  # noqa: E731 - one dtype, one compile
+    if order == 0:
+        return (add(acc[0], f(u)), add(acc[1], jnp.sum(w)))
+    value, grad = jax.value_and_grad(f)(u)
+    return (add(acc[0], value), add(acc[1], jnp.sum(w)), jax.tree.map(add, acc[2], grad))
+
+
+@eqx.filter_jit
+def _hessian_chunk(logp, transforms, u, obs, w, acc):
+    from ._inference import hessian_total
+
+    h = hessian_total(logp, transforms, u, obs, w, chunk_size=w.shape[0])
+    return acc + h
+
+
+def _in_flight(prev, new):
+    """Waits for the chunk before ``new``: at most two chunks queued on the device."""
+    if prev is not None:
+        jax.block_until_ready(prev)
+    return new
+
+
+def _stream_sums(logp, transforms, u, src, rows: int, order: int):
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(u))
+    zero = jnp.zeros((), dtype)
+    acc = (zero, zero) if order == 0 else (zero, zero, jax.tree.map(jnp.zeros_like, u))
+    prev = None
+    for ch in src.chunks(rows):
+        acc = _sum_chunk(logp, transforms, u, ch.obs, ch.w, acc, order)
+        prev = _in_flight(prev, acc[0])
+    return acc
+
+
+def _rows_for(src, batch_size: int | None) -> int:
+    if isinstance(src, ArrayStream):
+        rows = src.chunk_size
+        return rows if batch_size is None else -(-rows // batch_size) * batch_size
+    if batch_size is not None:
+        return batch_size
+    if not hasattr(src, "first_rows"):
+        src.sample()
+    return src.first_rows
+
+
+def _identity_problem(model, params, src):
+    """``(logp, transforms, params)`` for sums at given (constrained) parameters."""
+    from ._model import AbstractModel, _ModuleLogProb
+
+    if isinstance(model, eqx.Module) and not isinstance(model, AbstractModel) \
+            and hasattr(model, "log_prob"):
+        params, static = eqx.partition(model if params is None else params,
+                                       eqx.is_inexact_array)
+        logp = _ModuleLogProb(static)
+    else:
+        logp, params = _resolve(model, params)
+    dtype = float_dtype(src.sample())
+
+    def as_float(x):
+        x = jnp.asarray(x)
+        return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(dtype)
+
+    params = jax.tree.map(as_float, params)
+    transforms = tuple(Identity() for _ in jax.tree_util.tree_leaves(params))
+    return logp, transforms, params
+
+
+# -- public sums ------------------------------------------------------------------------
+def stream_nll(model, params, source) -> jax.Array:
+    """Returns the mean NLL of all observations of ``source``, read chunk by chunk.
+
+    ``nll(w) = -(sum_i v_i log p(obs_i; w)) / (sum_i v_i)``, as :func:`mlefit.nll` on the
+    whole data, with memory for a few chunks only (one compiled kernel per chunk shape).
+
+    Args:
+        model: as in :func:`mlefit.nll` (a function ``log_prob(params, *obs)``, an mlefit
+            model, or an equinox Module; then ``params`` may be ``None``).
+        params: constrained parameters.
+        source: an :class:`ArrayStream` or a re-iterable of batches.
+
+    Example:
+        >>> import jax.numpy as jnp, jax.scipy.stats as st, numpy as np, mlefit
+        >>> f = lambda p, x: st.norm.logpdf(x, p["mu"], 1.0)
+        >>> s = mlefit.ArrayStream(np.zeros(10), chunk_size=4)
+        >>> float(mlefit.stream_nll(f, {"mu": 0.0}, s))  # = log(2 pi) / 2
+        0.9189385...
+    """
+    src = _as_source(source)
+    logp, transforms, params = _identity_problem(model, params, src)
+    total, wsum = _stream_sums(logp, transforms, params, src, _rows_for(src, None), 0)
+    return total / wsum
+
+
+def stream_value_and_grad(model, params, source):
+    """Returns ``(nll, grad)``: the mean NLL over ``source`` and its gradient in ``params``.
+
+    ``grad = d nll / d params`` (a pytree like ``params``), summed chunk by chunk:
+    ``nll = N / V`` and ``grad = (sum_chunks dN_k / dw) / V`` with ``N`` the total NLL and
+    ``V = sum_i v_i``. Arguments as :func:`stream_nll`.
+
+    Example:
+        >>> import jax.scipy.stats as st, numpy as np, mlefit
+        >>> f = lambda p, x: st.norm.logpdf(x, p["mu"], 1.0)
+        >>> v, g = mlefit.stream_value_and_grad(f, {"mu": 0.0}, mlefit.ArrayStream(np.ones(6)))
+        >>> float(g["mu"])  # d/dmu of mean (x - mu)^2 / 2 at mu = 0, x = 1
+        -1.0
+    """
+    src = _as_source(source)
+    logp, transforms, params = _identity_problem(model, params, src)
+    total, wsum, grad = _stream_sums(logp, transforms, params, src, _rows_for(src, None), 1)
+    return total / wsum, jax.tree.map(lambda g: g / wsum, grad)
+
+
+def stream_hessian(model, params, source) -> jax.Array:
+    """Returns the ``(p, p)`` Hessian of the TOTAL NLL over ``source``, summed chunk by chunk.
+
+    ``H = d^2/dw^2 [-sum_i v_i log p(obs_i; w)]`` with ``w`` the parameters flattened by
+    ``jax.flatten_util.ravel_pytree`` (the order of ``res.param_names``); at the MLE its
+    inverse is the covariance (observed Fisher information): ``cov = inv(H)``,
+    ``stderr = sqrt(diag(cov))``. Each chunk runs ``mlefit``'s inference kernel; memory is
+    a few chunks plus ``p x p``. Arguments as :func:`stream_nll`.
+
+    Example:
+        >>> import jax.scipy.stats as st, numpy as np, mlefit
+        >>> f = lambda p, x: st.norm.logpdf(x, p["mu"], 2.0)
+        >>> h = mlefit.stream_hessian(f, {"mu": 0.0}, mlefit.ArrayStream(np.zeros(16)))
+        >>> float(h[0, 0])  # n / sigma^2
+        4.0
+    """
+    src = _as_source(source)
+    logp, transforms, params = _identity_problem(model, params, src)
+    p = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
+    acc = jnp.zeros((p, p), dtype)
+    prev = None
+    for ch in src.chunks(_rows_for(src, None)):
+        acc = _hessian_chunk(logp, transforms, params, ch.obs, ch.w, acc)
+        prev = _in_flight(prev, acc)
+    return acc
+
+
+# -- full-batch fit over a stream: L-BFGS on the host ------------------------------------
+def _vdot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                               jax.tree_util.tree_leaves(b), strict=True))
+
+
+@functools.cache
+def _lbfgs_direction(memory: int):
+    tx = optax.scale_by_lbfgs(memory)
+    return tx, jax.jit(tx.update)
+
+
+@jax.jit
+def _axpy(t, d, u):
+    return jax.tree.map(lambda x, y: y - t * x, d, u)
+
+
+def lbfgs_host(value_and_grad, u0, tol: float, max_steps: int, memory: int = 10):
+    """Minimises ``value_and_grad`` (a host function, e.g. a streamed pass) by L-BFGS.
+
+    Direction from ``optax.scale_by_lbfgs``; step length by bisection until the weak
+    Wolfe conditions hold (``f(u + t d) <= f + c1 t g.d`` and ``g(u + t d).d >= c2 g.d``).
+    Returns ``(u, value, grad, steps, status, history)``; ``u`` is the best finite point.
+    """
+    tx, direction = _lbfgs_direction(memory)
+    state = tx.init(u0)
+    u = u0
+    f, g = value_and_grad(u)
+    history = [float(f)]
+    if not bool(_all_finite(f, g)):
+        return u, f, g, 0, Status.INIT_NOT_FINITE, history
+    eps = float(jnp.finfo(jnp.result_type(f)).eps)
+    status, stuck, step = None, 0, 0
+    while status is None:
+        if float(_max_norm(g)) <= tol:
+            status = Status.CONVERGED
+            break
+        if step >= max_steps:
+            status = Status.MAX_STEPS
+            break
+        d, state = direction(g, state, u)
+        slope = -float(_vdot(g, d))
+        if not slope < 0:  # not a descent direction: restart from the gradient
+            state = tx.init(u)
+            d, state = direction(g, state, u)
+            slope = -float(_vdot(g, d))
+        t, lo, hi = 1.0, 0.0, math.inf
+        accepted = None
+        for _ in range(_MAX_TRIALS):
+            un = _axpy(t, d, u)
+            fn, gn = value_and_grad(un)
+            fnf = float(fn)
+            slack = 4 * eps * max(abs(float(f)), 1.0)
+            if not np.isfinite(fnf) or not bool(_all_finite(gn)) \
+                    or fnf > float(f) + _C1 * t * slope + slack:
+                hi = t
+            elif -float(_vdot(gn, d)) < _C2 * slope:
+                lo, accepted = t, (un, fn, gn)
+            else:
+                accepted = (un, fn, gn)
+                break
+            t = 0.5 * (lo + hi) if hi < math.inf else 2.0 * lo
+        step += 1
+        if accepted is None:
+            gnorm = float(_max_norm(g))
+            status = Status.CONVERGED if gnorm <= _STALL_TOL_FACTOR * tol else Status.STALLED
+            break
+        unchanged = abs(float(accepted[1]) - float(f)) <= 4 * eps * max(abs(float(f)), 1.0)
+        u, f, g = accepted
+        history.append(float(f))
+        stuck = stuck + 1 if unchanged else 0
+        if stuck >= _PATIENCE:
+            gnorm = float(_max_norm(g))
+            status = Status.CONVERGED if gnorm <= _STALL_TOL_FACTOR * tol else Status.STALLED
+    return u, f, g, step, status, history
+
+
+# -- fit over a source ---------------------------------------------------------------------
+def _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_steps, tol,
+                 history):
+    if batch_size is None and optimizer is not None:
+        raise ValueError(
+            "optimizer: a full-batch fit over a stream uses mlefit's host L-BFGS (each "
+            "evaluation streams the data); give batch_size for minibatch SGD with optimizer."
+        )
+    n = src.n_obs if src.n_obs is not None else np.iinfo(np.int64).max
+    return check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
+
+
+def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=None,
+               epochs=None, key=None, max_steps=None, tol=None, history=True, mesh=None,
+               checkpoint=None, checkpoint_every=1, resume_from=None) -> FitResult:
+    """``mlefit.fit`` over a stream (see :func:`mlefit.fit` and :class:`ArrayStream`)."""
+    from ._checkpoint import check_checkpoint_options
+
+    if weights is not None:
+        raise ValueError("weights: for a stream, give the weights to the source: "
+                         "mlefit.ArrayStream(data, weights=w).")
+    if mesh is not None:
+        raise ValueError("mesh: a streamed fit runs on one device; shard in-memory data "
+                         "with mesh=, or split the stream across processes yourself.")
+    if isinstance(source, collections.abc.Iterator) and (batch_size is None or (epochs or 10) > 1):
+        raise ValueError(
+            "data: a one-shot iterator can be read only once, but this fit needs "
+            f"{'several passes (full batch)' if batch_size is None else f'{epochs or 10} epochs'}"
+            "; pass a re-iterable (a list of batches, a class with __iter__, or "
+            "mlefit.ArrayStream), or epochs=1 with batch_size."
+        )
+    src = _as_source(source)
+    sample = check_data(src.sample())
+    problem, init = as_problem(model, init, sample)
+    dtype = float_dtype(sample)
+    u0, transforms = split_init(init, dtype)
+    opts = _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_steps, tol,
+                        history)
+    check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
+    check_model_output(problem.logp, constrain(u0, transforms), sample)
+    logp = problem.logp
+
+    last = {}
+
+    def value_and_grad(u):
+        total, wsum, grad = _stream_sums(logp, transforms, u, src, rows_full, 1)
+        last["wsum"] = wsum
+        return total / wsum, jax.tree.map(lambda g: g / wsum, grad)
+
+    rows_full = _rows_for(src, None)
+    if opts.batch_size is None:
+        u, value, grad, steps, status, hist = lbfgs_host(value_and_grad, u0, opts.tol,
+                                                         opts.max_steps)
+        if status == Status.INIT_NOT_FINITE:
+            raise ValueError(
+                f"init: the NLL of model {problem.name!r} at the starting point is not finite "
+                "over the streamed data."
+            )
+        hist = jnp.asarray(hist, dtype) if opts.history else None
+        n_obs = last["wsum"]
+    else:
+        u, hist, steps, bad = _sgd_stream(
+            problem, transforms, opts, u0, src, sample, checkpoint, checkpoint_every,
+            resume_from, key,
+        )
+        value, grad = value_and_grad(u)
+        n_obs = last["wsum"]
+        status = (Status.NON_FINITE if bad or not bool(_all_finite(value, grad))
+                  else Status.CONVERGED if float(_max_norm(grad)) <= opts.tol
+                  else Status.MAX_STEPS)
+        hist = hist if opts.history else None
+    return FitResult(
+        params=problem.finalize(constrain(u, transforms)),
+        u=u,
+        nll=value,
+        n_obs=n_obs,
+        status_code=jnp.asarray(int(status), jnp.int32),
+        steps=jnp.asarray(steps, jnp.int32),
+        grad_norm=_max_norm(grad),
+        history_buffer=hist,
+        data=None,
+        weights=None,
+        problem=problem,
+        transforms=transforms,
+        minibatch=opts.batch_size is not None,
+    )
+
+
+def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, resume_from,
+                user_key):
+    """SGD epochs over the stream; returns ``(u, history, steps, bad)``."""
+    from ._checkpoint import fit_identity, resume_state, save_checkpoint, saved_state
+
+    opt, batch_size, epochs, key = opts.optimizer, opts.batch_size, opts.epochs, opts.key
+    rows = _rows_for(src, batch_size)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(u0), jnp.result_type(float))
+    state = MinibatchState(u0, opt.init(u0), jnp.asarray(False), jnp.full((epochs,), jnp.nan,
+                                                                          dtype))
+    expected = fit_identity(
+        kind="stream", model_name=problem.name, u=u0, transforms=transforms,
+        opt_state=state.opt_state, data_shapes=[[list(s), str(d)] for s, d in src.shapes],
+        n_obs=src.n_obs or 0, batch_size=batch_size, key=key,
+    )
+    start, steps = 0, 0
+    if resume_from is not None:
+        state, start, key, header = resume_state(resume_from, expected, state, epochs, key,
+                                                 user_key)
+        steps = int(header["steps"])
+    shuffle = src.shuffle == "chunks"
+    order = src.shuffle
+    for e in range(start, epochs):
+        carry = (state.u, state.opt_state, state.bad)
+        zero = jnp.zeros((), dtype)
+        acc, prev = (zero, zero), None
+        for ch in src.chunks(rows, order, key, e):
+            carry, acc = _sgd_chunk(
+                problem.logp, transforms, opt, carry, acc, ch.obs, ch.w,
+                jnp.asarray(ch.m, jnp.int32), key, jnp.asarray(e, jnp.int32),
+                jnp.asarray(ch.index, jnp.int32), shuffle, batch_size,
+            )
+            prev = _in_flight(prev, acc[0])
+            steps += -(-ch.m // batch_size)
+        history = state.history.at[e].set((acc[0] / acc[1]).astype(dtype))
+        state = MinibatchState(carry[0], carry[1], carry[2], history)
+        if checkpoint is not None and ((e + 1 - start) % every == 0 or e + 1 == epochs):
+            progress = {"epoch": e + 1, "epochs": epochs, "steps": steps}
+            save_checkpoint(checkpoint, dict(expected, **progress), saved_state(state, key, e + 1))
+    return state.u, state.history, steps, bool(state.bad)
+
