@@ -57,6 +57,16 @@ def test_history(normal_fit):
     assert ax.get_xlabel() == "step" and ax.get_ylabel() == "mean NLL"
 
 
+def test_history_of_a_batched_fit_has_one_line_per_fit(normal_fit):
+    res = normal_fit[0]
+    h = np.asarray(res.history_buffer)
+    # fit_many(..., history=True) keeps a (B, max_steps + 1) NaN-padded buffer
+    batched = dataclasses.replace(res, history_buffer=np.stack([h, h + 1.0, h + 2.0]))
+    lines = plot.history(batched).axes[0].lines
+    assert len(lines) == 3
+    np.testing.assert_array_equal(lines[2].get_ydata(), h + 2.0)
+
+
 def test_history_needs_a_recorded_history(normal_fit):
     res = dataclasses.replace(normal_fit[0], history_buffer=None)  # as fit(..., history=False)
     with pytest.raises(ValueError, match="recorded no history"):
