@@ -41,7 +41,6 @@ _ALIASES = {
 _DISPLAY = {"negativebinomial": "negbinomial"}
 # Unconditional models whose observation is a vector, not one number: not for one column.
 _NOT_SCALAR = {"multivariatenormal"}
-_DISCRETE = {"poisson", "negativebinomial", "bernoulli", "binomial", "geometric", "categorical"}
 
 # Nested pairs (restricted, full) and how the restriction sits in the full model.
 # A restriction on the boundary of the parameter space breaks the chi-square reference
@@ -87,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlefit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `mlefit fit ... | head`: the reader left, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's exit flush stays quiet
+        return EXIT_OK
 
 
 def _one_line(e: BaseException) -> str:
@@ -293,14 +296,6 @@ def resolve_dist(name: str) -> tuple[str, type]:
     return key, dists[key]
 
 
-def is_discrete(model, canonical: str | None = None) -> bool:
-    flag = getattr(model, "discrete", None)
-    if isinstance(flag, bool):
-        return flag
-    name = canonical or type(model).__name__.lower()
-    return name in _DISCRETE
-
-
 # -- data -----------------------------------------------------------------------------------
 def load_data(path: str | None, column: str | None):
     """The column to fit (a ``datasets.Column``); the bundled data set when ``path`` is None."""
@@ -501,7 +496,8 @@ def check_plot_target(path: str) -> None:
         ) from None
 
 
-def write_plot(res, values, discrete: bool, path: str) -> None:
+def write_plot(res, values, path: str) -> None:
+    """Fitted density over the data (bars for a discrete model) and a Q-Q plot, to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # files only: never open a window from the CLI
@@ -510,8 +506,8 @@ def write_plot(res, values, discrete: bool, path: str) -> None:
     from . import plot
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    plot.density(res, values, ax=ax1, discrete=discrete)
-    plot.qq(res, values, ax=ax2, discrete=discrete)
+    plot.density(res, values, ax=ax1)  # histogram or bars, from the model
+    plot.qq(res, values, ax=ax2)
     try:
         fig.savefig(path, dpi=120)
     except OSError as e:
@@ -530,13 +526,13 @@ def run_fit(args) -> int:
     _setup_jax()  # only now, when the input is known to be good
     res = fit_one(canonical, model, col)
     rep = report(res, canonical, col, args.level)
+    if args.plot:
+        write_plot(res, col.values, args.plot)
     if args.json:
         print(json.dumps(_json_safe(rep), indent=2, allow_nan=False))
     else:
         print(format_report(res, rep))
-    if args.plot:
-        write_plot(res, col.values, is_discrete(res.problem.source, canonical), args.plot)
-        if not args.json:
+        if args.plot:
             print(f"Plot written to {args.plot}")
     return EXIT_OK if rep["converged"] else EXIT_NOT_CONVERGED
 
