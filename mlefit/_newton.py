@@ -124,9 +124,10 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
     Returns ``(u, value, grad, steps, status, history)`` like
     :func:`mlefit._fit.full_batch_loop`; ``u`` has the structure of ``u0``.
 
-    Stops with ``CONVERGED`` when ``max|grad| <= tol``, or when a refused step was
-    predicted to gain less than the rounding level of ``f`` (Newton decrement
-    ``-g.d / 2 <= 8 eps max(|f|, 1)``: nothing left to gain at machine precision);
+    Stops with ``CONVERGED`` when ``max|grad| <= tol``, or when a refused full Newton
+    step (positive definite Hessian, no damping) was predicted to gain less than the
+    rounding level of ``f`` (Newton decrement ``-g.d / 2 <= 8 eps max(|f|, 1)``:
+    nothing left to gain at machine precision);
     ``STALLED`` after 30 refused steps in a row (``CONVERGED`` if ``max|grad|`` is
     within 100 x tol); ``MAX_STEPS`` at the budget; ``INIT_NOT_FINITE`` when ``f``
     or its gradient at ``u0`` is not finite. A non-finite trial point is refused like
@@ -158,7 +159,7 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
 
     def body(c: _Carry) -> _Carry:
         first = c.step < 0
-        d, _ = _direction(c.hess, c.grad, c.lam)
+        d, pd = _direction(c.hess, c.grad, c.lam)
         xt = c.x + jnp.where(first, 0.0, d)
         vt, gt, ht = vgh(xt)
         finite_vg = jnp.isfinite(vt) & jnp.all(jnp.isfinite(gt))
@@ -189,7 +190,8 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
                 gn <= tol,
                 Status.CONVERGED,
                 jnp.where(
-                    ~accept & (decrement <= slack(v)),
+                    # a refused full Newton step that predicted no gain beyond rounding
+                    ~accept & pd & (c.lam == 0) & (decrement <= slack(v)),
                     Status.CONVERGED,
                     jnp.where(
                         refusals >= _MAX_REFUSALS,
