@@ -96,6 +96,7 @@ def measure(
     row = Row(problem, tool, compile_s, first, steady, nll, out.steps, note, is_ref,
               runs=1 + reps)
     row.extra = out.extra  # type: ignore[attr-defined]
+    row.params = out.params  # type: ignore[attr-defined] - the first call's (data set A)
     print(f"  {tool:42s} first {first:8.3f}s  steady {steady:8.4f}s  "
           f"nll {nll if nll is None else f'{nll:.12g}'}  steps {out.steps}", flush=True)
     return row
