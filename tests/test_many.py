@@ -230,11 +230,14 @@ def test_traceable_model_init_is_vmapped(xs):
     assert bool(r.converged[:4].all()) and not bool(r.converged[4])
 
 
-def test_gamma_matches_scipy():
+def test_gamma_matches_scipy_with_and_without_suffstats():
     rng = np.random.default_rng(3)
     x = rng.gamma(np.array([0.7, 2.0, 5.0])[:, None], np.array([2.0, 1.0, 0.3])[:, None], (3, 150))
-    r = mlefit.fit_many(Gamma(), x)
-    assert bool(r.converged.all())
+    r = mlefit.fit_many(Gamma(), x)  # fitted from mean(x) and mean(log x)
+    raw = mlefit.fit_many(Gamma(), x, use_suffstats=False)  # from the observations
+    assert bool(r.converged.all()) and bool(raw.converged.all())
+    assert rel_err(r.params["shape"], raw.params["shape"]) < 1e-8
+    assert rel_err(r.nll, raw.nll) < 1e-13  # the same NLL to rounding
     for b in range(3):
         a, _, scale = scipy.stats.gamma.fit(x[b], floc=0)
         # scipy solves the 1-D shape equation to its default xtol (~1e-8 relative)
@@ -295,3 +298,106 @@ def test_bad_input_errors(xs):
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="init: the NLL"):
             mlefit.fit_many(normal, xs, {"mu": 0.0, "sigma": 0.0})
+
+
+# -- the Newton solver ---------------------------------------------------------------------
+def test_newton_loop_on_rosenbrock_with_indefinite_hessian():
+    from mlefit._newton import newton_loop
+
+    def rosen(u):
+        return (1.0 - u[0]) ** 2 + 100.0 * (u[1] - u[0] ** 2) ** 2
+
+    # At (0, 1) the Hessian is indefinite (eigenvalues -398 and 200): the solver must
+    # fall back to a shifted (descent) direction and still reach the minimum (1, 1).
+    u, v, g, steps, status, hist = jax.jit(lambda u0: newton_loop(rosen, u0, 1e-10, 200, True))(
+        jnp.array([0.0, 1.0])
+    )
+    assert int(status) == mlefit.Status.CONVERGED
+    np.testing.assert_allclose(np.asarray(u), [1.0, 1.0], atol=1e-8)
+    h = np.asarray(hist)[: int(steps) + 1]
+    assert np.all(np.diff(h) <= 1e-15)  # monotone: refused steps keep the value
+
+    # One compiled loop, two starts: log(-1) is NaN; from 5.0, two steps are not enough.
+    short = jax.jit(lambda u0: newton_loop(lambda u: jnp.sum(u**4 - jnp.log(u)), u0, 1e-12, 2))
+    assert int(short(jnp.array([-1.0]))[4]) == mlefit.Status.INIT_NOT_FINITE
+    _, _, _, steps, status, _ = short(jnp.array([5.0]))
+    assert int(status) == mlefit.Status.MAX_STEPS and int(steps) == 2
+
+
+# -- sufficient statistics -------------------------------------------------------------------
+SUFFSTATS_CASES = {
+    "norm": (lambda p, x: jst.norm.logpdf(x, p["a"], p["b"]), {"a": 0.3, "b": 1.4}, "normal"),
+    "gamma": (
+        lambda p, x: jst.gamma.logpdf(x, p["a"], scale=p["b"]),
+        {"a": 2.3, "b": 1.7},
+        "gamma",
+    ),
+    "beta": (lambda p, x: jst.beta.logpdf(x, p["a"], p["b"]), {"a": 2.0, "b": 3.0}, "beta"),
+    "expon": (lambda p, x: jst.expon.logpdf(x, scale=p["a"]), {"a": 0.7}, "gamma"),
+    "lognormal": (
+        lambda p, x: jst.norm.logpdf(jnp.log(x), p["a"], p["b"]) - jnp.log(x),
+        {"a": 0.3, "b": 1.4},
+        "gamma",
+    ),
+}
+
+
+def _draw(kind, rng):
+    if kind == "normal":
+        return rng.normal(1e6, 1.0, (2, 30))  # a large offset: needs centred moments
+    if kind == "gamma":
+        return rng.gamma(2.0, 1.5, (2, 30))
+    return rng.beta(2.0, 3.0, (2, 30))
+
+
+@pytest.mark.parametrize("name", sorted(SUFFSTATS_CASES))
+def test_suffstats_reduction_equals_the_direct_mean_loglik(name):
+    from mlefit import _suffstats as ss
+    from mlefit._likelihood import mean_nll
+
+    logp, params, kind = SUFFSTATS_CASES[name]
+    data = jnp.asarray(_draw(kind, np.random.default_rng(4)))
+    plan = ss.plan_for(logp, params, (jax.ShapeDtypeStruct((), jnp.float64),))
+    spec = ss.specialise(plan, (data,), None)
+    assert spec is not None
+    x = data[1]
+    stats = ss.suffstats(spec, (x,), None)
+
+    def reduced(p):
+        return ss.reduced_mean_loglik(spec, p, stats)
+
+    def direct(p):
+        return -mean_nll(logp, p, (x,))
+
+    @jax.jit
+    def both(p):
+        # (beta: no Hessian; compiling two derivatives of betaln takes ~10 s)
+        hess = (lambda f: f) if name == "beta" else jax.hessian
+        return [(f(p), jax.grad(f)(p), hess(f)(p)) for f in (reduced, direct)]
+
+    (v_r, g_r, h_r), (v_d, g_d, h_d) = both(params)
+    # Same function, different order of floating-point sums: ~1e-15 relative (the
+    # Normal with a 1e6 offset loses ~1e-12 in either form: its NLL is ~1e11).
+    assert rel_err(v_r, v_d) < 1e-12
+    for a, b in [(g_r, g_d), (h_r, h_d)]:
+        la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+        for u, v in zip(la, lb, strict=True):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-9)
+
+
+def test_models_that_are_not_affine_are_fitted_from_the_observations():
+    from mlefit import _suffstats as ss
+
+    scalar = (jax.ShapeDtypeStruct((), jnp.float64),)
+    t = ss.plan_for(
+        lambda p, x: jst.t.logpdf(x, p["df"], p["loc"], 1.0), {"df": 3.0, "loc": 0.0}, scalar
+    )
+    assert t is None  # log(1 + (x - loc)^2 / df): not affine in any data feature
+    # Poisson's xlogy(k, mu) branches on k != 0, which differs between observations
+    pois = ss.plan_for(lambda p, k: jst.poisson.logpmf(k, p["mu"]), {"mu": 2.0}, scalar)
+    k = jnp.asarray([[0.0, 1.0, 3.0], [2.0, 0.0, 1.0]])
+    assert pois is None or ss.specialise(pois, (k,), None) is None
+    r = mlefit.fit_many(
+        lambda p, k: jst.poisson.logpmf(k, p["mu"]), k, {"mu": mlefit.Positive(1.0)}
+    )
+    assert rel_err(r.params["mu"], np.asarray(k).mean(axis=1)) < 1e-8  # MLE: the mean
