@@ -175,7 +175,10 @@ def test_continuous_model_matches_scipy_fit(name):
     model, dist, kw, to_scipy, from_scipy, samples, reference = CONTINUOUS[name]
     for x in samples:
         res = fit_padded(model, x)
-        assert res.status in (mlefit.Status.CONVERGED, mlefit.Status.STALLED), res.status
+        # Laplace: the NLL has kinks and zero curvature in loc (see its docstring).
+        S = mlefit.Status
+        ok = (S.STALLED, S.HESSIAN_NOT_POSITIVE_DEFINITE) if name == "Laplace" else ()
+        assert res.converged or res.status in ok, res.status
         ours = {k: float(v) for k, v in res.params.items()}
         sp = dist.fit(x, **kw)
         nll_scipy = mean_nll_scipy(dist, x, sp)
@@ -199,6 +202,16 @@ def test_continuous_model_matches_scipy_fit(name):
                 ours,
                 ref,
             )
+
+
+def test_float32_data_fit_in_float32():
+    x = RNG.gamma(2.0, 3.0, 50).astype(np.float32)
+    res = mlefit.fit(M.Gamma(), x)
+    assert res.converged and res.params["shape"].dtype == np.float32
+    ref = gamma_mle(x.astype(np.float64))
+    # float32: gradient tolerance 1e-5 and eps 1.2e-7, so ~1e-4 relative at best.
+    assert float(res.params["shape"]) == pytest.approx(ref["shape"], rel=1e-3)
+    assert float(res.params["scale"]) == pytest.approx(ref["scale"], rel=1e-3)
 
 
 def test_one_line_fit_without_init_or_weights():
@@ -285,6 +298,26 @@ def test_mixture_recovers_separated_components_at_an_em_fixed_point():
     np.testing.assert_allclose(locs, (r * x[:, None]).sum(0) / nk, rtol=1e-6)
     var_em = (r * (x[:, None] - locs) ** 2).sum(0) / nk
     np.testing.assert_allclose(scales**2, var_em, rtol=1e-6)
+
+
+def backend_compiles(fn) -> int:
+    events = []
+    listener = lambda e, d, **kw: events.append(e)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return events.count("/jax/core/compile/backend_compile_duration")
+
+
+def test_equal_models_reuse_the_compiled_fit():
+    # Static fields (the component tuple) are hashable and compare equal, so a new but
+    # equal model with new data of the same shape reuses the compiled fit.
+    x = np.concatenate([RNG.normal(-3.0, 1.0, 30), RNG.normal(4.0, 0.5, 30)])
+    mlefit.fit(M.Mixture([M.Normal(), M.Normal()]), x)
+    again = lambda: mlefit.fit(M.Mixture([M.Normal(), M.Normal()]), x + 0.5)  # noqa: E731
+    assert backend_compiles(again) == 0
 
 
 def test_mixture_init_spreads_components():
@@ -399,9 +432,10 @@ def test_censored_weibull_matches_scipy_censored_fit():
     assert float(res.params["shape"]) == pytest.approx(c, rel=1e-4)  # scipy: generic optimiser
 
 
-def test_censored_rejects_models_without_a_cdf():
-    with pytest.raises(TypeError, match="StudentT has no log_cdf"):
-        M.Censored(M.StudentT())
+@pytest.mark.parametrize("model", [M.StudentT(), M.Beta(), M.Gamma()], ids=lambda m: m.name)
+def test_censored_rejects_models_without_a_usable_cdf(model):
+    with pytest.raises(TypeError, match=f"{model.name} has no log_cdf"):
+        M.Censored(model)
 
 
 # -- sampling -------------------------------------------------------------------------------
@@ -493,7 +527,7 @@ BAD = [
         (np.array([1.0, 2.0]), np.array([0, 2])),
         r"Censored\(Exponential\): censor\[1\] = 2",
     ),
-    (M.Censored(M.Gamma()), (np.array([1.0, -2.0]), np.array([0, 1])), r"Gamma: data\[1\]"),
+    (M.Censored(M.Weibull()), (np.array([1.0, -2.0]), np.array([0, 1])), r"Weibull: data\[1\]"),
     (
         M.Mixture([M.Normal(), M.Gamma()]),
         (np.array([1.0, -2.0]),),

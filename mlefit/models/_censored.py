@@ -27,8 +27,9 @@ class Censored(AbstractModel):
 
     For a right-censored exponential the MLE is ``rate = (number of events) / (total
     time)``. Start: the wrapped model's ``init`` on ``x`` as if all were exact. The
-    wrapped model needs ``log_cdf`` and ``log_sf`` (Normal, LogNormal, Exponential, Gamma,
-    Weibull, Laplace; not StudentT or Beta, whose CDF JAX cannot differentiate).
+    wrapped model needs ``log_cdf`` and ``log_sf`` (Normal, LogNormal, Exponential, Weibull,
+    Laplace; not StudentT, Beta or Gamma, whose CDFs JAX cannot differentiate twice in
+    their parameters).
 
     Args:
         model: the distribution of the uncensored values (static).
@@ -52,8 +53,8 @@ class Censored(AbstractModel):
         if missing:
             raise TypeError(
                 f"Censored: {m.name} has no {' / '.join(missing)}, so censored observations "
-                "cannot be scored; use a model with a differentiable CDF (Normal, LogNormal, "
-                "Exponential, Gamma, Weibull, Laplace)."
+                "cannot be scored; use a model with a twice-differentiable CDF (Normal, "
+                "LogNormal, Exponential, Weibull, Laplace)."
             )
 
     @property

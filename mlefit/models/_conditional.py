@@ -104,7 +104,8 @@ class Logistic(AbstractModel):
     ``log p(y | x) = y log sigmoid(eta) + (1 - y) log sigmoid(-eta)`` (the binary
     cross-entropy, via optax, stable for any ``eta``). Start: ``coef = 0`` and the
     intercept of the intercept-only MLE, ``log(m / (1 - m))``. Separable data have no
-    finite MLE; the fit then reports non-convergence.
+    finite MLE: the fit stops where the gradient falls below ``tol``, with large
+    coefficients (``|eta|`` around 20).
 
     Args:
         intercept: fit an intercept (static, default ``True``).

@@ -4,7 +4,7 @@ observation per row, parameters as a dict with scipy-compatible names.
 Every model gives ``log_prob(params, x)`` from ``jax.scipy.stats`` and a data-driven
 ``init(x)`` (closed form or method of moments). The scalar ones also give ``log_cdf`` and
 ``log_sf`` (used by :class:`~mlefit.models.Censored`) except where JAX has no
-differentiable CDF (StudentT, Beta).
+twice-differentiable CDF (StudentT, Beta, Gamma).
 """
 
 from __future__ import annotations
@@ -163,19 +163,12 @@ class Gamma(AbstractModel):
     Start: Minka's closed-form approximation of the shape MLE from
     ``s = log(mean x) - mean(log x)``: ``shape = (3 - s + sqrt((s - 3)^2 + 24 s)) / (12 s)``
     (within 1.5% of the MLE), ``scale = mean(x) / shape``.
+    No ``log_cdf``: JAX cannot differentiate the incomplete gamma function twice in
+    ``shape``, which standard errors (and the Newton polish) need.
     """
 
     def log_prob(self, params, x):
         return jstats.gamma.logpdf(x, params["shape"], scale=params["scale"])
-
-    def log_cdf(self, params, x):
-        return jstats.gamma.logcdf(x, params["shape"], scale=params["scale"])
-
-    def log_sf(self, params, x):
-        return jstats.gamma.logsf(x, params["shape"], scale=params["scale"])
-
-    def _interior_point(self, params):
-        return params["shape"] * params["scale"]
 
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0)
@@ -277,8 +270,9 @@ class StudentT(AbstractModel):
     ``log p(x) = lgamma((df+1)/2) - lgamma(df/2) - log(pi df)/2 - log(scale)
     - (df+1)/2 log(1 + z^2/df)``, ``z = (x - loc) / scale``; ``scipy.stats.t(df, loc, scale)``.
     Start: ``loc = median``, ``scale = 1.4826 * MAD`` (robust to heavy tails), ``df = 5``.
-    The MLE of ``df`` is infinite (a normal) for light-tailed samples; then the fit reports
-    non-convergence rather than a finite ``df``. No ``log_cdf`` (JAX has no t CDF).
+    For light-tailed samples the MLE of ``df`` can be infinite (a normal): the fit then
+    stops at a large ``df`` where the gradient falls below ``tol``; read ``df`` before
+    trusting it. No ``log_cdf`` (JAX has no t CDF).
     """
 
     def log_prob(self, params, x):
@@ -308,9 +302,11 @@ class Laplace(AbstractModel):
 
     ``log p(x) = -|x - loc| / scale - log(2 scale)``; ``scipy.stats.laplace(loc, scale)``.
     Start: the closed-form MLE ``loc = median``, ``scale = mean |x - median|``. The
-    likelihood has a kink at every observation, so at the median the gradient in
-    ``loc`` is a subgradient: the fit keeps the start (the best point it saw) and may
-    report a status other than CONVERGED.
+    likelihood has a kink at every observation and zero curvature in ``loc`` between
+    them, so the fit keeps the start (the best point it saw) and reports STALLED (odd
+    ``n``: the gradient at the median is a subgradient) or HESSIAN_NOT_POSITIVE_DEFINITE
+    (even ``n``: every point between the middle two observations is an MLE); standard
+    errors from the observed information do not exist for ``loc``.
     """
 
     def log_prob(self, params, x):

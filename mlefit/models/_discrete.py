@@ -157,8 +157,9 @@ class NegativeBinomial(AbstractModel):
     ``scipy.stats.nbinom(n, p)`` (``n`` need not be an integer), mean ``n (1 - p) / p``,
     variance ``mean / p``. In the NB2 form of regression packages: ``mu = n (1 - p) / p``,
     ``alpha = 1 / n``. Start: the method of moments ``p = m / v``, ``n = m^2 / (v - m)``;
-    for data with ``v <= m`` (no overdispersion) the MLE is the Poisson limit ``n -> inf``,
-    which the fit approaches without converging; it starts from ``n = 100 m``.
+    for data with ``v <= m`` (no overdispersion) the MLE is the Poisson limit ``n -> inf``:
+    the fit starts from ``n = 100 m`` and stops at a very large ``n`` (``p`` near 1) where
+    the gradient falls below ``tol``.
     """
 
     def log_prob(self, params, k):
