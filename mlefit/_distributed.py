@@ -11,6 +11,23 @@ them across devices (an all-reduce, gloo on CPU, NCCL on GPU); parameters are
 replicated. When the number of observations does not divide the number of devices,
 the arrays are padded with copies of a real observation of weight zero (a zero weight
 removes an observation exactly, and a real observation keeps the gradient finite).
+Minibatch SGD permutes the real observations only (:class:`RowLayout`), so a sharded
+fit takes the steps of the unsharded one with the same key.
+
+Launching on several hosts (the same script everywhere; ``PROC`` = 0, 1, ...)::
+
+    import mlefit
+    mlefit.init_distributed("host0:1234", num_processes=2, process_id=PROC)  # first
+    X, y = load_part(PROC)                        # this process's observations only
+    data = mlefit.shard_local((X, y), mlefit.data_mesh())
+    res = mlefit.fit(model, data, init=init)      # the same FitResult in every process
+    if PROC == 0:
+        print(res)
+
+Plain ``jax.distributed.initialize`` works too (on CPU, first set
+``jax.config.update("jax_cpu_collectives_implementation", "gloo")``). Ready-made models
+read their data with NumPy for checks and starting values, which a process cannot do
+with another's rows: across processes, pass ``init=`` and a model function or Module.
 """
 
 from __future__ import annotations
