@@ -103,6 +103,13 @@ def _reduce(values, reduction: str):
     raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
 
 
+def _p_log_q(logp, logq):
+    """``p log q`` from log-probabilities, with ``0 log q = 0`` even for ``q = 0``
+    (a ``-inf`` logit) and no NaN in its gradient."""
+    mask = logp > -jnp.inf
+    return jnp.where(mask, jnp.exp(logp) * jnp.where(mask, logq, 0.0), 0.0)
+
+
 def _float(x):
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(float))
@@ -130,7 +137,7 @@ def entropy(p, *, logits: bool = False, base=None, axis: int = -1) -> jax.Array:
     p = _float(p)
     if logits:
         logq = jax.nn.log_softmax(p, axis=axis)
-        h = -jnp.sum(jnp.exp(logq) * logq, axis=axis)
+        h = -jnp.sum(_p_log_q(logq, logq), axis=axis)
     else:
         _check_probs("p", p, axis)
         h = jnp.sum(entr(p), axis=axis)
@@ -151,7 +158,7 @@ def binary_entropy(p, *, logits: bool = False, base=None) -> jax.Array:
     p = _float(p)
     if logits:
         pos, neg = jax.nn.log_sigmoid(p), jax.nn.log_sigmoid(-p)
-        h = -(jnp.exp(pos) * pos + jnp.exp(neg) * neg)
+        h = -(_p_log_q(pos, pos) + _p_log_q(neg, neg))
     else:
         a = _concrete(p)
         if a is not None and np.any(~((a >= 0) & (a <= 1))):
@@ -177,7 +184,8 @@ def cross_entropy(p, q, *, logits: bool = False, base=None, axis: int = -1) -> j
     """
     p, q = _float(p), _float(q)
     if logits:
-        h = -jnp.sum(jax.nn.softmax(p, axis=axis) * jax.nn.log_softmax(q, axis=axis), axis=axis)
+        logp, logq = jax.nn.log_softmax(p, axis=axis), jax.nn.log_softmax(q, axis=axis)
+        h = -jnp.sum(_p_log_q(logp, logq), axis=axis)
     else:
         _check_probs("p", p, axis)
         _check_probs("q", q, axis)
@@ -199,7 +207,8 @@ def kl_divergence(p, q, *, logits: bool = False, base=None, axis: int = -1) -> j
     p, q = _float(p), _float(q)
     if logits:
         logp = jax.nn.log_softmax(p, axis=axis)
-        d = jnp.sum(jnp.exp(logp) * (logp - jax.nn.log_softmax(q, axis=axis)), axis=axis)
+        logq = jax.nn.log_softmax(q, axis=axis)
+        d = jnp.sum(_p_log_q(logp, logp) - _p_log_q(logp, logq), axis=axis)
     else:
         _check_probs("p", p, axis)
         _check_probs("q", q, axis)

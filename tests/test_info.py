@@ -66,6 +66,16 @@ def test_zero_log_zero_is_zero():
     )
 
 
+def test_minus_infinite_logits_are_zero_probabilities():
+    z = jnp.array([0.0, -jnp.inf, 0.0])
+    assert float(info.entropy(z, logits=True)) == pytest.approx(np.log(2.0), rel=1e-15)
+    assert float(info.kl_divergence(z, z, logits=True)) == 0.0
+    assert float(info.cross_entropy(z, jnp.array([0.0, 0.0, -jnp.inf]), logits=True)) == np.inf
+    assert float(info.binary_entropy(jnp.inf, logits=True)) == 0.0
+    g = jax.grad(lambda z: info.entropy(z, logits=True))(z)
+    assert not np.any(np.isnan(g))
+
+
 def test_support_mismatch_is_infinite():
     p, q = jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0])
     assert float(info.cross_entropy(p, q)) == np.inf
