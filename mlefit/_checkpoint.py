@@ -41,6 +41,7 @@ from ._fit import (
     minibatch_history_dtype,
     minibatch_init,
 )
+from ._status import Status
 
 __all__ = [
     "checkpoint_info", "run_minibatch", "save_checkpoint", "load_checkpoint", "resume_state",
@@ -260,7 +261,9 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
 
     Returns ``(u, value, grad, steps, status, history)`` as ``minibatch_loop`` does; every
     chunk calls the same compiled program. With ``resume_from`` the state, epoch and key
-    come from that checkpoint (``ValueError`` if it belongs to another fit).
+    come from that checkpoint (``ValueError`` if it belongs to another fit). Ctrl-C
+    between chunks returns the last completed chunk's parameters with status
+    ``INTERRUPTED`` (the checkpoint written after that chunk resumes it).
     """
     opt, batch_size, epochs, key = opts.optimizer, opts.batch_size, opts.epochs, opts.key
     n = data[0].shape[0] if layout is None else layout.n_obs
@@ -276,19 +279,27 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
         state, start, key, _ = resume_state(resume_from, expected, state, epochs, key,
                                             user_key)
     n_batches = -(-n // batch_size)
-    while start < epochs:
-        stop = epochs if checkpoint is None else min(start + checkpoint_every, epochs)
-        state = _epochs_compiled(
-            problem.logp, transforms, opt, state, data, weights, key, batch_size,
-            jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32), layout,
-        )
-        start = stop
-        if checkpoint is not None:
-            progress = {"epoch": start, "epochs": epochs, "steps": start * n_batches}
-            save_checkpoint(checkpoint, dict(expected, **progress),
-                            saved_state(state, key, start))
-    return _finish_compiled(problem.logp, transforms, state, data, weights, tol,
-                            jnp.asarray(epochs * n_batches, jnp.int32))
+    interrupted = False
+    try:
+        while start < epochs:
+            stop = epochs if checkpoint is None else min(start + checkpoint_every, epochs)
+            state = _epochs_compiled(
+                problem.logp, transforms, opt, state, data, weights, key, batch_size,
+                jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32), layout,
+            )
+            jax.block_until_ready(state)  # Ctrl-C lands between chunks, not inside one
+            start = stop
+            if checkpoint is not None:
+                progress = {"epoch": start, "epochs": epochs, "steps": start * n_batches}
+                save_checkpoint(checkpoint, dict(expected, **progress),
+                                saved_state(state, key, start))
+    except KeyboardInterrupt:
+        interrupted = True
+    out = _finish_compiled(problem.logp, transforms, state, data, weights, tol,
+                           jnp.asarray(start * n_batches, jnp.int32))
+    if interrupted:  # the last completed chunk's parameters; resume from the checkpoint
+        out = (*out[:4], jnp.asarray(Status.INTERRUPTED, jnp.int32), out[5])
+    return out
 
 
 def saved_state(state: MinibatchState, key, epoch: int) -> dict:

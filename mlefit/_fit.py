@@ -677,6 +677,7 @@ def fit(
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume_from=resume_from,
+            progress=progress,
         )
     data, weights, layout = as_sharded(data, weights, mesh)
     data = check_data(data)

@@ -656,8 +656,14 @@ def _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_ste
 
 def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=None,
                epochs=None, key=None, max_steps=None, tol=None, history=True, mesh=None,
-               checkpoint=None, checkpoint_every=1, resume_from=None) -> FitResult:
-    """``mlefit.fit`` over a stream (see :func:`mlefit.fit` and :class:`ArrayStream`)."""
+               checkpoint=None, checkpoint_every=1, resume_from=None,
+               progress=False) -> FitResult:
+    """``mlefit.fit`` over a stream (see :func:`mlefit.fit` and :class:`ArrayStream`).
+
+    SGD with ``progress`` shows a bar over the observations read; Ctrl-C between chunks
+    ends the fit with status ``INTERRUPTED``, the last parameters, and NaN for the NLL
+    and gradient norm (their full pass is skipped); a checkpoint already written stays.
+    """
     from ._checkpoint import check_checkpoint_options
 
     if weights is not None:
@@ -692,6 +698,9 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
         return total / wsum, jax.tree.map(lambda g: g / wsum, grad)
 
     rows_full = _rows_for(src, None)
+    if opts.batch_size is None and progress:
+        raise ValueError("progress: a streamed full-batch fit has no progress bar yet; "
+                         "use it with batch_size (SGD).")
     if opts.batch_size is None:
         u, value, grad, steps, status, hist = lbfgs_host(value_and_grad, u0, opts.tol,
                                                          opts.max_steps)
@@ -703,16 +712,21 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
         hist = jnp.asarray(hist, dtype) if opts.history else None
         n_obs = last["wsum"]
     else:
-        u, hist, steps, bad = _sgd_stream(
+        u, hist, steps, bad, interrupted = _sgd_stream(
             problem, transforms, opts, u0, src, sample, checkpoint, checkpoint_every,
-            resume_from, key,
+            resume_from, key, progress,
         )
-        value, grad = value_and_grad(u)
-        n_obs = last["wsum"]
-        status = (Status.NON_FINITE if bad or not bool(_all_finite(value, grad))
-                  else Status.CONVERGED if float(_max_norm(grad)) <= opts.tol
-                  else Status.MAX_STEPS)
         hist = hist if opts.history else None
+        if interrupted:
+            nan = jnp.asarray(jnp.nan, hist.dtype if hist is not None else dtype)
+            value, grad, n_obs = nan, jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), u), nan
+            status = Status.INTERRUPTED
+        else:
+            value, grad = value_and_grad(u)
+            n_obs = last["wsum"]
+            status = (Status.NON_FINITE if bad or not bool(_all_finite(value, grad))
+                      else Status.CONVERGED if float(_max_norm(grad)) <= opts.tol
+                      else Status.MAX_STEPS)
     return FitResult(
         params=problem.finalize(constrain(u, transforms)),
         u=u,
@@ -731,9 +745,11 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
 
 
 def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, resume_from,
-                user_key):
-    """SGD epochs over the stream; returns ``(u, history, steps, bad)``."""
-    from ._checkpoint import fit_identity, resume_state, save_checkpoint, saved_state
+                user_key, progress=False):
+    """SGD epochs over the stream; returns ``(u, history, steps, bad, interrupted)``."""
+    from . import _checkpoint
+    from ._checkpoint import fit_identity, resume_state, saved_state
+    from ._fit import _progress_bar
 
     opt, batch_size, epochs, key = opts.optimizer, opts.batch_size, opts.epochs, opts.key
     rows = _rows_for(src, batch_size)
@@ -751,20 +767,36 @@ def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, r
                                                  user_key)
         steps = int(header["steps"])
     order = src.shuffle
-    for e in range(start, epochs):
-        carry = (state.u, state.opt_state, state.bad)
-        zero = jnp.zeros((), dtype)
-        acc, prev = (zero, zero), None
-        for ch in src.chunks(rows, order, key, e):
-            carry, acc = _sgd_chunk(
-                problem.logp, transforms, opt, carry, acc, ch.obs, ch.w, ch.order, batch_size
-            )
-            prev = _in_flight(prev, acc[0])
-            steps += -(-ch.m // batch_size)
-        history = state.history.at[e].set((acc[0] / acc[1]).astype(dtype))
-        state = MinibatchState(carry[0], carry[1], carry[2], history)
-        if checkpoint is not None and ((e + 1 - start) % every == 0 or e + 1 == epochs):
-            progress = {"epoch": e + 1, "epochs": epochs, "steps": steps}
-            save_checkpoint(checkpoint, dict(expected, **progress), saved_state(state, key, e + 1))
-    return state.u, state.history, steps, bool(state.bad)
+    bar = _progress_bar(progress, unit="obs")
+    if bar is not None and src.n_obs is not None:
+        bar.reset(total=(epochs - start) * src.n_obs)
+    carry, interrupted = (state.u, state.opt_state, state.bad), False
+    try:
+        for e in range(start, epochs):
+            zero = jnp.zeros((), dtype)
+            acc, prev = (zero, zero), None
+            for ch in src.chunks(rows, order, key, e):
+                carry, acc = _sgd_chunk(
+                    problem.logp, transforms, opt, carry, acc, ch.obs, ch.w, ch.order,
+                    batch_size,
+                )
+                prev = _in_flight(prev, acc[0])
+                steps += -(-ch.m // batch_size)
+                if bar is not None:
+                    bar.update(ch.m)
+            history = state.history.at[e].set((acc[0] / acc[1]).astype(dtype))
+            state = MinibatchState(carry[0], carry[1], carry[2], history)
+            if bar is not None:
+                bar.set_postfix(epoch=e + 1, nll=f"{float(history[e]):.8g}")
+            if checkpoint is not None and ((e + 1 - start) % every == 0 or e + 1 == epochs):
+                done = {"epoch": e + 1, "epochs": epochs, "steps": steps}
+                _checkpoint.save_checkpoint(checkpoint, dict(expected, **done),
+                                            saved_state(state, key, e + 1))
+    except KeyboardInterrupt:
+        interrupted = True
+        state = state._replace(u=carry[0], bad=carry[2])
+    finally:
+        if bar is not None:
+            bar.close()
+    return state.u, state.history, steps, bool(state.bad), interrupted
 

@@ -99,6 +99,22 @@ def test_interrupted_and_resumed_fit_is_bitwise_uninterrupted(tmp_path, monkeypa
     _assert_same(resumed, uninterrupted)
 
 
+def test_ctrl_c_then_resume(tmp_path, monkeypatch, uninterrupted):
+    path = tmp_path / "i.ckpt"
+    real = ckpt.save_checkpoint
+
+    def save_then_ctrl_c(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_ctrl_c)
+    stopped = _fit(checkpoint=path, checkpoint_every=2)
+    monkeypatch.undo()
+    assert stopped.optimizer_status == mlefit.Status.INTERRUPTED and int(stopped.steps) == 16
+    assert np.isnan(stopped.history_buffer[2:]).all()  # epochs 3..6 never ran
+    _assert_same(_fit(resume_from=path), uninterrupted)
+
+
 def test_checkpointing_does_not_change_the_fit(tmp_path, uninterrupted):
     res = _fit(checkpoint=tmp_path / "c.ckpt", checkpoint_every=1)
     _assert_same(res, uninterrupted)

@@ -165,6 +165,24 @@ def test_float32_stream():
     np.testing.assert_allclose(r32.history, r64.history, rtol=1e-5)
 
 
+def test_ctrl_c_between_chunks_returns_the_last_parameters(capsys):
+    class StopInEpoch2(mlefit.ArrayStream):
+        def chunks(self, rows, order="none", key=None, epoch=0):
+            if epoch == 1:
+                raise KeyboardInterrupt
+            yield from super().chunks(rows, order, key, epoch)
+
+    s = StopInEpoch2((X, Y), chunk_size=256)
+    res = mlefit.fit(logistic, s, init(), optimizer=adam(), batch_size=64, epochs=3,
+                     progress=True)
+    assert res.optimizer_status == mlefit.Status.INTERRUPTED
+    assert np.isnan(float(res.nll)) and np.isnan(float(res.grad_norm))  # no final pass
+    one = mlefit.fit(logistic, mlefit.ArrayStream((X, Y), chunk_size=256), init(),
+                     optimizer=adam(), batch_size=64, epochs=1)
+    np.testing.assert_array_equal(np.asarray(res.params["b"]), np.asarray(one.params["b"]))
+    assert "obs" in capsys.readouterr().err  # the tqdm bar counts observations
+
+
 # -- user iterables --------------------------------------------------------------------------
 def test_list_of_batches():
     cuts = [0, 256, 512, 768, N]  # the last batch (235 rows) is padded to 256
