@@ -36,8 +36,9 @@ from ._suffstats import plan_for, reduced_mean_loglik, specialise, suffstats
 
 __all__ = ["fit_many", "DEFAULT_MAX_STEPS_NEWTON", "DEFAULT_MAX_STEPS_MANY"]
 
-# Newton converges in ~5-30 steps when it converges at all; refused steps count too.
-DEFAULT_MAX_STEPS_NEWTON = 200
+# Newton converges in ~3-25 steps when it converges at all (refused steps count too);
+# a diverging member (e.g. zero spread) runs to the budget and sets the time for all.
+DEFAULT_MAX_STEPS_NEWTON = 100
 # L-BFGS budget per member: a batched loop costs as much as its slowest member.
 DEFAULT_MAX_STEPS_MANY = 2_000
 _NEWTON = "newton"
@@ -251,6 +252,8 @@ def _init_structure(model: AbstractModel, one_set: tuple):
     except _NOT_TRACEABLE:
         out = None
     if key is not None:
+        if len(_INIT_STRUCTURE) > 256:
+            _INIT_STRUCTURE.clear()
         _INIT_STRUCTURE[key] = out
     return out
 
@@ -475,9 +478,11 @@ def fit_many(
         optimizer: ``"newton"`` (damped Newton with the exact Hessian,
             :func:`mlefit._newton.newton_loop`), an optax ``GradientTransformation``
             (e.g. ``optax.lbfgs()``, the loop of ``fit``), or None: Newton for up to 32
-            free parameters, else ``fit``'s default L-BFGS. Newton was 2x faster than
-            vmapped L-BFGS on 10,000 Gamma fits (it needs fewer, equally vectorised steps).
-        max_steps: step budget per data set (default 200 for Newton, 2,000 otherwise).
+            free parameters, else ``fit``'s default L-BFGS. Measured on 10,000 Gamma fits
+            of 200 observations (same start, 2-core CPU): Newton 7x faster than vmapped
+            optax L-BFGS on sufficient statistics, 2.8x on the raw observations (about
+            as many steps, no nested line-search loop for the batch to wait on).
+        max_steps: step budget per data set (default 100 for Newton, 2,000 otherwise).
         tol: gradient max-norm tolerance on each mean NLL (default as ``fit``).
         history: record each fit's mean NLL per step (a ``(B, max_steps + 1)`` buffer).
         check_finite: raise ``ValueError`` (naming data set and observation) for NaN/inf
@@ -533,14 +538,16 @@ def fit_many(
         n, dtype, None if solver == _NEWTON else solver, None, None, None, max_steps, tol, history
     )
     u0_one = jax.tree.map(lambda x: x[0], u0) if batched_init else u0
-    check_model_output(problem.logp, constrain(u0_one, transforms), one_set)
+    # Constrained parameters have the shapes and dtypes of u: checks need no values.
+    params_aval = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), u0_one)
+    check_model_output(problem.logp, params_aval, one_set)
     one_obs = tuple(jax.ShapeDtypeStruct(a.shape[2:], a.dtype) for a in data)
     if weights is not None:
         data = fill_padding(data, weights)
 
     spec = None
     if use_suffstats:
-        plan = plan_for(problem.logp, constrain(u0_one, transforms), one_obs)
+        plan = plan_for(problem.logp, params_aval, one_obs)
         spec = None if plan is None else specialise(plan, data, weights)
     u, value, grad_norm, steps, status, hist = _fit_many_compiled(
         problem.logp,

@@ -130,9 +130,11 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
     nothing left to gain at machine precision);
     ``STALLED`` after 30 refused steps in a row (``CONVERGED`` if ``max|grad|`` is
     within 100 x tol); ``MAX_STEPS`` at the budget; ``INIT_NOT_FINITE`` when ``f``
-    or its gradient at ``u0`` is not finite. A non-finite trial point is refused like
-    a rise, so the iterate is always finite. The continue flag is computed in the
-    body and carried (a vmapped condition that recomputes it can fail to stop).
+    or its gradient at ``u0`` is not finite; ``NON_FINITE`` when a trial point has
+    ``f = -inf`` (the likelihood is unbounded: no MLE exists, e.g. zero spread). Any
+    other non-finite trial point is refused like a rise, so the iterate is always
+    finite. The continue flag is computed in the body and carried (a vmapped
+    condition that recomputes it can fail to stop).
     The start is evaluated by the loop's first pass (one traced copy of the
     value/gradient/Hessian program, which halves compile time).
 
@@ -183,20 +185,29 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
         refusals = jnp.where(accept, 0, c.refusals + 1)
         step = c.step + 1
         gn = gnorm(g)
+        # A trial NLL of -inf: the likelihood is unbounded (zero spread, a collapsing
+        # scale), so there is no MLE to converge to; stop rather than crawl to max_steps.
+        unbounded = ~first & (vt == -jnp.inf)
         status = jnp.where(
             first & ~finite_vg,
             Status.INIT_NOT_FINITE,
             jnp.where(
-                gn <= tol,
-                Status.CONVERGED,
+                unbounded,
+                Status.NON_FINITE,
                 jnp.where(
-                    # a refused full Newton step that predicted no gain beyond rounding
-                    ~accept & pd & (c.lam == 0) & (decrement <= slack(v)),
+                    gn <= tol,
                     Status.CONVERGED,
                     jnp.where(
-                        refusals >= _MAX_REFUSALS,
-                        jnp.where(gn <= _STALL_TOL_FACTOR * tol, Status.CONVERGED, Status.STALLED),
-                        jnp.where(step >= max_steps, Status.MAX_STEPS, _RUNNING),
+                        # a refused full Newton step that predicted no gain beyond rounding
+                        ~accept & pd & (c.lam == 0) & (decrement <= slack(v)),
+                        Status.CONVERGED,
+                        jnp.where(
+                            refusals >= _MAX_REFUSALS,
+                            jnp.where(
+                                gn <= _STALL_TOL_FACTOR * tol, Status.CONVERGED, Status.STALLED
+                            ),
+                            jnp.where(step >= max_steps, Status.MAX_STEPS, _RUNNING),
+                        ),
                     ),
                 ),
             ),
