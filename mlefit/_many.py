@@ -503,7 +503,7 @@ def fit_many(
         >>> normal = lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"])
         >>> x = jnp.array([[1.0, 2.0, 4.0], [0.0, 1.0, 2.0]])
         >>> res = mlefit.fit_many(normal, x, {"mu": 0.0, "sigma": mlefit.Positive(1.0)})
-        >>> res.params["mu"].round(4).tolist()
+        >>> [round(float(m), 4) for m in res.params["mu"]]
         [2.3333, 1.0]
     """
     data = check_batched_data(data)

@@ -401,3 +401,15 @@ def test_models_that_are_not_affine_are_fitted_from_the_observations():
         lambda p, k: jst.poisson.logpmf(k, p["mu"]), k, {"mu": mlefit.Positive(1.0)}
     )
     assert rel_err(r.params["mu"], np.asarray(k).mean(axis=1)) < 1e-8  # MLE: the mean
+
+
+def test_float32_data_fit_in_float32(xs):
+    x32 = xs.astype(np.float32)
+    r = mlefit.fit_many(normal, x32, INIT)
+    assert r.params["mu"].dtype == jnp.float32 and r.nll.dtype == jnp.float32
+    assert bool(r.converged.all())  # default tol in float32: 1e-5
+    mu, sigma = closed_form_normal(xs)
+    # float32 rounding of 40-term sums is ~1e-6 relative; the gradient tol 1e-5 on a
+    # Hessian of order 1/sigma^2 leaves errors up to ~1e-5 * sigma^2.
+    assert np.max(np.abs(np.asarray(r.params["mu"]) - mu) / sigma) < 1e-4
+    assert rel_err(r.params["sigma"], sigma) < 1e-4
