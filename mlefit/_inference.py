@@ -553,9 +553,17 @@ def refined_status_code(res) -> np.ndarray:
     """
     code = np.asarray(res.status_code).copy()
     check = (code == Status.CONVERGED) | (code == Status.STALLED)
-    if not check.any() or n_params(res) > MAX_PARAMS_FOR_STATUS:
+    if not check.any() or n_params(res) > MAX_PARAMS_FOR_STATUS or res.data is None:
+        return code  # no data kept (a streamed fit): use stream_hessian for inference
+    try:
+        inf = inference_of(res)
+    except NotImplementedError as e:  # a log-density JAX can differentiate once, not twice
+        warnings.warn(
+            f"the Hessian of the NLL cannot be computed ({e}); status is the optimiser's "
+            "and the Hessian checks (positive definite, at bound) were skipped",
+            stacklevel=3,
+        )
         return code
-    inf = inference_of(res)
     at_bound = np.asarray(inf.at_bound).any(axis=-1)
     pd = np.asarray(inf.positive_definite)
     code = np.where(check & at_bound, Status.AT_BOUND, code)

@@ -375,3 +375,13 @@ def test_bad_input_names_the_argument(gauss_fit):
         gauss_fit.covariance("hc3")
     with pytest.raises(ValueError, match=r"values\[1\] = -1.0"):
         gauss_fit.profile("v", [1.0, -1.0])
+
+
+def test_status_falls_back_when_the_hessian_cannot_be_computed():
+    # JAX differentiates gamma.logsf in `a` once but not twice: no Hessian, so the status
+    # is the optimiser's, with a warning instead of an exception.
+    f = lambda p, x: jst.gamma.logsf(x, p["a"], scale=1.0)  # noqa: E731
+    res = mlefit.fit(f, np.array([0.5, 1.0, 4.0]), init={"a": mlefit.Positive(2.0)})
+    with pytest.warns(UserWarning, match="Hessian of the NLL cannot be computed"):
+        status = res.status
+    assert status == res.optimizer_status
