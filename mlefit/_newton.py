@@ -3,10 +3,12 @@
 Each step solves ``(H + lam * s * I) d = -g`` with the exact autodiff Hessian ``H``
 of ``f`` (``s = max_j |H_jj|``, ``lam >= 0`` a Levenberg-Marquardt damping), and
 takes ``u + d`` when it decreases ``f`` (or keeps it within rounding while the
-gradient shrinks). A refused step raises ``lam`` (x10), an accepted one lowers it
-(/10, down to 0: plain Newton), so far from the optimum the step turns into a short
-gradient step and near it into the full Newton step (quadratic convergence). When
-``H + lam * s * I`` is not positive definite, a Gershgorin shift makes it so.
+gradient shrinks). ``lam`` starts at 0 (plain Newton) and follows Nielsen's update:
+a refused step multiplies it by ``nu`` (2, 4, 8, ...), an accepted one by
+``max(1/3, 1 - (2 rho - 1)^3)`` with ``rho`` the actual over the predicted decrease;
+so far from the optimum the step turns into a short gradient step and near it into
+the full Newton step (quadratic convergence). When ``H + lam * s * I`` is not
+positive definite, a Gershgorin shift makes it so.
 
 One trial point per step, one evaluation of ``(f, grad, Hessian)`` per trial and no
 inner line-search loop: under ``vmap`` every member does the same work each step,
@@ -29,7 +31,7 @@ _RUNNING = -1
 # Unrolled (elementwise) Cholesky up to this size: under vmap on CPU a batched
 # LAPACK call per member is far slower than a few dozen vectorised scalar ops.
 _UNROLL_MAX = 8
-# Refused steps in a row before the fit counts as stalled (lam grew by 10^_MAX_REFUSALS).
+# Refused steps in a row before the fit counts as stalled (lam grew by 2^(30*31/2)).
 _MAX_REFUSALS = 30
 _LAM_FIRST = 1e-4
 # A stalled fit still counts as converged when its gradient is within this factor of tol.
@@ -112,6 +114,7 @@ class _Carry(NamedTuple):
     grad: jax.Array
     hess: jax.Array
     lam: jax.Array
+    nu: jax.Array
     refusals: jax.Array
     step: jax.Array
     status: jax.Array
@@ -177,11 +180,20 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
             (xt, vt, gt, ht),
             (c.x, c.value, c.grad, c.hess),
         )
+        # Nielsen's damping update: shrink lam by how well the quadratic model predicted
+        # the decrease (rho), grow it geometrically on refusals. lam = 0 (plain Newton)
+        # stays 0 while its steps are accepted.
+        predicted = -(jnp.dot(c.grad, d) + 0.5 * jnp.dot(d, c.hess @ d))
+        rho = jnp.where(
+            predicted > 0, (c.value - vt) / jnp.where(predicted > 0, predicted, 1.0), 1.0
+        )
+        shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * jnp.clip(rho, 0.0, 1.0) - 1.0) ** 3)
         lam = jnp.where(
             accept,
-            jnp.where(c.lam > _LAM_FIRST, 0.1 * c.lam, 0.0),
-            jnp.maximum(10.0 * c.lam, _LAM_FIRST),
+            jnp.where(first, c.lam, c.lam * shrink),
+            jnp.where(c.lam == 0, _LAM_FIRST, c.lam * c.nu),
         )
+        nu = jnp.where(accept, 2.0, 2.0 * c.nu)
         refusals = jnp.where(accept, 0, c.refusals + 1)
         step = c.step + 1
         gn = gnorm(g)
@@ -199,7 +211,7 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
                     Status.CONVERGED,
                     jnp.where(
                         # a refused full Newton step that predicted no gain beyond rounding
-                        ~accept & pd & (c.lam == 0) & (decrement <= slack(v)),
+                        ~accept & pd & (c.lam <= _LAM_FIRST) & (decrement <= slack(v)),
                         Status.CONVERGED,
                         jnp.where(
                             refusals >= _MAX_REFUSALS,
@@ -216,7 +228,7 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
         if record_history:
             history = history.at[step].set(jnp.where(first & ~finite_vg, jnp.nan, v))
         v = jnp.where(first & ~finite_vg, vt, v)
-        return _Carry(x, v, g, h, lam, refusals, step, status, history)
+        return _Carry(x, v, g, h, lam, nu, refusals, step, status, history)
 
     zero = jnp.zeros((), dtype)  # lam: plain Newton first
     carry0 = _Carry(
@@ -225,6 +237,7 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
         jnp.zeros_like(x0),
         jnp.eye(p, dtype=dtype),
         zero,
+        jnp.asarray(2.0, dtype),
         jnp.asarray(0, jnp.int32),
         jnp.asarray(-1, jnp.int32),
         jnp.asarray(_RUNNING, jnp.int32),
