@@ -145,6 +145,14 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (other processes compete for the cores)."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def environment() -> str:
     import jax
 
@@ -154,10 +162,7 @@ def environment() -> str:
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    try:
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        load = "n/a"
+    load = load_average()
     return (
         f"jax {jax.__version__} on {jax.default_backend()} ({devices}); {model}; "
         f"{os.cpu_count()} logical CPUs; Python {platform.python_version()}; "

@@ -46,7 +46,7 @@ class Config:
     n_per_set: int = 200
     loop_sets: int | None = None  # looping peers of problem 5 run on this many sets
     n_memory: int = 10_000_000  # problem 2 at float32, peak memory
-    statsmodels_softmax: bool = True  # 60 s per call on 2 cores: once, first call only
+    statsmodels_softmax: bool = False  # 60-400 s per call on 2 cores: opt-in, one call
     cpu_peers_at_scale: bool = True
     memory: bool = True
     cache: bool = True
