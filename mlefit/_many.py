@@ -543,6 +543,8 @@ def fit_many(
     opts = check_options(
         n, dtype, None if solver == _NEWTON else solver, None, None, None, max_steps, tol, history
     )
+    if solver != _NEWTON:
+        solver = opts.optimizer  # fit's default L-BFGS when none was given
     u0_one = jax.tree.map(lambda x: x[0], u0) if batched_init else u0
     # Constrained parameters have the shapes and dtypes of u: checks need no values.
     params_aval = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), u0_one)

@@ -98,6 +98,18 @@ def test_lbfgs_and_newton_agree(xs, res):
     assert rel_err(r.params["sigma"], res.params["sigma"]) < 1e-8
 
 
+def test_many_parameters_default_to_lbfgs():
+    # 33 free parameters: above NEWTON_MAX_PARAMS, fit's L-BFGS is the default.
+    x = np.random.default_rng(6).normal(size=(2, 6, 33))
+
+    def iid(p, x):
+        return jnp.sum(jst.norm.logpdf(x, p["mu"], 1.0))
+
+    r = mlefit.fit_many(iid, x, {"mu": np.zeros(33)}, use_suffstats=False)
+    assert r.params["mu"].shape == (2, 33) and bool(r.converged.all())
+    np.testing.assert_allclose(np.asarray(r.params["mu"]), x.mean(axis=1), atol=1e-9)
+
+
 def test_tuple_data_regression_matches_least_squares():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(4, 30))
