@@ -141,6 +141,14 @@ def test_padding_does_not_bias_anything(xs, res):
         assert abs(float(r.params["mu"][b]) - mu) < 1e-10 * sigma
         assert rel_err(r.params["sigma"][b], sigma) < 1e-10
         assert rel_err(rm.params["sigma"][b], sigma) < 1e-10
+    # general weights: the weighted MLE is the weighted mean and standard deviation
+    v = np.random.default_rng(11).uniform(0.1, 3.0, (B, N))
+    rv = mlefit.fit_many(normal, xs, INIT, weights=v, tol=1e-13)
+    wmu = (v * xs).sum(1) / v.sum(1)
+    wsd = np.sqrt((v * (xs - wmu[:, None]) ** 2).sum(1) / v.sum(1))
+    assert rel_err(rv.params["sigma"], wsd) < 1e-10
+    assert np.max(np.abs(np.asarray(rv.params["mu"]) - wmu) / wsd) < 1e-10
+    np.testing.assert_allclose(np.asarray(rv.n_obs), v.sum(1), rtol=1e-14)
     # data set 0 is not padded: the weighted and the unweighted fit agree
     assert rel_err(r.nll[0], res.nll[0]) < 1e-12
     assert np.isfinite(np.asarray(r.data[0])).all()  # padding replaced by valid observations
