@@ -174,12 +174,18 @@ class Gamma(AbstractModel):
         check_support(self.name, x, low=0.0)
 
     def init(self, x):
-        a = _f64(x)
+        # Written in jnp so fit_many can vmap it over data sets (a traced call cannot
+        # raise: zero spread then gives a NaN start, which fit_many reports).
+        if not isinstance(x, jax.core.Tracer):
+            h = _f64(x)
+            spread = np.ptp(h) > 0 and np.log(h.mean()) - np.log(h).mean() > 0
+            require_spread(self.name, spread, f"all {h.size} observations are equal (zero spread)")
+        a = jnp.asarray(x, jnp.result_type(float))
         m = a.mean()
-        s = float(np.log(m) - np.log(a).mean())
-        require_spread(self.name, s > 0, f"all {a.size} observations are equal (zero spread)")
-        shape = (3.0 - s + np.sqrt((s - 3.0) ** 2 + 24.0 * s)) / (12.0 * s)
-        return {"shape": Positive(float(shape)), "scale": Positive(float(m / shape))}
+        s = jnp.log(m) - jnp.log(a).mean()
+        s = jnp.where(s > 0, s, jnp.nan)
+        shape = (3.0 - s + jnp.sqrt((s - 3.0) ** 2 + 24.0 * s)) / (12.0 * s)
+        return {"shape": Positive(shape), "scale": Positive(m / shape)}
 
     def sample(self, key, params, n):
         """``n`` draws ``scale * g``, ``g ~ Gamma(shape, 1)``."""
