@@ -256,15 +256,20 @@ def check_checkpoint_options(checkpoint, checkpoint_every, resume_from, minibatc
 
 
 def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=None,
-                  checkpoint=None, checkpoint_every: int = 1, resume_from=None, user_key=None):
+                  checkpoint=None, checkpoint_every: int = 1, resume_from=None, user_key=None,
+                  progress=False):
     """A minibatch fit in chunks of ``checkpoint_every`` epochs, saving after each chunk.
 
     Returns ``(u, value, grad, steps, status, history)`` as ``minibatch_loop`` does; every
     chunk calls the same compiled program. With ``resume_from`` the state, epoch and key
     come from that checkpoint (``ValueError`` if it belongs to another fit). Ctrl-C
     between chunks returns the last completed chunk's parameters with status
-    ``INTERRUPTED`` (the checkpoint written after that chunk resumes it).
+    ``INTERRUPTED`` (the checkpoint written after that chunk resumes it). With
+    ``progress`` a tqdm bar advances by epochs (chunks of one epoch when no checkpoint
+    sets them), showing the mean NLL of the last epoch.
     """
+    from ._fit import _progress_bar
+
     opt, batch_size, epochs, key = opts.optimizer, opts.batch_size, opts.epochs, opts.key
     n = data[0].shape[0] if layout is None else layout.n_obs
     dtype = minibatch_history_dtype(u0, weights)
@@ -280,14 +285,22 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
                                             user_key)
     n_batches = -(-n // batch_size)
     interrupted = False
+    bar = _progress_bar(progress, unit="epoch")
+    if bar is not None:
+        bar.reset(total=epochs)
+        bar.update(start)
+    chunk = checkpoint_every if checkpoint is not None else (1 if bar is not None else epochs)
     try:
         while start < epochs:
-            stop = epochs if checkpoint is None else min(start + checkpoint_every, epochs)
+            stop = min(start + chunk, epochs)
             state = _epochs_compiled(
                 problem.logp, transforms, opt, state, data, weights, key, batch_size,
                 jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32), layout,
             )
             jax.block_until_ready(state)  # Ctrl-C lands between chunks, not inside one
+            if bar is not None:
+                bar.update(stop - start)
+                bar.set_postfix(nll=f"{float(state.history[stop - 1]):.8g}")
             start = stop
             if checkpoint is not None:
                 progress = {"epoch": start, "epochs": epochs, "steps": start * n_batches}
@@ -295,6 +308,9 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
                                 saved_state(state, key, start))
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
     out = _finish_compiled(problem.logp, transforms, state, data, weights, tol,
                            jnp.asarray(start * n_batches, jnp.int32))
     if interrupted:  # the last completed chunk's parameters; resume from the checkpoint

@@ -718,7 +718,7 @@ def fit(
         u, value, grad, steps, status, hist = _maybe_polish(
             problem.logp, transforms, opts.optimizer, out, data, weights, tol_arr
         )
-    elif checkpoint is None and resume_from is None and layout is None:
+    elif checkpoint is None and resume_from is None and layout is None and not progress:
         u, value, grad, steps, status, hist = _fit_minibatch_compiled(
             problem.logp,
             transforms,
@@ -732,7 +732,7 @@ def fit(
             opts.epochs,
         )
         hist = hist if opts.history else None
-    else:  # in chunks of epochs, the same steps: checkpoints, or padded sharded data
+    else:  # in chunks of epochs, the same steps: checkpoints, progress, padded sharded data
         u, value, grad, steps, status, hist = run_minibatch(
             problem,
             transforms,
@@ -746,6 +746,7 @@ def fit(
             checkpoint_every=checkpoint_every,
             resume_from=resume_from,
             user_key=key,
+            progress=progress,
         )
         hist = hist if opts.history else None
     if int(status) == Status.INIT_NOT_FINITE:

@@ -62,3 +62,16 @@ def test_ctrl_c_returns_best_point_so_far(monkeypatch):
     assert np.isfinite(float(res.params["mu"]))
     # The best point so far is better than the start.
     assert float(res.nll) < float(mlefit.nll(normal, {"mu": 0.0, "sigma": 1.0}, X))
+
+
+def test_minibatch_progress_is_per_epoch_and_changes_nothing():
+    import io
+
+    kw = dict(init=INIT, optimizer=optax.sgd(0.05), batch_size=50, epochs=4)
+    plain = mlefit.fit(normal, X, **kw)
+    buf = io.StringIO()
+    shown = mlefit.fit(normal, X, progress={"file": buf, "mininterval": 0, "leave": True}, **kw)
+    # Chunks of one epoch run the same compiled steps: bitwise the same fit.
+    np.testing.assert_array_equal(np.asarray(shown.params["mu"]), np.asarray(plain.params["mu"]))
+    np.testing.assert_array_equal(shown.history, plain.history)
+    assert "4/4" in buf.getvalue() and "epoch" in buf.getvalue()
