@@ -285,6 +285,8 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
                                             user_key)
     n_batches = -(-n // batch_size)
     interrupted = False
+    if layout is None:
+        data, weights = jax.device_put((data, weights))  # once, not once per chunk
     bar = _progress_bar(progress, unit="epoch")
     if bar is not None:
         bar.reset(total=epochs)

@@ -521,6 +521,7 @@ def _fit_full_chunked(
     ``INTERRUPTED``.
     """
     static = (logp, transforms, opt)
+    data, weights = jax.device_put((data, weights))  # once, not once per chunk
     carry = _start_compiled(*static, u0, data, weights, tol, max_steps, record_history)
     bar = _progress_bar(progress, unit="step")
     chunk, interrupted = 8, False
