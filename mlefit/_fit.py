@@ -748,34 +748,16 @@ def fit(
         and dtype == jnp.dtype(jnp.result_type(float))
     ):
         full_logp = reduce_logp(problem.logp, u0, transforms, data, weights)
-    if opts.batch_size is None and progress:
-        u, value, grad, steps, status, hist = _fit_full_chunked(
-            full_logp,
-            transforms,
-            opts.optimizer,
-            u0,
-            data,
-            weights,
-            tol_arr,
-            opts.max_steps,
-            opts.history,
-            progress,
-        )
-    elif opts.batch_size is None:
-        out = _fit_full_compiled(
-            full_logp,
-            transforms,
-            opts.optimizer,
-            u0,
-            data,
-            weights,
-            tol_arr,
-            opts.max_steps,
-            opts.history,
-        )
-        u, value, grad, steps, status, hist = _maybe_polish(
-            full_logp, transforms, opts.optimizer, out, data, weights, tol_arr
-        )
+    if opts.batch_size is None:
+        args = (full_logp, transforms, opts.optimizer, u0, data, weights, tol_arr)
+        if progress:
+            out = _fit_full_chunked(*args, opts.max_steps, opts.history, progress)
+        else:
+            out = _maybe_polish(
+                full_logp, transforms, opts.optimizer,
+                _fit_full_compiled(*args, opts.max_steps, opts.history), data, weights, tol_arr,
+            )
+        u, value, grad, steps, status, hist = out
     elif checkpoint is None and resume_from is None and layout is None and not progress:
         u, value, grad, steps, status, hist = _fit_minibatch_compiled(
             problem.logp,
