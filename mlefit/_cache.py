@@ -17,9 +17,10 @@ import os
 
 import jax
 
-__all__ = ["enable_compilation_cache", "default_cache_dir", "ENV_VAR"]
+__all__ = ["enable_compilation_cache", "default_cache_dir", "executable_dir", "ENV_VAR"]
 
 ENV_VAR = "MLEFIT_CACHE_DIR"
+_ENABLED: str | None = None  # the directory enable_compilation_cache set, if any
 
 
 def default_cache_dir() -> str:
@@ -36,10 +37,13 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
 
     Compiled fits are written to ``path`` (default :func:`default_cache_dir`), and a
     later process fitting the same model to data of the same shapes and dtypes loads
-    the executable instead of compiling it (tracing still runs). All programs are
-    cached, however quick to compile (``jax_persistent_cache_min_compile_time_secs = 0``,
-    ``jax_persistent_cache_min_entry_size_bytes = -1``). The directory is created
-    private to the user (mode 0700): JAX trusts what it reads from it, so never share it.
+    the executable instead of compiling it. All programs are cached, however quick to
+    compile (``jax_persistent_cache_min_compile_time_secs = 0``,
+    ``jax_persistent_cache_min_entry_size_bytes = -1``). The fits of ``fit`` and
+    ``fit_many`` are also stored whole in ``path/mlefit-executables``, keyed without
+    tracing them (see ``mlefit._compiled``), so a fresh process skips tracing too.
+    The directory is created private to the user (mode 0700): what is read from it is
+    trusted and executed, so never share it.
 
     Args:
         path: the cache directory; ``None`` for ``$MLEFIT_CACHE_DIR`` or
@@ -60,6 +64,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
     if os.path.exists(target) and not os.path.isdir(target):
         raise ValueError(f"path: {target!r} exists and is not a directory")
     os.makedirs(target, mode=0o700, exist_ok=True)
+    global _ENABLED
+    _ENABLED = target
     changed = jax.config.jax_compilation_cache_dir != target
     jax.config.update("jax_compilation_cache_dir", target)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -67,6 +73,14 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
     if changed:
         _reset_jax_cache_state()
     return target
+
+
+def executable_dir() -> str | None:
+    """Where whole compiled fits are stored: ``<cache>/mlefit-executables`` while the cache
+    that :func:`enable_compilation_cache` turned on is JAX's cache; else ``None``."""
+    if _ENABLED is None or jax.config.jax_compilation_cache_dir != _ENABLED:
+        return None
+    return os.path.join(_ENABLED, "mlefit-executables")
 
 
 def _reset_jax_cache_state() -> None:

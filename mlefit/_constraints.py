@@ -67,8 +67,9 @@ class Positive:
 
     def inverse(self, c):
         # softplus^-1(c) = c + log(-expm1(-c)), stable for small and large c.
-        c = jnp.asarray(c)
-        return c + jnp.log(-jnp.expm1(-c))
+        xp = _namespace(c)
+        c = xp.asarray(c)
+        return c + xp.log(-xp.expm1(-c))
 
     def dforward(self, u):
         return jax.nn.sigmoid(u)
@@ -123,8 +124,9 @@ class Interval:
         return self.low + (self.high - self.low) * jax.nn.sigmoid(u)
 
     def inverse(self, c):
-        t = (jnp.asarray(c) - self.low) / (self.high - self.low)
-        return jnp.log(t) - jnp.log1p(-t)
+        xp = _namespace(c)
+        t = (xp.asarray(c) - self.low) / (self.high - self.low)
+        return xp.log(t) - xp.log1p(-t)
 
     def dforward(self, u):
         s = jax.nn.sigmoid(u)
@@ -144,6 +146,11 @@ class Interval:
 
 
 CONSTRAINTS = (Positive, Interval)
+
+
+def _namespace(x):
+    """``jax.numpy`` for JAX arrays and tracers, NumPy for host values (no compilation)."""
+    return jnp if isinstance(x, jax.Array) else np
 
 
 def is_constraint(x) -> bool:
@@ -171,14 +178,22 @@ def split_init(init, dtype=None):
             value = leaf.value
             _check_numeric(value, name)
             leaf.check(value, name)
-            c = jnp.asarray(value, dtype=dtype or _float_dtype(value))
-            us.append(leaf.inverse(c))
+            us.append(leaf.inverse(_as_array(value, dtype)))
             ts.append(leaf)
         else:
             _check_numeric(leaf, name)
-            us.append(jnp.asarray(leaf, dtype=dtype or _float_dtype(leaf)))
+            us.append(_as_array(leaf, dtype))
             ts.append(_IDENTITY)
     return treedef.unflatten(us), tuple(ts)
+
+
+def _as_array(value, dtype):
+    """``value`` as an array of ``dtype``: JAX arrays stay JAX arrays, host values stay in
+    NumPy (a start computed eagerly in JAX would compile a small program per operation)."""
+    dtype = dtype or _float_dtype(value)
+    if isinstance(value, jax.Array):
+        return jnp.asarray(value, dtype=dtype)
+    return np.asarray(value, dtype=dtype)
 
 
 def _float_dtype(value):
@@ -190,7 +205,9 @@ def _check_numeric(value, name):
     try:
         v = np.asarray(value)
     except Exception as e:  # noqa: BLE001 - re-raised with the parameter's name
-        raise TypeError(f"init: parameter {name!r} is not an array-like ({type(value).__name__})") from e
+        raise TypeError(
+            f"init: parameter {name!r} is not an array-like ({type(value).__name__})"
+        ) from e
     if v.dtype == object or not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
         raise TypeError(
             f"init: parameter {name!r} has non-numeric value of type {type(value).__name__}"

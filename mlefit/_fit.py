@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import check_data, check_model_output, check_weights, float_dtype
+from ._checks import check_data, check_model_output, check_weights, float_dtype, host_view
 from ._constraints import constrain, split_init
 from ._likelihood import logpdfs, mean_nll
 from ._model import as_problem
@@ -70,10 +70,7 @@ def reduce_logp(logp, u0, transforms, data, weights):
     obs = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
     try:
         plan = plan_for(logp, params, obs)
-        batched = tuple(a[None] for a in data)
-        spec = None if plan is None else specialise(
-            plan, batched, None if weights is None else weights[None]
-        )
+        spec = None if plan is None else specialise(plan, data, weights, batched=False)
         if spec is not None:  # trace it once: any failure means no reduction
             reduced = Reduced(logp, spec)
             jax.eval_shape(
@@ -253,13 +250,15 @@ def newton_polish(f, u, value, grad, status, tol, max_iter: int = _POLISH_MAX_IT
     """Refines an optimum with exact-Hessian Newton steps; returns ``(u, value, grad, status)``.
 
     ``d = -H^-1 g`` with ``H`` the autodiff Hessian of ``f`` (Jacobi-scaled, by
-    eigendecomposition; negative curvature is flipped so the step still descends). Near an optimum the mean
-    NLL changes by less than its rounding error, so values alone cannot judge a step:
+    eigendecomposition; negative curvature is flipped so the step still descends). Near an
+    optimum the mean NLL changes by less than its rounding error, so values alone cannot
+    judge a step:
     a step is taken when ``f`` drops by more than rounding, or stays within rounding
     while the gradient shrinks (backtracking on a genuine rise). The polish stops when
     neither holds. The fit counts as converged when ``max|g| <= tol`` or when the
     Newton decrement ``g^T H^-1 g / 2`` (the predicted remaining decrease) is below the
-    rounding level of ``f`` at a positive definite Hessian. ``INIT_NOT_FINITE``/``NON_FINITE`` fits are not touched.
+    rounding level of ``f`` at a positive definite Hessian. ``INIT_NOT_FINITE`` and
+    ``NON_FINITE`` fits are not touched.
     """
     x0, unravel = jax.flatten_util.ravel_pytree(u)
     ff = lambda x: f(unravel(x))  # noqa: E731
@@ -471,26 +470,73 @@ def use_polish(opt, u0, n_obs: int) -> bool:
     return opt == default_optimizer() and n_obs * p * p <= _POLISH_BUDGET
 
 
-@eqx.filter_jit
+def with_summary(transforms, out):
+    """``out = (u, value, grad, steps, status, history)`` plus the constrained estimate and
+    the gradient's max-norm: computed inside the compiled fit, not eagerly after it (each
+    eager operation is a small program of its own to compile or look up)."""
+    return (*out, constrain(out[0], transforms), _max_norm(out[2]))
+
+
+def _fit_full(logp, transforms, opt, max_steps, record_history, u0, data, weights, tol):
+    f = objective(logp, transforms, data, weights)
+    out = full_batch_loop(f, opt, u0, tol, max_steps, record_history, polish=False)
+    return with_summary(transforms, out)
+
+
+def fit_fingerprint(logp, transforms, solver, options: tuple, params, obs):
+    """The static part of a compiled fit as a string (``mlefit._compiled``), or ``None``
+    for what cannot be described: an optimiser other than mlefit's own.
+
+    ``params``, ``obs``: shapes and dtypes of ONE fit's parameters and ONE observation.
+    """
+    from ._compiled import model_fingerprint
+
+    if isinstance(solver, str):
+        solver_desc = solver
+    elif solver == default_optimizer():
+        solver_desc = "default"
+    else:
+        return None
+    model = model_fingerprint(logp, params, obs)
+    if model is None:
+        return None
+    kinds = [(type(t).__qualname__, getattr(t, "low", None), getattr(t, "high", None))
+             for t in transforms]
+    return repr((model, kinds, solver_desc, options))
+
+
+def avals(tree, skip: int = 0):
+    """Shapes and dtypes of the leaves of ``tree``, without the first ``skip`` axes."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[skip:], x.dtype), tree)
+
+
 def _fit_full_compiled(logp, transforms, opt, u0, data, weights, tol, max_steps, record_history):
-    f = objective(logp, transforms, data, weights)
-    return full_batch_loop(f, opt, u0, tol, max_steps, record_history, polish=False)
+    """The full-batch fit, compiled once per model, options and input shapes."""
+    from ._compiled import compiled_call
+
+    static = (logp, transforms, opt, max_steps, record_history)
+    return compiled_call(
+        _fit_full, static, (u0, data, weights, tol),
+        lambda: fit_fingerprint(
+            logp, transforms, opt, static[3:], avals(u0), avals(data, skip=1)
+        ),
+    )
 
 
 @eqx.filter_jit
-def _polish_compiled(logp, transforms, u, value, grad, status, data, weights, tol):
+def _polish_compiled(logp, transforms, out, data, weights, tol):
     f = objective(logp, transforms, data, weights)
-    return newton_polish(f, u, value, grad, status, tol)
+    u, value, grad, steps, status, hist = out[:6]
+    u, value, grad, status = newton_polish(f, u, value, grad, status, tol)
+    return with_summary(transforms, (u, value, grad, steps, status, hist))
 
 
 def _maybe_polish(logp, transforms, opt, out, data, weights, tol):
     """Newton-polishes a default fit that stalled or ran out of steps (compiled on demand)."""
-    u, value, grad, steps, status, hist = out
+    u, status = out[0], out[4]
     if int(status) in (Status.STALLED, Status.MAX_STEPS) and use_polish(opt, u, data[0].shape[0]):
-        u, value, grad, status = _polish_compiled(
-            logp, transforms, u, value, grad, status, data, weights, tol
-        )
-    return u, value, grad, steps, status, hist
+        out = _polish_compiled(logp, transforms, out, data, weights, tol)
+    return out
 
 
 @eqx.filter_jit
@@ -508,7 +554,7 @@ def _run_compiled(logp, transforms, opt, carry, data, weights, tol, max_steps, l
 @eqx.filter_jit
 def _finish_compiled(logp, transforms, opt, carry, data, weights, tol):
     f = objective(logp, transforms, data, weights)
-    return loop_finish(f, carry, tol, polish=False)
+    return with_summary(transforms, loop_finish(f, carry, tol, polish=False))
 
 
 def _fit_full_chunked(
@@ -548,7 +594,7 @@ def _fit_full_chunked(
     if not interrupted:
         out = _maybe_polish(logp, transforms, opt, out, data, weights, tol)
     if interrupted:
-        out = (*out[:4], jnp.asarray(Status.INTERRUPTED, jnp.int32), out[5])
+        out = (*out[:4], jnp.asarray(Status.INTERRUPTED, jnp.int32), *out[5:])
     return out
 
 
@@ -570,7 +616,8 @@ def _progress_bar(progress, unit):
 
 @eqx.filter_jit
 def _fit_minibatch_compiled(logp, transforms, opt, u0, data, weights, key, tol, batch_size, epochs):
-    return minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size, epochs, tol)
+    out = minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size, epochs, tol)
+    return with_summary(transforms, out)
 
 
 class FitOptions(NamedTuple):
@@ -735,9 +782,9 @@ def fit(
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
     check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
-    check_model_output(problem.logp, constrain(u0, transforms), data)
+    check_model_output(problem.logp, u0, data)  # abstract: constrained params have u's shapes
     weights = check_weights(weights, data[0].shape[0], dtype)
-    tol_arr = jnp.asarray(opts.tol, dtype)
+    tol_arr = np.asarray(opts.tol, dtype)
     # Full batch on one device: exponential families fit from sufficient statistics.
     full_logp = problem.logp
     # (Only in the default float dtype: float32 data under x64 mixes dtypes in the plan.)
@@ -757,9 +804,8 @@ def fit(
                 full_logp, transforms, opts.optimizer,
                 _fit_full_compiled(*args, opts.max_steps, opts.history), data, weights, tol_arr,
             )
-        u, value, grad, steps, status, hist = out
     elif checkpoint is None and resume_from is None and layout is None and not progress:
-        u, value, grad, steps, status, hist = _fit_minibatch_compiled(
+        out = _fit_minibatch_compiled(
             problem.logp,
             transforms,
             opts.optimizer,
@@ -771,9 +817,8 @@ def fit(
             opts.batch_size,
             opts.epochs,
         )
-        hist = hist if opts.history else None
     else:  # in chunks of epochs, the same steps: checkpoints, progress, padded sharded data
-        u, value, grad, steps, status, hist = run_minibatch(
+        out = with_summary(transforms, run_minibatch(
             problem,
             transforms,
             opts,
@@ -787,19 +832,20 @@ def fit(
             resume_from=resume_from,
             user_key=key,
             progress=progress,
-        )
-        hist = hist if opts.history else None
+        ))
+    u, value, _, steps, status, hist, params, grad_norm = out
+    if opts.batch_size is not None and not opts.history:
+        hist = None
     if int(status) == Status.INIT_NOT_FINITE:
         raise ValueError(_init_not_finite_message(problem, init, u0, transforms, data))
-    n_obs = jnp.asarray(n, dtype) if weights is None else jnp.sum(weights)
     return FitResult(
-        params=problem.finalize(constrain(u, transforms)),
+        params=problem.finalize(params),
         u=u,
         nll=value,
-        n_obs=n_obs,
+        n_obs=n_obs(n, weights, dtype),
         status_code=status,
         steps=steps,
-        grad_norm=_max_norm(grad),
+        grad_norm=grad_norm,
         history_buffer=hist,
         data=data,
         weights=weights,
@@ -807,6 +853,14 @@ def fit(
         transforms=transforms,
         minibatch=opts.batch_size is not None,
     )
+
+
+def n_obs(n: int, weights, dtype) -> jax.Array:
+    """``n``, or the sum of the weights: computed on the host where the weights are."""
+    if weights is None:
+        return jax.device_put(np.asarray(n, dtype))
+    host = host_view(weights)
+    return jnp.sum(weights) if host is None else jax.device_put(host.sum(dtype=dtype))
 
 
 def _init_not_finite_message(problem, init, u0, transforms, data) -> str:

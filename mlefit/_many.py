@@ -20,10 +20,13 @@ import numpy as np
 import optax
 
 from ._checks import check_model_output, float_dtype
+from ._compiled import compiled_call
 from ._constraints import constrain, is_constraint, split_init
 from ._fit import (
+    Reduced,
     _init_not_finite_message,
     check_options,
+    fit_fingerprint,
     full_batch_loop,
     objective,
     use_polish,
@@ -405,16 +408,36 @@ def _fit_many_traced(
             polish = use_polish(solver, u0, data[0].shape[0])
             out = full_batch_loop(f, solver, u0, tol, max_steps, record_history, polish)
         u, value, grad, steps, status, hist = out
-        return u, value, _max_norm(grad), steps, status, hist
+        return u, value, _max_norm(grad), steps, status, hist, constrain(u, transforms)
 
     in_axes = (0 if batched_init else None, 0, None if weights is None else 0)
     return jax.vmap(one, in_axes=in_axes)(u0, data, weights)
 
 
-_fit_many_compiled = eqx.filter_jit(_fit_many_traced)
+def _fit_many_static_first(
+    logp, transforms, solver, spec, max_steps, record_history, batched_init, u0, data, weights, tol
+):
+    return _fit_many_traced(
+        logp, transforms, solver, spec, u0, data, weights, tol, max_steps, record_history,
+        batched_init,
+    )
 
 
-_constrain = jax.jit(constrain, static_argnums=1)
+def _fit_many_compiled(static: tuple, dynamic: tuple, params_aval, obs_aval):
+    """The batched fit, compiled once per model, options and input shapes (and stored
+    with the cache on, see ``mlefit._compiled``).
+
+    ``static = (logp, transforms, solver, spec, max_steps, record_history, batched_init)``,
+    ``dynamic = (u0, data, weights, tol)``; the avals are those of ONE fit's parameters
+    and ONE observation.
+    """
+    logp, transforms, solver, spec = static[:4]
+    fit_logp = logp if spec is None else Reduced(logp, spec)
+    return compiled_call(
+        _fit_many_static_first, static, dynamic,
+        lambda: fit_fingerprint(fit_logp, transforms, solver, static[4:], params_aval, obs_aval),
+    )
+
 
 
 def _count_params(u0, batched: bool) -> int:
@@ -557,18 +580,11 @@ def fit_many(
     if use_suffstats:
         plan = plan_for(problem.logp, params_aval, one_obs)
         spec = None if plan is None else specialise(plan, data, weights)
-    u, value, grad_norm, steps, status, hist = _fit_many_compiled(
-        problem.logp,
-        transforms,
-        solver,
-        spec,
-        u0,
-        data,
-        weights,
-        jnp.asarray(opts.tol, dtype),
-        opts.max_steps,
-        opts.history,
-        batched_init,
+    u, value, grad_norm, steps, status, hist, params = _fit_many_compiled(
+        (problem.logp, transforms, solver, spec, opts.max_steps, opts.history, batched_init),
+        (u0, data, weights, np.asarray(opts.tol, dtype)),
+        params_aval,
+        one_obs,
     )
     codes = np.asarray(status)
     if (codes == Status.INIT_NOT_FINITE).all():
@@ -576,9 +592,9 @@ def fit_many(
         first = tuple(a[0] for a in data)
         msg = _init_not_finite_message(problem, init, u0_first, transforms, first)
         raise ValueError(f"every data set failed at the start; data set 0: {msg}")
-    n_obs = jnp.full((B,), n, dtype) if weights is None else jnp.sum(weights, axis=1)
+    n_obs = jax.device_put(np.full((B,), n, dtype)) if weights is None else jnp.sum(weights, axis=1)
     return FitResult(
-        params=problem.finalize(_constrain(u, transforms)),
+        params=problem.finalize(params),
         u=u,
         nll=value,
         n_obs=n_obs,

@@ -45,7 +45,9 @@ class Status(enum.IntEnum):
 _MESSAGES = {
     Status.CONVERGED: "converged: gradient norm below tolerance",
     Status.MAX_STEPS: "stopped at max_steps before the gradient norm reached tol",
-    Status.NON_FINITE: "the NLL or its gradient became non-finite; params is the last finite iterate",
+    Status.NON_FINITE: (
+        "the NLL or its gradient became non-finite; params is the last finite iterate"
+    ),
     Status.STALLED: "the line search could not decrease the NLL while the gradient is above tol",
     Status.HESSIAN_NOT_POSITIVE_DEFINITE: (
         "the Hessian of the NLL is not positive definite at the estimate: "

@@ -687,7 +687,7 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
     opts = _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_steps, tol,
                         history)
     check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
-    check_model_output(problem.logp, constrain(u0, transforms), sample)
+    check_model_output(problem.logp, u0, sample)  # abstract: constrained params have u's shapes
     logp = problem.logp
 
     last = {}

@@ -547,10 +547,13 @@ def plan_for(logp, params, obs_avals: tuple) -> Plan | None:
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _conditions_on_data(plan: Plan, data: tuple, weights):
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _conditions_on_data(plan: Plan, data: tuple, weights, batched: bool):
     """``(2, k)`` booleans: for each data-only condition, all and any over the used
     observations of all data sets."""
+    if not batched:  # one data set: add its data-set axis here, not eagerly
+        data = tuple(a[None] for a in data)
+        weights = None if weights is None else weights[None]
     dummy = [jnp.zeros(a.shape, a.dtype) for a in plan.closed.in_avals[: plan.n_params]]
     per_obs = jax.vmap(jax.vmap(lambda *o: plan.collect(dummy, o)))(*data)
     used = None if weights is None else weights > 0
@@ -566,15 +569,16 @@ def _conditions_on_data(plan: Plan, data: tuple, weights):
     return jnp.stack([jnp.stack(alls), jnp.stack(anys)])
 
 
-def specialise(plan: Plan, data: tuple, weights) -> Specialised | None:
-    """Fixes the data-only conditions of ``plan`` from the data (``(B, n, ...)`` arrays).
+def specialise(plan: Plan, data: tuple, weights, batched: bool = True) -> Specialised | None:
+    """Fixes the data-only conditions of ``plan`` from the data (``(B, n, ...)`` arrays,
+    or ``(n, ...)`` for one data set with ``batched=False``).
 
     Returns None when a condition differs between used observations or the log-density
     is not affine in data features with the conditions fixed.
     """
     constants = {}
     if plan.conditions:
-        flags = np.asarray(_conditions_on_data(plan, data, weights))
+        flags = np.asarray(_conditions_on_data(plan, data, weights, batched))
         for k, all_, any_ in zip(plan.conditions, flags[0], flags[1], strict=True):
             if bool(all_) == bool(any_):
                 constants[k] = bool(all_)

@@ -37,7 +37,7 @@ def poisson(k):
 
 
 def exponential(x):
-    """Rate ``lambda = N / sum x_n`` (= 1 / mean), from ``dl/dlambda = N / lambda - sum x_n = 0``."""
+    """Rate ``lambda = N / sum x_n`` (= 1 / mean), from ``dl/dlambda = N/lambda - sum x_n = 0``."""
     return 1.0 / jnp.mean(jnp.asarray(x))
 
 

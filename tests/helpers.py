@@ -12,7 +12,10 @@ def tree_allclose(a, b, *, rtol=1e-7, atol=0.0) -> bool:
     lb, tb = jax.tree_util.tree_flatten(b)
     if ta != tb:
         return False
-    return all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol) for x, y in zip(la, lb))
+    return all(
+        np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+        for x, y in zip(la, lb, strict=True)
+    )
 
 
 def rel_err(a, b) -> float:

@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.scipy.stats as st
+import numpy as np
 import pytest
 
 import mlefit
@@ -65,3 +68,87 @@ def test_enable_compilation_cache_rejects_a_file(tmp_path):
         mlefit.enable_compilation_cache(str(f))
     with pytest.raises(TypeError, match="path: expected a directory path"):
         mlefit.enable_compilation_cache(3)
+
+
+# A fresh process: three fits (a plain function, a model closing over an array C given
+# on the command line, fit_many of a ready-made model); reports their results and which
+# fits were traced (a fit loaded from mlefit's executable store is not traced at all).
+_STORE_PROBE = r"""
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+traced = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, d, **kw: traced.append(kw.get("fun_name"))
+    if name == "/jax/core/compile/jaxpr_trace_duration" else None)
+import numpy as np, jax.scipy.stats as st
+import mlefit
+x = np.linspace(-1.0, 3.0, 50)
+C = np.array([float(sys.argv[1])])
+init = {"mu": 0.0, "sigma": mlefit.Positive(1.0)}
+a = mlefit.fit(lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"]), x, init)
+b = mlefit.fit(lambda p, x: st.norm.logpdf(x - C[0], p["mu"], p["sigma"]), x, init)
+g = mlefit.fit_many(mlefit.models.Gamma(), np.random.default_rng(0).gamma(2.0, 1.5, (8, 40)))
+print(json.dumps({
+    "a": float(a.params["mu"]), "b": float(b.params["mu"]),
+    "g": np.asarray(g.params["shape"]).tolist(), "status": str(b.status),
+    "fits_traced": sum(t in ("_fit_full", "_fit_many_static_first") for t in traced),
+}))
+"""
+
+
+def _store_run(cache_dir, c):
+    env = dict(os.environ, MLEFIT_CACHE_DIR=str(cache_dir), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _STORE_PROBE, str(c)], env=env,
+                         capture_output=True, text=True, timeout=240, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_fresh_process_loads_stored_fits_and_a_changed_model_is_not_reused(tmp_path):
+    store = tmp_path / "mlefit-executables"
+    first = _store_run(tmp_path, 1.0)
+    assert first["fits_traced"] == 3 and len(list(store.glob("*.exe"))) == 3
+    # mean of linspace(-1, 3) is 1; shifting the data by C moves the mean by -C
+    assert first["a"] == pytest.approx(1.0, abs=1e-9)
+    assert first["b"] == pytest.approx(0.0, abs=1e-9)
+
+    again = _store_run(tmp_path, 1.0)
+    assert again["fits_traced"] == 0  # all three loaded whole: no tracing, no lowering
+    assert again == {**first, "fits_traced": 0}  # bitwise the same results
+
+    # Same code, shapes and dtypes, another closed-over constant: a different program.
+    other = _store_run(tmp_path, 2.5)
+    assert other["fits_traced"] == 1 and len(list(store.glob("*.exe"))) == 4
+    assert other["b"] == pytest.approx(-1.5, abs=1e-9)
+    assert other["a"] == first["a"] and other["g"] == first["g"]
+
+    # Damaged entries are recompiled and replaced, never trusted.
+    for f in store.glob("*.exe"):
+        f.write_bytes(b"not an executable")
+    repaired = _store_run(tmp_path, 1.0)
+    assert repaired == {**first, "fits_traced": 3}
+    # the three entries this run used were rewritten; the C = 2.5 one was not read
+    assert sum(f.stat().st_size > 1000 for f in store.glob("*.exe")) == 3
+
+
+def test_custom_optimizer_fits_are_not_stored(tmp_path):
+    import optax
+
+    from mlefit import _cache, _compiled
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        _cache._ENABLED = str(tmp_path)  # as if enabled, without touching JAX's own cache
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+        _compiled.clear_memory()
+        x = np.linspace(0.0, 1.0, 20)
+        init = {"mu": 0.0, "sigma": mlefit.Positive(1.0)}
+        mlefit.fit(lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"]), x, init,
+                   optimizer=optax.adam(0.1), max_steps=5)
+        assert not (tmp_path / "mlefit-executables").exists()
+        mlefit.fit(lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"]), x, init)
+        assert len(list((tmp_path / "mlefit-executables").glob("*.exe"))) == 1
+    finally:
+        _cache._ENABLED = None
+        jax.config.update("jax_compilation_cache_dir", before)
+        _compiled.clear_memory()

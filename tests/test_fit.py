@@ -350,14 +350,23 @@ def test_float32_fit_follows_data_dtype():
 
 
 def test_second_fit_with_same_shapes_does_not_recompile():
-    from mlefit._fit import _fit_full_compiled
+    traced = []
+
+    def on_duration(name, duration, **kw):
+        if name == "/jax/core/compile/jaxpr_trace_duration":
+            traced.append(kw.get("fun_name"))
 
     x = RNG.normal(size=64)
     mlefit.fit(normal, x, init=GAUSS_INIT)
-    before = _fit_full_compiled._cached._cache_size()
-    mlefit.fit(normal, x + 1.0, init={"mu": 0.5, "sigma": mlefit.Positive(2.0)})
-    mlefit.fit(normal, 2 * x, init=GAUSS_INIT, tol=1e-7)
-    assert _fit_full_compiled._cached._cache_size() == before
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        mlefit.fit(normal, x + 1.0, init={"mu": 0.5, "sigma": mlefit.Positive(2.0)})
+        mlefit.fit(normal, 2 * x, init=GAUSS_INIT, tol=1e-7)
+        assert "_fit_full" not in traced
+        mlefit.fit(normal, RNG.normal(size=65), init=GAUSS_INIT)  # a new shape compiles
+        assert "_fit_full" in traced
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
 
 
 # -- outcomes ------------------------------------------------------------------------
