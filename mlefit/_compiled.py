@@ -75,8 +75,28 @@ def _leaf_layout(x):
     return (x.shape, x.dtype.str, bool(getattr(x, "weak_type", False)), x.sharding)
 
 
+# XLA:CPU's newer fusion emitters compile a fit 1.5-2.5x slower than the classic ones,
+# for the same speed of the compiled fit (benchmarks/RESULTS.md, "Compile time").
+# MLEFIT_CPU_FUSION_EMITTERS=1 keeps XLA's default.
+_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def compiler_options() -> dict:
+    """Per-program XLA options of a compiled fit (none off the CPU)."""
+    if jax.default_backend() != "cpu" or os.environ.get("MLEFIT_CPU_FUSION_EMITTERS") == "1":
+        return {}
+    return dict(_CPU_OPTIONS)
+
+
 def _compile(fn, static, dynamic):
-    return jax.jit(functools.partial(fn, *static)).lower(*dynamic).compile()
+    lowered = jax.jit(functools.partial(fn, *static)).lower(*dynamic)
+    options = compiler_options()
+    if options:
+        try:
+            return lowered.compile(compiler_options=options)
+        except Exception:  # noqa: BLE001 - an XLA without the option: its defaults
+            pass
+    return lowered.compile()
 
 
 def _load_or_compile(fn, static, dynamic, tree, layout, fingerprint):

@@ -184,13 +184,18 @@ def loop_run(f, opt, carry: _Carry, tol, max_steps: int, limit) -> _Carry:
     """
     opt, reuse = _opt_with_value(opt, carry.u)
     vg = jax.value_and_grad(f)
-    vg_next = optax.value_and_grad_from_state(f) if reuse else None
     eps = jnp.finfo(carry.value.dtype).eps
 
     def body(c: _Carry) -> _Carry:
         updates, state = opt.update(c.grad, c.state, c.u, value=c.value, grad=c.grad, value_fn=f)
         u = optax.apply_updates(c.u, updates)
-        value, grad = vg_next(u, state=state) if reuse else vg(u)
+        if reuse:  # the line search evaluated f at u: take its value and gradient
+            # (not optax.value_and_grad_from_state: its fallback, re-evaluating f where
+            # the stored value is not finite, would compile f once more and give the
+            # same non-finite value, which the status below reports)
+            value, grad = optax.tree.get(state, "value"), optax.tree.get(state, "grad")
+        else:
+            value, grad = vg(u)
         step = c.step + 1
         finite = _all_finite(u, value, grad)
         unchanged = jnp.abs(value - c.value) <= 4 * eps * jnp.maximum(jnp.abs(c.value), 1.0)
