@@ -152,3 +152,13 @@ def test_custom_optimizer_fits_are_not_stored(tmp_path):
         _cache._ENABLED = None
         jax.config.update("jax_compilation_cache_dir", before)
         _compiled.clear_memory()
+
+
+def test_cpu_fits_compile_with_the_classic_fusion_emitters(monkeypatch):
+    from mlefit import _compiled
+
+    on_cpu = jax.default_backend() == "cpu"
+    expected = {"xla_cpu_use_fusion_emitters": False} if on_cpu else {}
+    assert _compiled.compiler_options() == expected
+    monkeypatch.setenv("MLEFIT_CPU_FUSION_EMITTERS", "1")  # XLA's default, on request
+    assert _compiled.compiler_options() == {}
