@@ -56,7 +56,7 @@ def compiled_call(fn: Callable, static: tuple, dynamic: tuple, fingerprint: Call
     """
     leaves, tree = jax.tree_util.tree_flatten(dynamic)
     layout = tuple(_leaf_layout(x) for x in leaves)
-    key = (fn, static, tree, layout)
+    key = (fn, static, tree, layout, _switches())
     exe = _MEMO.get(key)
     if exe is None:
         exe = _load_or_compile(fn, static, dynamic, tree, layout, fingerprint)
@@ -170,6 +170,26 @@ def _store(path: Path, exe) -> None:
         return
 
 
+_CONFIG = (
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "jax_numpy_dtype_promotion",
+    "jax_default_prng_impl",
+    "jax_threefry_partitionable",
+)
+
+
+def _switches() -> tuple:
+    """JAX flags and ``XLA_*``/``MLEFIT_*`` variables a traced fit can depend on."""
+    config = tuple(str(getattr(jax.config, name, None)) for name in _CONFIG)
+    env = tuple(sorted(
+        (k, v)
+        for k, v in os.environ.items()
+        if (k.startswith("XLA_") or k.startswith("MLEFIT_")) and k != "MLEFIT_CACHE_DIR"
+    ))
+    return config, env
+
+
 @functools.cache
 def _source_hash() -> str:
     h = hashlib.sha256()
@@ -187,25 +207,10 @@ def environment() -> str:
     import optax
 
     device = jax.devices()[0]
-    config = [
-        str(getattr(jax.config, name, None))
-        for name in (
-            "jax_enable_x64",
-            "jax_default_matmul_precision",
-            "jax_numpy_dtype_promotion",
-            "jax_default_prng_impl",
-            "jax_threefry_partitionable",
-        )
-    ]
-    env = sorted(
-        (k, v)
-        for k, v in os.environ.items()
-        if (k.startswith("XLA_") or k.startswith("MLEFIT_")) and k != "MLEFIT_CACHE_DIR"
-    )
     return repr((
         _FORMAT, _source_hash(), jax.__version__, jaxlib.__version__, optax.__version__,
         equinox.__version__, device.platform, device.device_kind, len(jax.devices()),
-        config, env,
+        _switches(),
     ))
 
 

@@ -71,15 +71,40 @@ def reduce_logp(logp, u0, transforms, data, weights):
     try:
         plan = plan_for(logp, params, obs)
         spec = None if plan is None else specialise(plan, data, weights, batched=False)
-        if spec is not None:  # trace it once: any failure means no reduction
+        if spec is not None:  # traced once per spec and shapes: a failure means no reduction
             reduced = Reduced(logp, spec)
-            jax.eval_shape(
-                lambda u, d, w: jax.value_and_grad(objective(reduced, transforms, d, w))(u),
-                u0, data, weights,
-            )
+            key = (reduced, transforms, _shapes((u0, data, weights)))
+            if key not in _REDUCTION_TRACES:
+                if len(_REDUCTION_TRACES) > 256:
+                    _REDUCTION_TRACES.clear()
+                _REDUCTION_TRACES[key] = _traces(reduced, transforms, u0, data, weights)
+            spec = spec if _REDUCTION_TRACES[key] else None
     except Exception:  # noqa: BLE001 - no reduction is always a correct fallback
         spec = None
     return logp if spec is None else Reduced(logp, spec)
+
+
+_REDUCTION_TRACES: dict = {}
+
+
+def _shapes(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(x), _dtype(x).str) for x in leaves)
+
+
+def _dtype(x) -> np.dtype:
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
+def _traces(reduced, transforms, u0, data, weights) -> bool:
+    try:
+        jax.eval_shape(
+            lambda u, d, w: jax.value_and_grad(objective(reduced, transforms, d, w))(u),
+            u0, data, weights,
+        )
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def objective(logp, transforms, data, weights):
