@@ -66,27 +66,39 @@ def _check_finite(a, name: str) -> None:
     )
 
 
-def check_data(data, *, check_finite: bool = True) -> tuple:
-    """Returns data as a tuple of arrays sharing the leading (observation) axis.
+def numeric_arrays(data, expected: str) -> list:
+    """``[(name, array), ...]`` for an array or a tuple/list of arrays (``data[k]`` names).
 
-    Raises ``ValueError`` for empty data, mismatched leading lengths, NaN/inf values
-    (with their count and first index); ``TypeError`` for non-numeric data.
+    Raises ``ValueError`` for an empty tuple and ``TypeError`` for what is not numeric;
+    ``expected`` says what to pass instead.
     """
     arrays = tuple(data) if isinstance(data, (tuple, list)) else (data,)
     if not arrays:
-        raise ValueError("data: got an empty tuple; pass an array or a tuple (X, y).")
+        raise ValueError(f"data: got an empty tuple; pass {expected}.")
     out = []
     for k, a in enumerate(arrays):
         name = "data" if len(arrays) == 1 else f"data[{k}]"
         if not isinstance(a, (jax.Array, np.ndarray)):
             try:
                 a = np.asarray(a)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
                 raise TypeError(f"{name}: cannot convert {type(a).__name__} to an array") from e
         if a.dtype == object or not (
             np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
         ):
             raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
+        out.append((name, a))
+    return out
+
+
+def check_data(data, *, check_finite: bool = True) -> tuple:
+    """Returns data as a tuple of arrays sharing the leading (observation) axis.
+
+    Raises ``ValueError`` for empty data, mismatched leading lengths, NaN/inf values
+    (with their count and first index); ``TypeError`` for non-numeric data.
+    """
+    out = []
+    for name, a in numeric_arrays(data, "an array or a tuple (X, y)"):
         if a.ndim == 0:
             raise ValueError(
                 f"{name}: got a scalar; data need a leading observation axis (shape (n, ...))."

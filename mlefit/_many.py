@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import check_model_output, float_dtype
+from ._checks import check_model_output, float_dtype, numeric_arrays
 from ._compiled import compiled_call
 from ._constraints import constrain, is_constraint, split_init
 from ._fit import (
@@ -52,21 +52,8 @@ _NEWTON = "newton"
 # ---------------------------------------------------------------------------------------
 def check_batched_data(data) -> tuple:
     """Returns data as a tuple of arrays of shape ``(B, n, ...)`` sharing ``B`` and ``n``."""
-    arrays = tuple(data) if isinstance(data, (tuple, list)) else (data,)
-    if not arrays:
-        raise ValueError("data: got an empty tuple; pass an array (B, n, ...) or a tuple of them.")
     out = []
-    for k, a in enumerate(arrays):
-        name = "data" if len(arrays) == 1 else f"data[{k}]"
-        if not isinstance(a, (jax.Array, np.ndarray)):
-            try:
-                a = np.asarray(a)
-            except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
-                raise TypeError(f"{name}: cannot convert {type(a).__name__} to an array") from e
-        if a.dtype == object or not (
-            np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
-        ):
-            raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
+    for name, a in numeric_arrays(data, "an array (B, n, ...) or a tuple of them"):
         if a.ndim < 2:
             raise ValueError(
                 f"{name}: fit_many needs a leading data-set axis and an observation axis, "
