@@ -69,10 +69,16 @@ def compiled_call(fn: Callable, static: tuple, dynamic: tuple, fingerprint: Call
 
 
 def _leaf_layout(x):
+    """Shape, dtype, weak type and placement of an input; placement ``None`` for host
+    arrays and arrays on the default device (one executable serves both)."""
     if isinstance(x, np.ndarray | np.generic):
-        return (x.shape, x.dtype.str, "host")
+        return (x.shape, x.dtype.str, False, None)
     x = jax.numpy.asarray(x) if not isinstance(x, jax.Array) else x
-    return (x.shape, x.dtype.str, bool(getattr(x, "weak_type", False)), x.sharding)
+    sharding = x.sharding
+    devices = sharding.device_set
+    default = len(devices) == 1 and next(iter(devices)) == jax.devices()[0]
+    return (x.shape, x.dtype.str, bool(getattr(x, "weak_type", False)),
+            None if default else sharding)
 
 
 # XLA:CPU's newer fusion emitters compile a fit 1.5-2.5x slower than the classic ones,
@@ -104,11 +110,11 @@ def _load_or_compile(fn, static, dynamic, tree, layout, fingerprint):
 
     directory = executable_dir()
     path = None
-    if directory is not None and all(_storable(lay) for lay in layout):
+    if directory is not None and all(lay[-1] is None for lay in layout):
         desc = fingerprint()
         if desc is not None:
             name = f"{fn.__module__}.{fn.__qualname__}"
-            digest = _digest(environment(), name, desc, str(tree), repr(_describe(layout)))
+            digest = _digest(environment(), name, desc, str(tree), repr(layout))
             path = Path(directory) / f"{digest}.exe"
             exe = _load(path)
             if exe is not None:
@@ -117,18 +123,6 @@ def _load_or_compile(fn, static, dynamic, tree, layout, fingerprint):
     if path is not None:
         _store(path, exe)
     return exe
-
-
-def _storable(layout) -> bool:
-    if layout[-1] == "host":
-        return True
-    sharding = layout[-1]
-    devices = sharding.device_set
-    return len(devices) == 1 and next(iter(devices)) == jax.devices()[0]
-
-
-def _describe(layout):
-    return [lay[:3] if lay[-1] != "host" else lay for lay in layout]
 
 
 def _digest(*parts: str) -> str:

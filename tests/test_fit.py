@@ -362,6 +362,7 @@ def test_second_fit_with_same_shapes_does_not_recompile():
     try:
         mlefit.fit(normal, x + 1.0, init={"mu": 0.5, "sigma": mlefit.Positive(2.0)})
         mlefit.fit(normal, 2 * x, init=GAUSS_INIT, tol=1e-7)
+        mlefit.fit(normal, jnp.asarray(x), init=GAUSS_INIT)  # NumPy or JAX: one program
         assert "_fit_full" not in traced
         mlefit.fit(normal, RNG.normal(size=65), init=GAUSS_INIT)  # a new shape compiles
         assert "_fit_full" in traced
