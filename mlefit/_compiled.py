@@ -18,7 +18,8 @@ executable of a fit is also stored under a key that needs no tracing of the fit:
 
 A process fitting a model and shape seen before loads the executable (about 0.1 s)
 instead of tracing, lowering and looking up. Anything that cannot be fingerprinted
-(a custom optimiser, a model whose jaxpr cannot be built) is compiled as usual.
+(a custom optimiser, a model whose jaxpr cannot be built) or whose pytree structure does
+not survive pickling (parameters held in an equinox Module) is compiled as usual.
 """
 
 from __future__ import annotations
@@ -154,6 +155,9 @@ def _store(path: Path, exe) -> None:
 
     try:
         payload, in_tree, out_tree = serialize_executable.serialize(exe)
+        trees = pickle.dumps((in_tree, out_tree))
+        if pickle.loads(trees) != (in_tree, out_tree):
+            return  # e.g. equinox Modules: their structure does not survive pickling
         blob = pickle.dumps((_FORMAT, payload, in_tree, out_tree))
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

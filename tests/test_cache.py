@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.scipy.stats as st
 import numpy as np
 import pytest
@@ -131,7 +133,15 @@ def test_fresh_process_loads_stored_fits_and_a_changed_model_is_not_reused(tmp_p
     assert sum(f.stat().st_size > 1000 for f in store.glob("*.exe")) == 3
 
 
-def test_custom_optimizer_fits_are_not_stored(tmp_path):
+class _Normal(eqx.Module):
+    mu: jax.Array
+    log_sigma: jax.Array
+
+    def log_prob(self, x):
+        return st.norm.logpdf(x, self.mu, jnp.exp(self.log_sigma))
+
+
+def test_custom_optimizer_and_module_fits_are_not_stored(tmp_path):
     import optax
 
     from mlefit import _cache, _compiled
@@ -145,6 +155,10 @@ def test_custom_optimizer_fits_are_not_stored(tmp_path):
         init = {"mu": 0.0, "sigma": mlefit.Positive(1.0)}
         mlefit.fit(lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"]), x, init,
                    optimizer=optax.adam(0.1), max_steps=5)
+        assert not (tmp_path / "mlefit-executables").exists()
+        # an equinox Module's pytree structure does not survive pickling: not stored
+        res = mlefit.fit(_Normal(jnp.zeros(()), jnp.zeros(())), x)
+        assert res.params.mu == pytest.approx(0.5, abs=1e-9)  # mean of linspace(0, 1)
         assert not (tmp_path / "mlefit-executables").exists()
         mlefit.fit(lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"]), x, init)
         assert len(list((tmp_path / "mlefit-executables").glob("*.exe"))) == 1
