@@ -235,6 +235,25 @@ def test_longley_certified_values():
     assert rel_err(res.params["sigma"] * np.sqrt(16 / 9), LONGLEY_RESIDUAL_SD) < 1e-8
 
 
+def test_ill_conditioned_quadratic_regression_to_near_machine_precision():
+    # A quadratic in x of order 1e6 (like NIST's Pontius): cond(X) about 1e13. The
+    # reference is least squares on the column-scaled design (cond about 20), which
+    # float64 solves to about 1e-14; the fit ends with an exact-Hessian Newton step.
+    rng = np.random.default_rng(1)
+    x = np.sort(rng.uniform(1.5e5, 3.0e6, 40))
+    X = np.column_stack([np.ones_like(x), x, x**2])
+    y = X @ np.array([6.7e-4, 7.3e-7, -3.2e-15]) + rng.normal(0, 2e-4, x.size)
+    scale = 1 / np.linalg.norm(X, axis=0)
+    reference = np.linalg.lstsq(X * scale, y, rcond=None)[0] * scale
+    res = mlefit.fit(
+        linear_gaussian, (X, y), init={"beta": np.zeros(3), "sigma": mlefit.Positive(1.0)}
+    )
+    assert res.converged
+    # 1e-10: four digits above the reference's own accuracy, 2-3 digits below what the
+    # unscaled least-squares solution (np.linalg.lstsq(X, y)) reaches here (3e-8).
+    assert np.max(np.abs(np.asarray(res.params["beta"]) - reference) / np.abs(reference)) < 1e-10
+
+
 def test_logistic_fit_against_statsmodels():
     import statsmodels.api as sm
 
