@@ -25,6 +25,7 @@ from ._constraints import constrain, is_constraint, split_init
 from ._fit import (
     Reduced,
     _init_not_finite_message,
+    _max_norm,
     check_options,
     fit_fingerprint,
     full_batch_loop,
@@ -373,10 +374,6 @@ def fill_padding(data: tuple, weights):
         return jnp.where(keep, a, valid)
 
     return tuple(fill(a) for a in data)
-
-
-def _max_norm(tree):
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 @eqx.debug.assert_max_traces(max_traces=None)  # counts traces (tests: no recompilation)
