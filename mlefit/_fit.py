@@ -1,7 +1,7 @@
 """The fit engine: minimise the mean NLL with optax, the whole loop in one compiled call.
 
-Full batch: ``lax.while_loop`` over optimiser steps (L-BFGS with a zoom line search
-by default), stopping when ``max_j |d nll / d u_j| <= tol``. Minibatch: ``lax.scan``
+Full batch: ``lax.while_loop`` over optimiser steps (L-BFGS with a weak-Wolfe line
+search by default), stopping when ``max_j |d nll / d u_j| <= tol``. Minibatch: ``lax.scan``
 over epochs and, inside, over shuffled batches. Both call the one likelihood kernel.
 """
 
@@ -22,6 +22,7 @@ import optax
 from ._checks import check_data, check_model_output, check_weights, float_dtype, host_view
 from ._constraints import constrain, split_init
 from ._likelihood import logpdfs, mean_nll
+from ._linesearch import scale_by_wolfe_linesearch
 from ._model import as_problem
 from ._result import FitResult
 from ._status import Status
@@ -41,8 +42,9 @@ _POLISH_BUDGET = 5e7
 
 @functools.cache
 def default_optimizer() -> optax.GradientTransformationExtraArgs:
-    """Full-batch L-BFGS (optax, memory 10, zoom line search); built once so fits reuse it."""
-    return optax.lbfgs()
+    """Full-batch L-BFGS: ``optax.lbfgs`` (memory 10) with mlefit's weak-Wolfe line search
+    (:func:`mlefit._linesearch.scale_by_wolfe_linesearch`); built once so fits reuse it."""
+    return optax.lbfgs(linesearch=scale_by_wolfe_linesearch())
 
 
 def default_tol(dtype) -> float:
