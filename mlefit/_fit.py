@@ -751,7 +751,9 @@ def fit(
             constraints). Required for a plain function.
         weights: optional non-negative weight per observation (weighted mean NLL; a
             zero weight removes an observation exactly).
-        optimizer: any optax ``GradientTransformation``; default full-batch L-BFGS.
+        optimizer: any optax ``GradientTransformation``; default full-batch L-BFGS
+            (``optax.lbfgs`` with a weak-Wolfe line search, then a Newton polish where
+            the Hessian is cheap).
             Build it once and reuse it: a new optimiser object compiles a new fit.
         batch_size: minibatch size; turns on minibatch SGD, reshuffled each epoch.
         epochs: passes over the data for minibatch fits (default 10).

@@ -2,8 +2,9 @@
 
 mlefit's default optimiser is ``optax.lbfgs(linesearch=scale_by_wolfe_linesearch())``.
 Compared with optax's zoom line search it traces the objective once instead of twice and
-carries no interpolation logic, so a compiled fit is about 0.4 s quicker to build, and
-it takes the same L-BFGS steps (``benchmarks/RESULTS.md``, "Compile time").
+carries no interpolation logic: the compiled fit's program is about a third smaller and
+quicker to build, and takes the same L-BFGS steps (``benchmarks/RESULTS.md``, "Compile
+time").
 """
 
 from __future__ import annotations
