@@ -71,7 +71,6 @@ def scale_by_wolfe_linesearch(
         )
 
     def update(updates, state, params, *, value, grad, value_fn, **extra_args):
-        del state
         if extra_args:
             raise TypeError(f"scale_by_wolfe_linesearch: unexpected arguments {sorted(extra_args)}")
         vg = jax.value_and_grad(value_fn)
@@ -82,8 +81,11 @@ def scale_by_wolfe_linesearch(
         slope = jnp.where(descent, slope, -_vdot(grad, grad).real)
         eps_f = slack_ulps * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(value), 1.0)
 
+        def moved(t):  # params + t d, leaf by leaf in the leaf's dtype
+            return jax.tree.map(lambda p, x: p + (t * x).astype(p.dtype), params, d)
+
         def trial(t):
-            return vg(optax.tree.add_scale(params, t, d))
+            return vg(moved(t))
 
         def body(c):
             t, lo, hi, k, _, best = c
@@ -111,6 +113,10 @@ def scale_by_wolfe_linesearch(
         )
         # (t, v, g) is the accepted trial, else the lowest one, else (0, value, grad).
         scaled = jax.tree.map(lambda x: (t * x).astype(x.dtype), d)
-        return scaled, WolfeLinesearchState(v, g, t, k)
+        # In the state's dtypes, whatever f promotes to: the state is a loop carry.
+        g = jax.tree.map(lambda x, ref: x.astype(ref.dtype), g, state.grad)
+        return scaled, WolfeLinesearchState(
+            v.astype(state.value.dtype), g, t.astype(state.step.dtype), k
+        )
 
     return optax.GradientTransformationExtraArgs(init, update)
