@@ -1,10 +1,11 @@
 """The hand-written JAX peers: what a JAX user writes without mlefit.
 
 Both minimise ``loss(w, *data)`` (a vectorised mean NLL, differentiated by plain
-``jax.value_and_grad``) with optax's L-BFGS as it comes (memory 10, zoom line search; mlefit's
-default swaps the line search for its own weak-Wolfe bisection) and stop when ``max|grad| <= tol`` or when the loss stops
-changing (``|f_k - f_{k-1}| <= 4 eps |f_k|`` twice in a row: without it a loop that
-reached the optimum to rounding keeps line-searching until its step budget).
+``jax.value_and_grad``) with optax's L-BFGS as it comes (memory 10, zoom line search;
+mlefit's default swaps the line search for its own weak-Wolfe bisection) and stop when
+``max|grad| <= tol`` or when the loss stops changing (``|f_k - f_{k-1}| <= 4 eps |f_k|``
+twice in a row: without it a loop that reached the optimum to rounding keeps
+line-searching until its step budget).
 
 - :func:`python_loop`: a Python ``for`` loop over one jitted L-BFGS step; the stopping
   test reads the gradient norm back to the host every step.
