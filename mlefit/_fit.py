@@ -26,6 +26,8 @@ from ._linesearch import scale_by_wolfe_linesearch
 from ._model import as_problem
 from ._result import FitResult
 from ._status import Status
+from ._trees import all_finite as _all_finite
+from ._trees import max_norm as _max_norm
 
 __all__ = ["fit", "default_optimizer", "default_tol", "DEFAULT_MAX_STEPS"]
 
@@ -128,15 +130,6 @@ def objective(logp, transforms, data, weights):
 def _reduce_enabled() -> bool:
     """Sufficient-statistics reduction of full-batch fits; ``MLEFIT_SUFFSTATS=0`` turns it off."""
     return os.environ.get("MLEFIT_SUFFSTATS", "1") != "0"
-
-
-def _max_norm(tree):
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
-def _all_finite(*trees):
-    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree_util.tree_leaves(t)]
-    return jnp.all(jnp.stack(leaves))
 
 
 def _has_value_in_state(opt, u0) -> bool:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ._trees import all_finite, vdot
+
 __all__ = ["scale_by_wolfe_linesearch", "WolfeLinesearchState"]
 
 
@@ -26,14 +28,6 @@ class WolfeLinesearchState(NamedTuple):
     grad: Any
     step: jax.Array
     evals: jax.Array
-
-
-def _vdot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-
-
-def _finite(*trees):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]))
 
 
 def scale_by_wolfe_linesearch(
@@ -75,10 +69,10 @@ def scale_by_wolfe_linesearch(
             raise TypeError(f"scale_by_wolfe_linesearch: unexpected arguments {sorted(extra_args)}")
         vg = jax.value_and_grad(value_fn)
         dtype = jnp.result_type(value)
-        slope = _vdot(updates, grad).real
+        slope = vdot(updates, grad).real
         descent = (slope < 0) & jnp.isfinite(slope)
         d = jax.tree.map(lambda x, g: jnp.where(descent, x, -g), updates, grad)
-        slope = jnp.where(descent, slope, -_vdot(grad, grad).real)
+        slope = jnp.where(descent, slope, -vdot(grad, grad).real)
         eps_f = slack_ulps * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(value), 1.0)
 
         def moved(t):  # params + t d, leaf by leaf in the leaf's dtype
@@ -90,8 +84,8 @@ def scale_by_wolfe_linesearch(
         def body(c):
             t, lo, hi, k, _, best = c
             v, g = trial(t)
-            dg = _vdot(g, d).real
-            finite = jnp.isfinite(v) & _finite(g)
+            dg = vdot(g, d).real
+            finite = jnp.isfinite(v) & all_finite(g)
             armijo = v <= value + c1 * t * slope
             flat = (v <= value + eps_f) & (dg <= (2 * c1 - 1) * slope)
             decrease = finite & (armijo | flat)

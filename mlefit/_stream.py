@@ -52,6 +52,7 @@ from ._likelihood import _resolve, total_loglik
 from ._model import as_problem
 from ._result import FitResult
 from ._status import Status
+from ._trees import vdot as _vdot
 
 __all__ = [
     "ArrayStream",
@@ -566,11 +567,6 @@ def stream_hessian(model, params, source) -> jax.Array:
 
 
 # -- full-batch fit over a stream: L-BFGS on the host ------------------------------------
-def _vdot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
-                                               jax.tree_util.tree_leaves(b), strict=True))
-
-
 @functools.cache
 def _lbfgs_direction(memory: int):
     tx = optax.scale_by_lbfgs(memory)
