@@ -214,6 +214,9 @@ def loop_run(f, opt, carry: _Carry, tol, max_steps: int, limit) -> _Carry:
             # the stored value is not finite, would compile f once more and give the
             # same non-finite value, which the status below reports)
             value, grad = optax.tree.get(state, "value"), optax.tree.get(state, "grad")
+            # in the carry's dtypes (the state's may be wider than f's output)
+            value = value.astype(c.value.dtype)
+            grad = jax.tree.map(lambda x, ref: x.astype(ref.dtype), grad, c.grad)
         else:
             value, grad = vg(u)
         step = c.step + 1

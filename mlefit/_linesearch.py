@@ -49,15 +49,21 @@ def scale_by_wolfe_linesearch(
     ``[lo, hi]``: a trial without sufficient decrease (or not finite) becomes ``hi``, one
     still descending steeply becomes ``lo`` (doubled while ``hi`` is unknown). A direction
     that does not descend is replaced by ``-grad``. After ``max_evals`` trials without an
-    acceptable one the lowest trial is taken if it lowers ``f``, else the step is 0
-    (the fit loop then sees no progress and reports a stall).
+    acceptable one the lowest trial is taken if it lowers ``f`` with positive curvature
+    (:math:`\phi'(t) > \phi'(0)`), else the step is 0 (the fit loop then sees no
+    progress and reports a stall). Within rounding of :math:`\phi(0)` the Armijo test
+    also needs :math:`\phi'(t) \le (2 c_1 - 1) \phi'(0)`: a value that did not round
+    upwards says nothing about overshooting.
 
     ``update`` needs ``value``, ``grad`` (at ``params``) and ``value_fn``; the state's
     ``value`` and ``grad`` are those at the new point, for the next step.
     """
 
     def init(params) -> WolfeLinesearchState:
-        dtype = jnp.result_type(*jax.tree.leaves(params))
+        # At least the default float: an objective may return a wider float than the
+        # parameters, and its value must not be rounded to theirs.
+        dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)),
+                                  jnp.result_type(float))
         zero = jnp.zeros((), dtype)
         return WolfeLinesearchState(
             jnp.asarray(jnp.inf, dtype), optax.tree.zeros_like(params), zero,
@@ -86,12 +92,15 @@ def scale_by_wolfe_linesearch(
             v, g = trial(t)
             dg = vdot(g, d).real
             finite = jnp.isfinite(v) & all_finite(g)
-            armijo = v <= value + c1 * t * slope
-            flat = (v <= value + eps_f) & (dg <= (2 * c1 - 1) * slope)
+            # Within rounding of f(u), Armijo cannot tell a rise: also bound phi'(t) there.
+            overshoot = dg > (2 * c1 - 1) * slope
+            armijo = (v <= value + c1 * t * slope) & ((v < value - eps_f) | ~overshoot)
+            flat = (v <= value + eps_f) & ~overshoot
             decrease = finite & (armijo | flat)
             curvature = dg >= c2 * slope
             accept = decrease & curvature
-            lower = finite & (v < best[1])
+            # A fallback must lower f and keep s.y = t (phi'(t) - phi'(0)) > 0 for L-BFGS.
+            lower = finite & (v < best[1]) & (dg > slope)
             best = jax.tree.map(lambda a, b: jnp.where(lower, a, b), (t, v, g), best)
             hi = jnp.where(decrease, hi, t)
             lo = jnp.where(decrease & ~curvature, t, lo)
@@ -106,8 +115,8 @@ def scale_by_wolfe_linesearch(
             lambda c: ~c[4] & (c[3] < max_evals), body, c0
         )
         # (t, v, g) is the accepted trial, else the lowest one, else (0, value, grad).
-        scaled = jax.tree.map(lambda x: (t * x).astype(x.dtype), d)
-        # In the state's dtypes, whatever f promotes to: the state is a loop carry.
+        scaled = jax.tree.map(lambda x: jnp.where(t == 0, 0, t * x).astype(x.dtype), d)
+        # In the state's dtypes (a loop carry): wide enough for f's value, see init.
         g = jax.tree.map(lambda x, ref: x.astype(ref.dtype), g, state.grad)
         return scaled, WolfeLinesearchState(
             v.astype(state.value.dtype), g, t.astype(state.step.dtype), k

@@ -136,3 +136,71 @@ def test_under_vmap_each_search_stops_on_its_own():
     alone_step, alone = jax.jit(one)(1000.0)
     np.testing.assert_allclose(steps[1], alone_step, rtol=1e-15)
     assert int(alone.evals) == int(states.evals[1])
+
+
+def test_exhausted_search_keeps_only_a_fallback_with_positive_curvature():
+    # On the concave stretch of f = -u^2 + u^4 / 4, trials lower f while phi' keeps
+    # falling: s.y < 0 there, which would spoil the L-BFGS memory; no step is taken.
+    f = lambda u: jnp.sum(-(u**2) + 0.25 * u**4)  # noqa: E731
+    u = jnp.asarray([0.1])
+    value, grad = jax.value_and_grad(f)(u)
+    ls = scale_by_wolfe_linesearch(max_evals=2)
+    step, state = ls.update(jnp.asarray([0.01]), ls.init(u), u, value=value, grad=grad,
+                            value_fn=f)
+    assert float(state.step) == 0.0 and float(state.value) == float(value)
+    np.testing.assert_array_equal(step, 0.0)
+
+
+def test_exhausted_search_takes_its_lowest_trial_when_curvature_is_positive():
+    # f = u^2 from u = 1 along d = -0.01: every trial lowers f with positive curvature but
+    # is still descending steeply; after 3 doublings (t = 1, 2, 4) the lowest is t = 4.
+    f = lambda u: jnp.sum(u**2)  # noqa: E731
+    u = jnp.asarray([1.0])
+    value, grad = jax.value_and_grad(f)(u)
+    ls = scale_by_wolfe_linesearch(max_evals=3)
+    step, state = ls.update(jnp.asarray([-0.01]), ls.init(u), u, value=value, grad=grad,
+                            value_fn=f)
+    assert float(state.step) == 4.0 and int(state.evals) == 3
+    np.testing.assert_allclose(step, [-0.04])
+    np.testing.assert_allclose(state.value, 0.96**2)
+
+
+def test_rounding_level_values_are_judged_by_the_derivative():
+    # f = 1e8 + (u - 1)^2 near its minimum: values differ below rounding. The full step
+    # t = 1 overshoots (u -> 0.99997, farther from 1) and must not be taken.
+    f = lambda u: jnp.sum(1e8 + (u - 1.0) ** 2)  # noqa: E731
+    u = jnp.asarray([1.0 + 1e-5])
+    value, grad, step, state = search(f, u, jnp.asarray([-4e-5]))
+    assert abs(float(u[0] + step[0]) - 1.0) < 1e-5  # closer to the minimum than before
+
+
+def test_a_trial_with_a_finite_value_but_non_finite_gradient_is_refused():
+    # The sqrt(|u|) term has no finite derivative at 0, where the trial t = 1 lands; the
+    # value there is finite and lowest, but the trial must be refused (then t = 1/2).
+    f = lambda u: jnp.sum((u - 0.2) ** 2 + 1e-3 * jnp.sqrt(jnp.abs(u)))  # noqa: E731
+    u = jnp.asarray([1.0])
+    value, grad, step, state = search(f, u, jnp.asarray([-1.0]))
+    assert np.isfinite(np.asarray(state.grad)).all()
+    assert float(state.step) == 0.5 and float(state.value) < float(value)
+
+
+@pytest.mark.parametrize("params_dtype,value_dtype", [("float32", "float64"),
+                                                      ("float64", "float32")])
+def test_fit_loop_with_an_objective_in_another_float_dtype(params_dtype, value_dtype):
+    """The state is a loop carry: its dtypes must not change, and f's value must not be
+    rounded to the parameters' dtype."""
+    from mlefit._fit import full_batch_loop
+
+    target = np.array([1.0, -2.0, 3.0])
+
+    def f(u):
+        return jnp.sum((u.astype(value_dtype) - target.astype(value_dtype)) ** 2) + 999.0
+
+    u0 = jnp.zeros(3, params_dtype)
+    u, value, grad, steps, status, _ = jax.jit(
+        lambda u0: full_batch_loop(f, default_optimizer(), u0, 1e-5, 100, False, polish=False)
+    )(u0)
+    assert int(status) == 0  # converged
+    assert value.dtype == jnp.dtype(value_dtype) and u.dtype == jnp.dtype(params_dtype)
+    np.testing.assert_allclose(u, target, rtol=1e-5)
+    assert float(value) == float(f(u))  # the value reported is f at the point returned

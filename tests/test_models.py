@@ -367,7 +367,10 @@ def test_softmax_matches_statsmodels_mnlogit():
     assert res.converged
     ref = sm.MNLogit(y, sm.add_constant(X)).fit(disp=0, tol=1e-12)
     ours = np.vstack([np.asarray(res.params["intercept"])[None], np.asarray(res.params["coef"])])
-    np.testing.assert_allclose(ours, ref.params, rtol=1e-6, atol=1e-9)
+    # A fit stops at max|grad| <= 1e-9; with the mean-NLL Hessian's smallest eigenvalue
+    # about 0.01 here, that leaves up to 1e-7 in a coefficient (2 of 100 data sets drawn
+    # like this one miss atol = 1e-9 at 1e-6 relative; none misses 1e-7).
+    np.testing.assert_allclose(ours, ref.params, rtol=1e-6, atol=1e-7)
     assert float(res.loglik) >= ref.llf - NLL_RTOL * abs(ref.llf)
 
 
