@@ -301,11 +301,22 @@ def _replace_starts(init, bad: np.ndarray):
     return jax.tree.map(fix, init, is_leaf=is_constraint)
 
 
+def _host_init_error(model: AbstractModel, hdata: tuple, hw, b: int) -> str:
+    """Why the model's start fails for data set ``b``: its own message when ``init`` on the
+    host (NumPy) raises one, else a generic reason."""
+    try:
+        model.init(*(_used(a, hw, b) for a in hdata))
+    except ValueError as e:
+        return str(e)
+    return "its start is not finite or outside the constraints"
+
+
 def batched_model_init(model: AbstractModel, data: tuple, weights, hdata: tuple, hw):
     """The model's data-driven start for every data set, stacked on a leading axis.
 
     Without padding, ``model.init`` is vmapped over the data sets when it is traceable
-    (jnp only); otherwise it runs per data set on the host, on the used observations.
+    (the ready-made models' are: written once for NumPy and ``jax.numpy``); otherwise,
+    or with padding, it runs per data set on the host, on the used observations.
     A data set whose start fails (``init`` raises ``ValueError``, or gives a non-finite
     or out-of-constraint value, e.g. all values equal) starts from another data set's
     start, with a warning: its fit then fails on its own and says so in its status.
@@ -335,7 +346,7 @@ def batched_model_init(model: AbstractModel, data: tuple, weights, hdata: tuple,
     if bad.any():
         init = _replace_starts(init, bad)
         b = int(np.argmax(bad))
-        why = dict(failed).get(b, "its start is not finite or outside the constraints")
+        why = dict(failed).get(b) or _host_init_error(model, hdata, hw, b)
         warnings.warn(
             f"fit_many: the {model.name} model's start failed for {int(bad.sum())} data set(s) "
             f"(first: data set {b}: {why}); those fits start from another data set's start "

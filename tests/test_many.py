@@ -14,6 +14,7 @@ import scipy.stats
 
 import mlefit
 import mlefit._many as many
+from mlefit import models as M
 from mlefit.models import Gamma, Normal
 
 from .helpers import rel_err
@@ -248,6 +249,73 @@ def test_traceable_model_init_is_vmapped(xs):
     with pytest.warns(UserWarning, match="data set 4"):
         r = mlefit.fit_many(TracedNormal(), bad)
     assert bool(r.converged[:4].all()) and not bool(r.converged[4])
+
+
+def _gen_xy(rng, b, n, y):
+    X = rng.normal(size=(b, n, 2))
+    return X, y(X)
+
+
+# Every ready-made model whose start fit_many vmaps: data for B = 4 data sets of 30.
+TRACED_INITS = {
+    "Normal": (M.Normal(), lambda r: r.normal(1, 2, (4, 30))),
+    "LogNormal": (M.LogNormal(), lambda r: r.lognormal(0, 1, (4, 30))),
+    "Exponential": (M.Exponential(), lambda r: r.exponential(2, (4, 30))),
+    "Gamma": (M.Gamma(), lambda r: r.gamma(2, 1.5, (4, 30))),
+    "Weibull": (M.Weibull(), lambda r: r.weibull(1.5, (4, 30))),
+    "Beta": (M.Beta(), lambda r: r.beta(2, 5, (4, 30))),
+    "StudentT": (M.StudentT(), lambda r: r.standard_t(4, (4, 30))),
+    "Laplace": (M.Laplace(), lambda r: r.laplace(1, 2, (4, 30))),
+    "MultivariateNormal": (M.MultivariateNormal(), lambda r: r.normal(size=(4, 30, 3))),
+    "Bernoulli": (M.Bernoulli(), lambda r: (r.random((4, 30)) < 0.3).astype(float)),
+    "Categorical": (M.Categorical(4), lambda r: r.integers(0, 4, (4, 30))),
+    "Poisson": (M.Poisson(), lambda r: r.poisson(3.0, (4, 30)).astype(float)),
+    "NegativeBinomial": (M.NegativeBinomial(), lambda r: r.negative_binomial(3, 0.4, (4, 30))),
+    "LinearGaussian": (
+        M.LinearGaussian(),
+        lambda r: _gen_xy(r, 4, 30, lambda X: X @ [1.0, -2.0] + r.normal(size=(4, 30))),
+    ),
+    "Logistic": (
+        M.Logistic(),
+        lambda r: _gen_xy(r, 4, 30, lambda X: (X[..., 0] > 0).astype(float)),
+    ),
+    "Softmax": (M.Softmax(3), lambda r: _gen_xy(r, 4, 30, lambda X: r.integers(0, 3, (4, 30)))),
+    "PoissonRegression": (
+        M.PoissonRegression(),
+        lambda r: _gen_xy(r, 4, 30, lambda X: r.poisson(2.0, (4, 30))),
+    ),
+}
+
+
+def _start_values(init) -> list:
+    leaves = jax.tree_util.tree_leaves(init, is_leaf=mlefit._constraints.is_constraint)
+    return [np.asarray(getattr(v, "value", v), float) for v in leaves]
+
+
+@pytest.mark.parametrize("name", sorted(TRACED_INITS))
+def test_ready_made_starts_are_vmapped_and_equal_the_host_ones(name):
+    """fit_many computes the models' starts in one vmapped call (no Python loop over data
+    sets); each equals the model's NumPy start on that data set alone (float64 rounding)."""
+    model, gen = TRACED_INITS[name]
+    data = gen(np.random.default_rng(7))
+    data = data if isinstance(data, tuple) else (data,)
+    traced = many._traced_model_init(model, tuple(jnp.asarray(a) for a in data))
+    assert traced is not None, f"{name}.init is not traceable: fit_many would loop in Python"
+    got = _start_values(traced)
+    for b in range(data[0].shape[0]):
+        want = _start_values(model.init(*(a[b] for a in data)))
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g[b], w, rtol=1e-12, atol=1e-14)
+
+
+def test_vmapped_start_failure_names_the_models_reason(xs):
+    bad = xs.copy()
+    bad[3] = 2.0
+    with pytest.warns(UserWarning, match=r"data set 3: Normal: cannot start a fit: all 40"):
+        r = mlefit.fit_many(Normal(), bad)
+    assert r.status[3] != mlefit.Status.CONVERGED and bool(
+        np.asarray(r.converged)[[0, 1, 2, 4]].all()
+    )
 
 
 def test_gamma_matches_scipy_with_and_without_suffstats():

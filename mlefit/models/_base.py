@@ -1,11 +1,15 @@
-"""Shared host-side helpers of the ready-made models: support checks, shapes, starts.
+"""Shared helpers of the ready-made models: support checks, shapes, starts.
 
-Everything here runs in NumPy on the host, before anything is traced or compiled.
+The checks run in NumPy on the host, before anything is traced or compiled. A model's
+``init`` is written once against an array namespace ``xp``: NumPy for one data set
+(``fit``), ``jax.numpy`` when traced (``fit_many`` vmaps it over the data sets, one
+compiled call instead of a Python loop).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -19,6 +23,9 @@ __all__ = [
     "check_design",
     "sample_shape",
     "require_spread",
+    "array_namespace",
+    "as_float",
+    "checked",
 ]
 
 
@@ -134,3 +141,23 @@ def require_spread(model: str, ok: bool, what: str) -> None:
     """Raises when the data cannot identify the model (e.g. all observations equal)."""
     if not ok:
         raise ValueError(f"{model}: cannot start a fit: {what}.")
+
+
+def array_namespace(*arrays):
+    """``jax.numpy`` when an argument is traced (a vmapped start), else NumPy."""
+    return jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np
+
+
+def as_float(xp, a):
+    """``a`` as a float array of ``xp``: float64 in NumPy, JAX's default float when traced."""
+    return np.asarray(a, np.float64) if xp is np else jnp.asarray(a, jnp.result_type(float))
+
+
+def checked(xp, model: str, ok, value, what: str):
+    """``value`` where the data identify the model (``ok``). Otherwise NumPy raises
+    (:func:`require_spread`) and a traced start is NaN: a traced call cannot raise, and
+    ``fit_many`` reports a non-finite start per data set."""
+    if xp is np:
+        require_spread(model, bool(np.all(ok)), what)
+        return value
+    return jnp.where(ok, value, jnp.nan)

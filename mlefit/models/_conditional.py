@@ -21,8 +21,22 @@ import numpy as np
 
 from .._constraints import Positive
 from .._model import AbstractModel
-from ._base import check_binary, check_design, check_integers, check_labels, require_spread
-from ._discrete import bernoulli_log_prob, categorical_log_prob, with_reference
+from ._base import (
+    array_namespace,
+    as_float,
+    check_binary,
+    check_design,
+    check_integers,
+    check_labels,
+    checked,
+)
+from ._discrete import (
+    bernoulli_log_prob,
+    categorical_log_prob,
+    class_frequencies,
+    clipped_mean,
+    with_reference,
+)
 
 __all__ = ["LinearGaussian", "Logistic", "Softmax", "PoissonRegression", "MLPClassifier"]
 
@@ -46,8 +60,8 @@ def _sample_design(model: str, n, X):
     return X
 
 
-def _start(intercept: bool, d: int, b0, coef_shape=None) -> dict:
-    coef = np.zeros(coef_shape if coef_shape is not None else (d,))
+def _start(xp, intercept: bool, d: int, b0, coef_shape=None) -> dict:
+    coef = xp.zeros(coef_shape if coef_shape is not None else (d,))
     return {"intercept": b0, "coef": coef} if intercept else {"coef": coef}
 
 
@@ -77,17 +91,16 @@ class LinearGaussian(AbstractModel):
             )
 
     def init(self, X, y):
-        X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-        A = np.column_stack([np.ones(len(X)), X]) if self.intercept else X
-        beta = np.linalg.lstsq(A, y, rcond=None)[0]
-        rss = float(np.sum((y - A @ beta) ** 2))
-        require_spread(self.name, rss > 0, "the fit is exact (zero residuals): the MLE scale is 0")
-        params = {
-            "coef": beta[1:] if self.intercept else beta,
-            "scale": Positive(float(np.sqrt(rss / len(y)))),
-        }
+        xp = array_namespace(X, y)
+        X, y = as_float(xp, X), as_float(xp, y)
+        A = xp.concatenate([xp.ones((len(X), 1)), X], axis=1) if self.intercept else X
+        beta = xp.linalg.lstsq(A, y, rcond=None)[0]
+        rss = xp.sum((y - A @ beta) ** 2)
+        what = "the fit is exact (zero residuals): the MLE scale is 0"
+        scale = checked(xp, self.name, rss > 0, xp.sqrt(rss / len(y)), what)
+        params = {"coef": beta[1:] if self.intercept else beta, "scale": Positive(scale)}
         if self.intercept:
-            params["intercept"] = float(beta[0])
+            params["intercept"] = beta[0]
         return params
 
     def sample(self, key, params, n=None, X=None):
@@ -121,9 +134,9 @@ class Logistic(AbstractModel):
         check_binary(self.name, y)
 
     def init(self, X, y):
-        yy = np.asarray(y, np.float64)
-        m = float(np.clip(yy.mean(), 0.5 / len(yy), 1 - 0.5 / len(yy)))
-        return _start(self.intercept, np.shape(X)[1], float(np.log(m / (1 - m))))
+        xp = array_namespace(X, y)
+        m = clipped_mean(xp, as_float(xp, y))
+        return _start(xp, self.intercept, np.shape(X)[1], xp.log(m / (1 - m)))
 
     def sample(self, key, params, n=None, X=None):
         """``(X, y)`` with ``y ~ Bernoulli(sigmoid(eta))`` (integers)."""
@@ -165,14 +178,12 @@ class Softmax(AbstractModel):
         check_labels(self.name, y, self.num_classes)
 
     def init(self, X, y):
-        a = np.asarray(y).astype(np.int64)
-        f = np.maximum(np.bincount(a, minlength=self.num_classes) / len(a), 0.5 / len(a))
-        k1 = self.num_classes - 1
+        xp = array_namespace(X, y)
+        f = class_frequencies(xp, xp.asarray(y), self.num_classes)
+        d = np.shape(X)[1]
         return _start(
-            self.intercept,
-            np.shape(X)[1],
-            np.log(f[1:]) - np.log(f[0]),
-            coef_shape=(np.shape(X)[1], k1),
+            xp, self.intercept, d, xp.log(f[1:]) - xp.log(f[0]),
+            coef_shape=(d, self.num_classes - 1),
         )
 
     def sample(self, key, params, n=None, X=None):
@@ -202,8 +213,10 @@ class PoissonRegression(AbstractModel):
         check_integers(self.name, y, arg="y")
 
     def init(self, X, y):
-        yy = np.asarray(y, np.float64)
-        return _start(self.intercept, np.shape(X)[1], float(np.log(max(yy.mean(), 0.5 / len(yy)))))
+        xp = array_namespace(X, y)
+        yy = as_float(xp, y)
+        b0 = xp.log(xp.maximum(yy.mean(), 0.5 / len(yy)))
+        return _start(xp, self.intercept, np.shape(X)[1], b0)
 
     def sample(self, key, params, n=None, X=None):
         """``(X, y)`` with ``y ~ Poisson(exp(eta))``."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._constraints import Positive
 from .._model import AbstractModel
-from ._base import check_support, require_spread, sample_shape
+from ._base import array_namespace, as_float, check_support, checked, require_spread, sample_shape
 
 __all__ = [
     "Normal",
@@ -31,8 +31,7 @@ __all__ = [
 ]
 
 
-def _f64(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
+_SAME = "observations are equal (zero spread)"
 
 
 def _dtype(*params):
@@ -74,10 +73,13 @@ class Normal(AbstractModel):
         check_support(self.name, x)
 
     def init(self, x):
-        a = _f64(x)
-        s = float(a.std())
-        require_spread(self.name, s > 0, f"all {a.size} observations are equal (zero spread)")
-        return {"loc": float(a.mean()), "scale": Positive(s)}
+        xp = array_namespace(x)
+        a = as_float(xp, x)
+        s = a.std()
+        return {
+            "loc": a.mean(),
+            "scale": Positive(checked(xp, self.name, s > 0, s, f"all {a.size} {_SAME}")),
+        }
 
     def sample(self, key, params, n):
         """``n`` draws (an int or a shape) ``loc + scale * z``, ``z ~ N(0, 1)``."""
@@ -110,10 +112,13 @@ class LogNormal(AbstractModel):
         check_support(self.name, x, low=0.0)
 
     def init(self, x):
-        logx = np.log(_f64(x))
-        s = float(logx.std())
-        require_spread(self.name, s > 0, f"all {logx.size} observations are equal (zero spread)")
-        return {"mu": float(logx.mean()), "sigma": Positive(s)}
+        xp = array_namespace(x)
+        logx = xp.log(as_float(xp, x))
+        s = logx.std()
+        return {
+            "mu": logx.mean(),
+            "sigma": Positive(checked(xp, self.name, s > 0, s, f"all {logx.size} {_SAME}")),
+        }
 
     def sample(self, key, params, n):
         """``n`` draws ``exp(mu + sigma * z)``, ``z ~ N(0, 1)``."""
@@ -145,9 +150,12 @@ class Exponential(AbstractModel):
         check_support(self.name, x, low=0.0, low_open=False)
 
     def init(self, x):
-        m = float(_f64(x).mean())
-        require_spread(self.name, m > 0, "all observations are 0 (the MLE rate is infinite)")
-        return {"rate": Positive(1.0 / m)}
+        xp = array_namespace(x)
+        m = as_float(xp, x).mean()
+        ok = m > 0
+        rate = 1.0 / xp.where(ok, m, 1.0)
+        what = "all observations are 0 (the MLE rate is infinite)"
+        return {"rate": Positive(checked(xp, self.name, ok, rate, what))}
 
     def sample(self, key, params, n):
         """``n`` draws ``e / rate``, ``e ~ Exp(1)``."""
@@ -174,17 +182,13 @@ class Gamma(AbstractModel):
         check_support(self.name, x, low=0.0)
 
     def init(self, x):
-        # Written in jnp so fit_many can vmap it over data sets (a traced call cannot
-        # raise: zero spread then gives a NaN start, which fit_many reports).
-        if not isinstance(x, jax.core.Tracer):
-            h = _f64(x)
-            spread = np.ptp(h) > 0 and np.log(h.mean()) - np.log(h).mean() > 0
-            require_spread(self.name, spread, f"all {h.size} observations are equal (zero spread)")
-        a = jnp.asarray(x, jnp.result_type(float))
+        xp = array_namespace(x)
+        a = as_float(xp, x)
         m = a.mean()
-        s = jnp.log(m) - jnp.log(a).mean()
-        s = jnp.where(s > 0, s, jnp.nan)
-        shape = (3.0 - s + jnp.sqrt((s - 3.0) ** 2 + 24.0 * s)) / (12.0 * s)
+        s = xp.log(m) - xp.log(a).mean()
+        ok = (a.max() > a.min()) & (s > 0)
+        s = checked(xp, self.name, ok, xp.where(ok, s, 1.0), f"all {a.size} {_SAME}")
+        shape = (3.0 - s + xp.sqrt((s - 3.0) ** 2 + 24.0 * s)) / (12.0 * s)
         return {"shape": Positive(shape), "scale": Positive(m / shape)}
 
     def sample(self, key, params, n):
@@ -226,13 +230,15 @@ class Weibull(AbstractModel):
         check_support(self.name, x, low=0.0)
 
     def init(self, x):
-        logx = np.log(_f64(x))
-        sd = float(logx.std())
-        require_spread(self.name, sd > 0, f"all {logx.size} observations are equal (zero spread)")
+        xp = array_namespace(x)
+        logx = xp.log(as_float(xp, x))
+        sd = logx.std()
+        ok = sd > 0
+        sd = checked(xp, self.name, ok, xp.where(ok, sd, 1.0), f"all {logx.size} {_SAME}")
         shape = np.pi / (np.sqrt(6.0) * sd)
         return {
-            "shape": Positive(float(shape)),
-            "scale": Positive(float(np.exp(logx.mean() + np.euler_gamma / shape))),
+            "shape": Positive(shape),
+            "scale": Positive(xp.exp(logx.mean() + np.euler_gamma / shape)),
         }
 
     def sample(self, key, params, n):
@@ -257,11 +263,13 @@ class Beta(AbstractModel):
         check_support(self.name, x, low=0.0, high=1.0)
 
     def init(self, x):
-        a = _f64(x)
-        m, v = float(a.mean()), float(a.var())
-        require_spread(self.name, v > 0, f"all {a.size} observations are equal (zero spread)")
+        xp = array_namespace(x)
+        a = as_float(xp, x)
+        m, v = a.mean(), a.var()
+        ok = v > 0
+        v = checked(xp, self.name, ok, xp.where(ok, v, 1.0), f"all {a.size} {_SAME}")
         # v < m (1 - m) holds for any data strictly inside (0, 1).
-        c = max(m * (1.0 - m) / v - 1.0, 1e-3)
+        c = xp.maximum(m * (1.0 - m) / v - 1.0, 1e-3)
         return {"a": Positive(m * c), "b": Positive((1.0 - m) * c)}
 
     def sample(self, key, params, n):
@@ -288,13 +296,13 @@ class StudentT(AbstractModel):
         check_support(self.name, x)
 
     def init(self, x):
-        a = _f64(x)
-        med = float(np.median(a))
-        mad = 1.4826 * float(np.median(np.abs(a - med)))
-        if mad <= 0:
-            mad = float(a.std())
-        require_spread(self.name, mad > 0, f"all {a.size} observations are equal (zero spread)")
-        return {"df": Positive(5.0), "loc": med, "scale": Positive(mad)}
+        xp = array_namespace(x)
+        a = as_float(xp, x)
+        med = xp.median(a)
+        mad = 1.4826 * xp.median(xp.abs(a - med))
+        mad = xp.where(mad > 0, mad, a.std())
+        scale = checked(xp, self.name, mad > 0, mad, f"all {a.size} {_SAME}")
+        return {"df": Positive(5.0), "loc": med, "scale": Positive(scale)}
 
     def sample(self, key, params, n):
         """``n`` draws ``loc + scale * t``, ``t ~ t(df)``."""
@@ -342,11 +350,14 @@ class Laplace(AbstractModel):
         check_support(self.name, x)
 
     def init(self, x):
-        a = _f64(x)
-        med = float(np.median(a))
-        b = float(np.abs(a - med).mean())
-        require_spread(self.name, b > 0, f"all {a.size} observations are equal (zero spread)")
-        return {"loc": med, "scale": Positive(b)}
+        xp = array_namespace(x)
+        a = as_float(xp, x)
+        med = xp.median(a)
+        b = xp.abs(a - med).mean()
+        return {
+            "loc": med,
+            "scale": Positive(checked(xp, self.name, b > 0, b, f"all {a.size} {_SAME}")),
+        }
 
     def sample(self, key, params, n):
         """``n`` draws ``loc + scale * l``, ``l ~ Laplace(0, 1)``."""
@@ -394,7 +405,8 @@ class MultivariateNormal(AbstractModel):
         check_support(self.name, x, ndim=2)
 
     def init(self, x):
-        a = _f64(x)
+        xp = array_namespace(x)
+        a = as_float(xp, x)
         n, d = a.shape
         require_spread(
             self.name, n > d, f"{n} observations cannot identify a {d}x{d} covariance (need n > d)"
@@ -402,17 +414,22 @@ class MultivariateNormal(AbstractModel):
         mean = a.mean(axis=0)
         r = a - mean
         cov = r.T @ r / n
-        try:
-            L = np.linalg.cholesky(cov)
-        except np.linalg.LinAlgError:
-            L = None
-        require_spread(
-            self.name,
-            L is not None and bool(np.all(np.diag(L) > 0)),
-            "the sample covariance is singular (collinear or constant columns)",
-        )
+        if xp is np:
+            try:
+                L = np.linalg.cholesky(cov)
+            except np.linalg.LinAlgError:
+                L = np.full_like(cov, np.nan)
+        else:
+            L = jnp.linalg.cholesky(cov)  # NaN when not positive definite
+        diag = xp.diagonal(L)
+        ok = xp.all(diag > 0)  # False for NaN
+        what = "the sample covariance is singular (collinear or constant columns)"
         rows, cols = np.tril_indices(d, -1)
-        return {"loc": mean, "chol_diag": Positive(np.diag(L).copy()), "chol_lower": L[rows, cols]}
+        return {
+            "loc": mean,
+            "chol_diag": Positive(checked(xp, self.name, ok, diag * 1.0, what)),
+            "chol_lower": L[rows, cols],
+        }
 
     def sample(self, key, params, n):
         """``n`` draws ``loc + L z``, ``z ~ N(0, I_d)``; shape ``(n, d)``."""

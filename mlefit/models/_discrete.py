@@ -17,15 +17,29 @@ import optax
 
 from .._constraints import Interval, Positive
 from .._model import AbstractModel
-from ._base import check_binary, check_integers, check_labels, sample_shape
+from ._base import (
+    array_namespace,
+    as_float,
+    check_binary,
+    check_integers,
+    check_labels,
+    sample_shape,
+)
 
 __all__ = ["Bernoulli", "Categorical", "Poisson", "NegativeBinomial"]
 
 
-def _clipped_mean(a: np.ndarray) -> float:
+def clipped_mean(xp, a):
     """The sample mean kept half an observation away from 0 and 1 (a finite start)."""
     n = a.shape[0]
-    return float(np.clip(a.mean(), 0.5 / n, 1.0 - 0.5 / n))
+    return xp.clip(a.mean(), 0.5 / n, 1.0 - 0.5 / n)
+
+
+def class_frequencies(xp, y, num_classes: int):
+    """Relative class frequencies, each at least half an observation (a finite start)."""
+    n = y.shape[0]
+    counts = (y[:, None] == xp.arange(num_classes)).sum(axis=0)
+    return xp.maximum(counts / n, 0.5 / n)
 
 
 def bernoulli_log_prob(logit, y):
@@ -72,8 +86,9 @@ class Bernoulli(AbstractModel):
         check_binary(self.name, y, arg="data")
 
     def init(self, y):
-        m = _clipped_mean(np.asarray(y, np.float64))
-        return {"logit": float(np.log(m) - np.log1p(-m))}
+        xp = array_namespace(y)
+        m = clipped_mean(xp, as_float(xp, y))
+        return {"logit": xp.log(m) - xp.log1p(-m)}
 
     def sample(self, key, params, n):
         """``n`` draws in {0, 1} (integers)."""
@@ -118,10 +133,9 @@ class Categorical(AbstractModel):
         check_labels(self.name, y, self.num_classes, arg="data")
 
     def init(self, y):
-        a = np.asarray(y).astype(np.int64)
-        n = a.shape[0]
-        f = np.maximum(np.bincount(a, minlength=self.num_classes) / n, 0.5 / n)
-        return {"logits": np.log(f[1:]) - np.log(f[0])}
+        xp = array_namespace(y)
+        f = class_frequencies(xp, xp.asarray(y), self.num_classes)
+        return {"logits": xp.log(f[1:]) - xp.log(f[0])}
 
     def sample(self, key, params, n):
         """``n`` integer labels."""
@@ -142,8 +156,9 @@ class Poisson(AbstractModel):
         check_integers(self.name, k)
 
     def init(self, k):
-        a = np.asarray(k, np.float64)
-        return {"rate": Positive(float(max(a.mean(), 0.5 / a.shape[0])))}
+        xp = array_namespace(k)
+        a = as_float(xp, k)
+        return {"rate": Positive(xp.maximum(a.mean(), 0.5 / a.shape[0]))}
 
     def sample(self, key, params, n):
         """``n`` counts."""
@@ -169,10 +184,12 @@ class NegativeBinomial(AbstractModel):
         check_integers(self.name, k)
 
     def init(self, k):
-        a = np.asarray(k, np.float64)
-        m = max(float(a.mean()), 0.5 / a.shape[0])
-        v = float(a.var())
-        size = m * m / (v - m) if v > m * (1 + 1e-3) else 100.0 * m
+        xp = array_namespace(k)
+        a = as_float(xp, k)
+        m = xp.maximum(a.mean(), 0.5 / a.shape[0])
+        v = a.var()
+        over = v > m * (1 + 1e-3)  # overdispersed; else nearly Poisson: a large size
+        size = xp.where(over, m * m / xp.where(over, v - m, 1.0), 100.0 * m)
         return {"n": Positive(size), "p": Interval(0.0, 1.0, size / (size + m))}
 
     def sample(self, key, params, n):
