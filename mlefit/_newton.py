@@ -1,14 +1,17 @@
 """Damped Newton minimisation for small parameter counts, in one ``lax.while_loop``.
 
-Each step solves ``(H + lam * s * I) d = -g`` with the exact autodiff Hessian ``H``
-of ``f`` (``s = max_j |H_jj|``, ``lam >= 0`` a Levenberg-Marquardt damping), and
+Each step solves ``(H + lam * D) d = -g`` with the exact autodiff Hessian ``H``
+of ``f`` (``D = diag(|H_jj|)``, Marquardt's scaling, so steps do not depend on the
+units of the parameters; ``lam >= 0`` a Levenberg-Marquardt damping), and
 takes ``u + d`` when it decreases ``f`` (or keeps it within rounding while the
 gradient shrinks). ``lam`` starts at 0 (plain Newton) and follows Nielsen's update:
 a refused step multiplies it by ``nu`` (2, 4, 8, ...), an accepted one by
 ``max(1/3, 1 - (2 rho - 1)^3)`` with ``rho`` the actual over the predicted decrease;
 so far from the optimum the step turns into a short gradient step and near it into
-the full Newton step (quadratic convergence). When ``H + lam * s * I`` is not
-positive definite, a Gershgorin shift makes it so.
+the full Newton step (quadratic convergence). When ``H + lam * D`` is not
+positive definite, a Gershgorin shift of the scaled matrix makes it so (``fit_many``,
+cheap under ``vmap``), or its eigenvalues are replaced by their absolute values
+(``fit(optimizer="newton")``, saddle-free Newton).
 
 One trial point per step, one evaluation of ``(f, grad, Hessian)`` per trial and no
 inner line-search loop: under ``vmap`` every member does the same work each step,
@@ -17,6 +20,7 @@ and a member that has stopped is frozen by the batched loop's masking.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -25,7 +29,9 @@ import jax.numpy as jnp
 
 from ._status import Status
 
-__all__ = ["newton_loop", "value_grad_hessian", "NEWTON_MAX_PARAMS"]
+__all__ = ["newton_loop", "value_grad_hessian", "NEWTON", "NEWTON_MAX_PARAMS"]
+
+NEWTON = "newton"  # the optimizer name that selects this loop in fit and fit_many
 
 _RUNNING = -1
 # Unrolled (elementwise) Cholesky up to this size: under vmap on CPU a batched
@@ -52,6 +58,30 @@ def value_grad_hessian(ff):
         return v, g, 0.5 * (h + h.T)
 
     return vgh
+
+
+def _fold(op, v, reduce):
+    """``reduce(v)`` over all elements, as a chain of scalar ``op``s for small ``v``.
+
+    Under ``vmap`` each reduction over a few parameters is a kernel of its own on XLA:CPU,
+    each compiled separately; scalar chains fuse with their neighbours instead.
+    """
+    if v.size > _UNROLL_MAX * _UNROLL_MAX:
+        return reduce(v)
+    flat = v.ravel()
+    return functools.reduce(op, [flat[i] for i in range(flat.size)])
+
+
+def _max(v):
+    return _fold(jnp.maximum, v, jnp.max)
+
+
+def _sum(v):
+    return _fold(jnp.add, v, jnp.sum)
+
+
+def _all(v):
+    return _fold(jnp.logical_and, v, jnp.all)
 
 
 def _cholesky_unrolled(a):
@@ -94,18 +124,42 @@ def pd_solve(a, b):
 
 
 def _direction(h, g, lam):
-    """Damped Newton direction ``-(H + lam s I)^-1 g``, shifted to be a descent direction."""
+    """Damped Newton direction ``-(H + lam D)^-1 g``, shifted to be a descent direction.
+
+    ``D = diag(|H_jj|)`` (Marquardt's scaling): the step is the same in any units of the
+    parameters, so one with curvature 1e18 and one with curvature 1 are damped alike.
+    Computed as a Jacobi-scaled system ``(S H S + lam I) S^-1 d = -S g``,
+    ``S = D^-1/2``, whose diagonal is 1 where ``H_jj > 0``.
+    """
     p = h.shape[0]
     eye = jnp.eye(p, dtype=h.dtype)
-    diag = jnp.diagonal(h)
-    scale = jnp.maximum(jnp.max(jnp.abs(diag)), jnp.finfo(h.dtype).tiny ** 0.5)
-    a = h + (lam * scale) * eye
-    d, pd = pd_solve(a, -g)
-    # Gershgorin: H + shift I is diagonally dominant with a positive diagonal, hence PD.
-    off = jnp.sum(jnp.abs(h), axis=1) - jnp.abs(diag)
-    shift = jnp.maximum(jnp.max(off - diag), 0.0) + (lam + 1e-8) * scale
-    d2, _ = pd_solve(h + shift * eye, -g)
-    return jnp.where(pd, d, d2), pd
+    absdiag = jnp.abs(jnp.diagonal(h))
+    # Parameters without curvature (H_jj = 0) get the largest curvature's scale.
+    floor = jnp.maximum(_max(absdiag) * jnp.finfo(h.dtype).eps, jnp.finfo(h.dtype).tiny ** 0.5)
+    s = 1.0 / jnp.sqrt(jnp.maximum(absdiag, floor))
+    hs = s[:, None] * h * s[None, :]
+    gs = s * g
+    d, pd = pd_solve(hs + lam * eye, -gs)
+    # Gershgorin: hs + shift I is diagonally dominant with a positive diagonal, hence PD.
+    diag = jnp.diagonal(hs)
+    off = jnp.stack([_sum(jnp.abs(hs[i])) for i in range(p)]) - jnp.abs(diag)
+    shift = jnp.maximum(_max(off - diag), 0.0) + lam + 1e-8
+    d2, _ = pd_solve(hs + shift * eye, -gs)
+    return s * jnp.where(pd, d, d2), pd
+
+
+def _direction_eig(h, g, lam):
+    """``-(|H| + lam D)^-1 g`` in Marquardt's scaling, ``|H|`` with the eigenvalues of the
+    scaled Hessian replaced by their absolute values (saddle-free Newton: the full Newton
+    step where H is positive definite, a descent step that leaves saddles otherwise)."""
+    absdiag = jnp.abs(jnp.diagonal(h))
+    floor = jnp.maximum(jnp.max(absdiag) * jnp.finfo(h.dtype).eps, jnp.finfo(h.dtype).tiny ** 0.5)
+    s = 1.0 / jnp.sqrt(jnp.maximum(absdiag, floor))
+    w, V = jnp.linalg.eigh(s[:, None] * h * s[None, :])
+    pd = jnp.all(w > 0)
+    w = jnp.maximum(jnp.abs(w), jnp.finfo(h.dtype).eps * jnp.max(jnp.abs(w))) + lam
+    d = -s * (V @ ((V.T @ (s * g)) / w))
+    return jnp.where(jnp.all(jnp.isfinite(d)), d, -s * s * g), pd
 
 
 class _Carry(NamedTuple):
@@ -121,7 +175,7 @@ class _Carry(NamedTuple):
     history: Any
 
 
-def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
+def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False, eig: bool = False):
     """Minimises ``f`` from ``u0`` by damped Newton steps inside one ``lax.while_loop``.
 
     Returns ``(u, value, grad, steps, status, history)`` like
@@ -141,11 +195,18 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
     The start is evaluated by the loop's first pass (one traced copy of the
     value/gradient/Hessian program, which halves compile time).
 
+    ``eig=False`` (``fit_many``): where ``H + lam D`` is not positive definite, a
+    Gershgorin shift, with an unrolled Cholesky for up to 8 parameters (cheap under
+    ``vmap``). ``eig=True`` (``fit``): saddle-free steps from an eigendecomposition,
+    :func:`_direction_eig`; on NIST's nonlinear regressions (40 fits, both starts)
+    36 reached the certified values against 27 with the Gershgorin shift, which can be
+    orders of magnitude larger than needed and then crawls.
+
     Example:
         >>> import jax.numpy as jnp
         >>> f = lambda u: jnp.sum((u - 3.0) ** 2)
         >>> u, v, g, steps, status, _ = newton_loop(f, jnp.zeros(2), 1e-9, 50)
-        >>> u.tolist(), int(status)
+        >>> [round(v, 12) for v in u.tolist()], int(status)
         ([3.0, 3.0], 0)
     """
     x0, unravel = jax.flatten_util.ravel_pytree(u0)
@@ -158,23 +219,24 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
         return 8 * eps * jnp.maximum(jnp.abs(v), 1.0)
 
     def gnorm(g):
-        return jnp.max(jnp.abs(g))
+        return _max(jnp.abs(g))
 
     hist0 = jnp.full((max_steps + 1,), jnp.nan, dtype) if record_history else None
 
     def body(c: _Carry) -> _Carry:
         first = c.step < 0
-        d, pd = _direction(c.hess, c.grad, c.lam)
+        d, pd = (_direction_eig if eig else _direction)(c.hess, c.grad, c.lam)
         xt = c.x + jnp.where(first, 0.0, d)
         vt, gt, ht = vgh(xt)
-        finite_vg = jnp.isfinite(vt) & jnp.all(jnp.isfinite(gt))
+        finite_vg = jnp.isfinite(vt) & _all(jnp.isfinite(gt))
         # A non-finite Hessian at the start: gradient steps from there.
-        ht = jnp.where(first & ~jnp.all(jnp.isfinite(ht)), jnp.eye(p, dtype=dtype), ht)
-        ok = finite_vg & jnp.all(jnp.isfinite(ht))
+        ht = jnp.where(first & ~_all(jnp.isfinite(ht)), jnp.eye(p, dtype=dtype), ht)
+        ok = finite_vg & _all(jnp.isfinite(ht))
         drop = vt < c.value - slack(c.value)
         flat = (vt <= c.value + slack(c.value)) & (gnorm(gt) < gnorm(c.grad))
         accept = ok & (first | drop | flat)
-        decrement = -0.5 * jnp.dot(c.grad, d)
+        gd = _sum(c.grad * d)
+        decrement = -0.5 * gd
         x, v, g, h = jax.tree.map(
             lambda new, old: jnp.where(accept, new, old),
             (xt, vt, gt, ht),
@@ -183,7 +245,7 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False):
         # Nielsen's damping update: shrink lam by how well the quadratic model predicted
         # the decrease (rho), grow it geometrically on refusals. lam = 0 (plain Newton)
         # stays 0 while its steps are accepted.
-        predicted = -(jnp.dot(c.grad, d) + 0.5 * jnp.dot(d, c.hess @ d))
+        predicted = -(gd + 0.5 * _sum(c.hess * d[:, None] * d[None, :]))
         rho = jnp.where(
             predicted > 0, (c.value - vt) / jnp.where(predicted > 0, predicted, 1.0), 1.0
         )
