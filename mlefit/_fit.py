@@ -24,6 +24,7 @@ from ._constraints import constrain, split_init
 from ._likelihood import logpdfs, mean_nll
 from ._linesearch import scale_by_wolfe_linesearch
 from ._model import as_problem
+from ._newton import NEWTON, newton_loop
 from ._result import FitResult
 from ._status import Status
 from ._trees import all_finite as _all_finite
@@ -32,6 +33,8 @@ from ._trees import max_norm as _max_norm
 __all__ = ["fit", "default_optimizer", "default_tol", "DEFAULT_MAX_STEPS"]
 
 DEFAULT_MAX_STEPS = 10_000
+# optimizer="newton": each step evaluates the exact Hessian.
+DEFAULT_MAX_STEPS_NEWTON = 1_000
 _RUNNING = -1
 # Steps in a row without a change of the NLL beyond rounding before the fit stops.
 _NO_PROGRESS_PATIENCE = 5
@@ -513,7 +516,10 @@ def with_summary(transforms, out):
 
 def _fit_full(logp, transforms, opt, max_steps, record_history, u0, data, weights, tol):
     f = objective(logp, transforms, data, weights)
-    out = full_batch_loop(f, opt, u0, tol, max_steps, record_history, polish=False)
+    if opt == NEWTON:
+        out = newton_loop(f, u0, tol, max_steps, record_history, eig=True)
+    else:
+        out = full_batch_loop(f, opt, u0, tol, max_steps, record_history, polish=False)
     return with_summary(transforms, out)
 
 
@@ -565,11 +571,30 @@ def _polish_compiled(logp, transforms, out, data, weights, tol):
     return with_summary(transforms, (u, value, grad, steps, status, hist))
 
 
-def _maybe_polish(logp, transforms, opt, out, data, weights, tol):
-    """Newton-polishes a default fit that stalled or ran out of steps (compiled on demand)."""
+def _maybe_polish(logp, transforms, opt, out, data, weights, tol, u0):
+    """A default fit that stalled or ran out of steps on a small problem: Newton-polished;
+    if that does not converge, refitted from ``u0`` with ``optimizer="newton"`` and the
+    better of the two kept (the refit when it converged or reached a lower NLL). Both
+    are compiled on demand, so fits that converge pay nothing.
+
+    L-BFGS stalls where parameters have very different scales or the NLL is a narrow
+    curved valley (NIST's Nelson, MGH10, MGH17, Lanczos3, Misra1b/c); damped Newton with
+    Marquardt's scaling does not (see tests/test_nist.py).
+    """
     u, status = out[0], out[4]
-    if int(status) in (Status.STALLED, Status.MAX_STEPS) and use_polish(opt, u, data[0].shape[0]):
-        out = _polish_compiled(logp, transforms, out, data, weights, tol)
+    if int(status) not in (Status.STALLED, Status.MAX_STEPS) or not use_polish(
+        opt, u, data[0].shape[0]
+    ):
+        return out
+    out = _polish_compiled(logp, transforms, out, data, weights, tol)
+    if int(out[4]) == Status.CONVERGED:
+        return out
+    refit = _fit_full_compiled(
+        logp, transforms, NEWTON, u0, data, weights, tol, DEFAULT_MAX_STEPS_NEWTON,
+        out[5] is not None,
+    )
+    if int(refit[4]) == Status.CONVERGED or float(refit[1]) < float(out[1]):
+        return (*refit[:3], out[3] + refit[3], *refit[4:])  # steps: both runs'
     return out
 
 
@@ -626,7 +651,7 @@ def _fit_full_chunked(
             bar.close()
     out = _finish_compiled(*static, carry, data, weights, tol)
     if not interrupted:
-        out = _maybe_polish(logp, transforms, opt, out, data, weights, tol)
+        out = _maybe_polish(logp, transforms, opt, out, data, weights, tol, u0)
     if interrupted:
         out = (*out[:4], jnp.asarray(Status.INTERRUPTED, jnp.int32), *out[5:])
     return out
@@ -720,7 +745,7 @@ def fit(
     init=None,
     *,
     weights=None,
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: optax.GradientTransformation | str | None = None,
     batch_size: int | None = None,
     epochs: int | None = None,
     key: jax.Array | None = None,
@@ -751,6 +776,13 @@ def fit(
             (``optax.lbfgs`` with a weak-Wolfe line search, then a Newton polish where
             the Hessian is cheap).
             Build it once and reuse it: a new optimiser object compiles a new fit.
+            ``"newton"``: damped Newton with the exact Hessian every step and
+            Marquardt's scaling, ``(H + lam diag|H|) d = -g`` (full batch, default
+            ``max_steps`` 1,000). For few parameters (tens) it is the robust choice
+            where L-BFGS struggles: parameters on very different scales, nonlinear
+            regression (NIST's StRD problems). A default fit of a small problem
+            (``n_obs * n_params^2 <= 5e7``) that stalls or runs out of steps is
+            refitted this way from ``init`` automatically; the better fit is returned.
         batch_size: minibatch size; turns on minibatch SGD, reshuffled each epoch.
         epochs: passes over the data for minibatch fits (default 10).
         key: PRNG key for the shuffles (default ``jax.random.key(0)``).
@@ -791,6 +823,11 @@ def fit(
     from ._distributed import as_sharded, model_data
     from ._stream import fit_source, is_source
 
+    newton = _check_named_optimizer(optimizer, batch_size, progress, is_source(data))
+    if newton:
+        optimizer = None
+        max_steps = DEFAULT_MAX_STEPS_NEWTON if max_steps is None else max_steps
+
     if is_source(data):
         return fit_source(
             model,
@@ -817,6 +854,8 @@ def fit(
     dtype = float_dtype(data)
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
+    if newton:
+        opts = opts._replace(optimizer=NEWTON)
     check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
     check_model_output(problem.logp, u0, data)  # abstract: constrained params have u's shapes
     weights = check_weights(weights, data[0].shape[0], dtype)
@@ -839,6 +878,7 @@ def fit(
             out = _maybe_polish(
                 full_logp, transforms, opts.optimizer,
                 _fit_full_compiled(*args, opts.max_steps, opts.history), data, weights, tol_arr,
+                u0,
             )
     elif checkpoint is None and resume_from is None and layout is None and not progress:
         out = _fit_minibatch_compiled(
@@ -889,6 +929,29 @@ def fit(
         transforms=transforms,
         minibatch=opts.batch_size is not None,
     )
+
+
+def _check_named_optimizer(optimizer, batch_size, progress, stream: bool) -> bool:
+    """Whether ``optimizer`` is ``"newton"``; ``ValueError`` for what it cannot be combined with."""
+    if not isinstance(optimizer, str):
+        return False
+    if optimizer != NEWTON:
+        raise ValueError(
+            f"optimizer: the only named optimizer is 'newton', got {optimizer!r}; "
+            "otherwise pass an optax GradientTransformation (e.g. optax.adam(1e-2))."
+        )
+    for given, what in (
+        (batch_size is not None, "batch_size (minibatch fits)"),
+        (bool(progress), "progress"),
+        (stream, "a data stream"),
+    ):
+        if given:
+            raise ValueError(
+                f"optimizer: 'newton' is a full-batch method on data in memory (an exact "
+                f"Hessian every step) and does not combine with {what}; use the default "
+                "L-BFGS or an optax optimiser instead."
+            )
+    return True
 
 
 def n_obs(n: int, weights, dtype) -> jax.Array:

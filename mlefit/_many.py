@@ -33,7 +33,7 @@ from ._fit import (
     use_polish,
 )
 from ._model import AbstractModel, Problem, as_problem
-from ._newton import NEWTON_MAX_PARAMS, newton_loop
+from ._newton import NEWTON, NEWTON_MAX_PARAMS, newton_loop
 from ._result import FitResult
 from ._status import Status
 from ._suffstats import plan_for, reduced_mean_loglik, specialise, suffstats
@@ -45,7 +45,6 @@ __all__ = ["fit_many", "DEFAULT_MAX_STEPS_NEWTON", "DEFAULT_MAX_STEPS_MANY"]
 DEFAULT_MAX_STEPS_NEWTON = 100
 # L-BFGS budget per member: a batched loop costs as much as its slowest member.
 DEFAULT_MAX_STEPS_MANY = 2_000
-_NEWTON = "newton"
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,7 +396,7 @@ def _fit_many_traced(
         else:
             stats = suffstats(spec, data, w)  # once per data set, before the loop
             f = lambda u: -reduced_mean_loglik(spec, constrain(u, transforms), stats)  # noqa: E731
-        if solver == _NEWTON:
+        if solver == NEWTON:
             out = newton_loop(f, u0, tol, max_steps, record_history)
         else:
             polish = use_polish(solver, u0, data[0].shape[0])
@@ -443,11 +442,11 @@ def _count_params(u0, batched: bool) -> int:
 
 def _choose_solver(optimizer, n_params: int):
     if optimizer is None:
-        return _NEWTON if n_params <= NEWTON_MAX_PARAMS else None
+        return NEWTON if n_params <= NEWTON_MAX_PARAMS else None
     if isinstance(optimizer, str):
-        if optimizer != _NEWTON:
+        if optimizer != NEWTON:
             raise ValueError(f"optimizer: the only named optimizer is 'newton', got {optimizer!r}")
-        return _NEWTON
+        return NEWTON
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "optimizer: expected 'newton', an optax GradientTransformation (e.g. optax.lbfgs()) "
@@ -557,11 +556,11 @@ def fit_many(
         _check_batched_u0(u0, B)
     solver = _choose_solver(optimizer, _count_params(u0, batched_init))
     if max_steps is None:
-        max_steps = DEFAULT_MAX_STEPS_NEWTON if solver == _NEWTON else DEFAULT_MAX_STEPS_MANY
+        max_steps = DEFAULT_MAX_STEPS_NEWTON if solver == NEWTON else DEFAULT_MAX_STEPS_MANY
     opts = check_options(
-        n, dtype, None if solver == _NEWTON else solver, None, None, None, max_steps, tol, history
+        n, dtype, None if solver == NEWTON else solver, None, None, None, max_steps, tol, history
     )
-    if solver != _NEWTON:
+    if solver != NEWTON:
         solver = opts.optimizer  # fit's default L-BFGS when none was given
     u0_one = jax.tree.map(lambda x: x[0], u0) if batched_init else u0
     # Constrained parameters have the shapes and dtypes of u: checks need no values.
