@@ -20,7 +20,6 @@ and a member that has stopped is frozen by the batched loop's masking.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -58,30 +57,6 @@ def value_grad_hessian(ff):
         return v, g, 0.5 * (h + h.T)
 
     return vgh
-
-
-def _fold(op, v, reduce):
-    """``reduce(v)`` over all elements, as a chain of scalar ``op``s for small ``v``.
-
-    Under ``vmap`` each reduction over a few parameters is a kernel of its own on XLA:CPU,
-    each compiled separately; scalar chains fuse with their neighbours instead.
-    """
-    if v.size > _UNROLL_MAX * _UNROLL_MAX:
-        return reduce(v)
-    flat = v.ravel()
-    return functools.reduce(op, [flat[i] for i in range(flat.size)])
-
-
-def _max(v):
-    return _fold(jnp.maximum, v, jnp.max)
-
-
-def _sum(v):
-    return _fold(jnp.add, v, jnp.sum)
-
-
-def _all(v):
-    return _fold(jnp.logical_and, v, jnp.all)
 
 
 def _cholesky_unrolled(a):
@@ -135,15 +110,15 @@ def _direction(h, g, lam):
     eye = jnp.eye(p, dtype=h.dtype)
     absdiag = jnp.abs(jnp.diagonal(h))
     # Parameters without curvature (H_jj = 0) get the largest curvature's scale.
-    floor = jnp.maximum(_max(absdiag) * jnp.finfo(h.dtype).eps, jnp.finfo(h.dtype).tiny ** 0.5)
+    floor = jnp.maximum(jnp.max(absdiag) * jnp.finfo(h.dtype).eps, jnp.finfo(h.dtype).tiny ** 0.5)
     s = 1.0 / jnp.sqrt(jnp.maximum(absdiag, floor))
     hs = s[:, None] * h * s[None, :]
     gs = s * g
     d, pd = pd_solve(hs + lam * eye, -gs)
     # Gershgorin: hs + shift I is diagonally dominant with a positive diagonal, hence PD.
     diag = jnp.diagonal(hs)
-    off = jnp.stack([_sum(jnp.abs(hs[i])) for i in range(p)]) - jnp.abs(diag)
-    shift = jnp.maximum(_max(off - diag), 0.0) + lam + 1e-8
+    off = jnp.sum(jnp.abs(hs), axis=1) - jnp.abs(diag)
+    shift = jnp.maximum(jnp.max(off - diag), 0.0) + lam + 1e-8
     d2, _ = pd_solve(hs + shift * eye, -gs)
     return s * jnp.where(pd, d, d2), pd
 
@@ -219,7 +194,7 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False, eig: b
         return 8 * eps * jnp.maximum(jnp.abs(v), 1.0)
 
     def gnorm(g):
-        return _max(jnp.abs(g))
+        return jnp.max(jnp.abs(g))
 
     hist0 = jnp.full((max_steps + 1,), jnp.nan, dtype) if record_history else None
 
@@ -228,14 +203,14 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False, eig: b
         d, pd = (_direction_eig if eig else _direction)(c.hess, c.grad, c.lam)
         xt = c.x + jnp.where(first, 0.0, d)
         vt, gt, ht = vgh(xt)
-        finite_vg = jnp.isfinite(vt) & _all(jnp.isfinite(gt))
+        finite_vg = jnp.isfinite(vt) & jnp.all(jnp.isfinite(gt))
         # A non-finite Hessian at the start: gradient steps from there.
-        ht = jnp.where(first & ~_all(jnp.isfinite(ht)), jnp.eye(p, dtype=dtype), ht)
-        ok = finite_vg & _all(jnp.isfinite(ht))
+        ht = jnp.where(first & ~jnp.all(jnp.isfinite(ht)), jnp.eye(p, dtype=dtype), ht)
+        ok = finite_vg & jnp.all(jnp.isfinite(ht))
         drop = vt < c.value - slack(c.value)
         flat = (vt <= c.value + slack(c.value)) & (gnorm(gt) < gnorm(c.grad))
         accept = ok & (first | drop | flat)
-        gd = _sum(c.grad * d)
+        gd = jnp.dot(c.grad, d)
         decrement = -0.5 * gd
         x, v, g, h = jax.tree.map(
             lambda new, old: jnp.where(accept, new, old),
@@ -245,7 +220,7 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False, eig: b
         # Nielsen's damping update: shrink lam by how well the quadratic model predicted
         # the decrease (rho), grow it geometrically on refusals. lam = 0 (plain Newton)
         # stays 0 while its steps are accepted.
-        predicted = -(gd + 0.5 * _sum(c.hess * d[:, None] * d[None, :]))
+        predicted = -(gd + 0.5 * jnp.dot(d, c.hess @ d))
         rho = jnp.where(
             predicted > 0, (c.value - vt) / jnp.where(predicted > 0, predicted, 1.0), 1.0
         )
