@@ -134,6 +134,16 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def _register_linalg_kernels() -> None:
+    """JAX registers its LAPACK kernels when it first lowers a linear-algebra operation. A
+    stored fit that calls one (the eigendecomposition of ``fit(optimizer="newton")``, the
+    Cholesky factor of a Newton fit with more than 8 parameters), loaded in a fresh process
+    that has lowered none, would call an unregistered kernel and crash: lower one first."""
+    a = jax.ShapeDtypeStruct((2, 2), np.float32)
+    jax.jit(lambda m: (jax.numpy.linalg.eigh(m), jax.numpy.linalg.cholesky(m))).lower(a)
+
+
 def _load(path: Path):
     from jax.experimental import serialize_executable
 
@@ -145,6 +155,7 @@ def _load(path: Path):
         version, payload, in_tree, out_tree = pickle.loads(blob)
         if version != _FORMAT:
             return None
+        _register_linalg_kernels()
         return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
     except Exception:  # noqa: BLE001 - a damaged or foreign entry is recompiled and replaced
         return None

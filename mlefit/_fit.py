@@ -571,11 +571,12 @@ def _polish_compiled(logp, transforms, out, data, weights, tol):
     return with_summary(transforms, (u, value, grad, steps, status, hist))
 
 
-def _maybe_polish(logp, transforms, opt, out, data, weights, tol, u0):
+def _maybe_polish(logp, transforms, opt, out, data, weights, tol, u0, refit: bool):
     """A default fit that stalled or ran out of steps on a small problem: Newton-polished;
-    if that does not converge, refitted from ``u0`` with ``optimizer="newton"`` and the
-    better of the two kept (the refit when it converged or reached a lower NLL). Both
-    are compiled on demand, so fits that converge pay nothing.
+    if that does not converge and ``refit`` (the caller did not cap ``max_steps``),
+    refitted from ``u0`` with ``optimizer="newton"``. The refit is returned (its own
+    steps and history) when it reached a lower NLL, or converged at the same NLL within
+    rounding. Both are compiled on demand, so fits that converge pay nothing.
 
     L-BFGS stalls where parameters have very different scales or the NLL is a narrow
     curved valley (NIST's Nelson, MGH10, MGH17, Lanczos3, Misra1b/c); damped Newton with
@@ -587,14 +588,16 @@ def _maybe_polish(logp, transforms, opt, out, data, weights, tol, u0):
     ):
         return out
     out = _polish_compiled(logp, transforms, out, data, weights, tol)
-    if int(out[4]) == Status.CONVERGED:
+    if int(out[4]) == Status.CONVERGED or not refit:
         return out
-    refit = _fit_full_compiled(
+    new = _fit_full_compiled(
         logp, transforms, NEWTON, u0, data, weights, tol, DEFAULT_MAX_STEPS_NEWTON,
         out[5] is not None,
     )
-    if int(refit[4]) == Status.CONVERGED or float(refit[1]) < float(out[1]):
-        return (*refit[:3], out[3] + refit[3], *refit[4:])  # steps: both runs'
+    v_old, v_new = float(out[1]), float(new[1])
+    rounding = 8 * np.finfo(np.asarray(out[1]).dtype).eps * max(abs(v_old), 1.0)
+    if v_new < v_old - rounding or (int(new[4]) == Status.CONVERGED and v_new <= v_old + rounding):
+        return new
     return out
 
 
@@ -617,7 +620,7 @@ def _finish_compiled(logp, transforms, opt, carry, data, weights, tol):
 
 
 def _fit_full_chunked(
-    logp, transforms, opt, u0, data, weights, tol, max_steps, record_history, progress
+    logp, transforms, opt, u0, data, weights, tol, max_steps, record_history, progress, refit
 ):
     """The full-batch fit run as compiled chunks of steps, with a progress bar between them.
 
@@ -651,7 +654,7 @@ def _fit_full_chunked(
             bar.close()
     out = _finish_compiled(*static, carry, data, weights, tol)
     if not interrupted:
-        out = _maybe_polish(logp, transforms, opt, out, data, weights, tol, u0)
+        out = _maybe_polish(logp, transforms, opt, out, data, weights, tol, u0, refit)
     if interrupted:
         out = (*out[:4], jnp.asarray(Status.INTERRUPTED, jnp.int32), *out[5:])
     return out
@@ -782,7 +785,8 @@ def fit(
             where L-BFGS struggles: parameters on very different scales, nonlinear
             regression (NIST's StRD problems). A default fit of a small problem
             (``n_obs * n_params^2 <= 5e7``) that stalls or runs out of steps is
-            refitted this way from ``init`` automatically; the better fit is returned.
+            refitted this way from ``init`` (unless ``max_steps`` is given); the refit
+            is returned when its NLL is lower, or equal within rounding and converged.
         batch_size: minibatch size; turns on minibatch SGD, reshuffled each epoch.
         epochs: passes over the data for minibatch fits (default 10).
         key: PRNG key for the shuffles (default ``jax.random.key(0)``).
@@ -873,12 +877,14 @@ def fit(
     if opts.batch_size is None:
         args = (full_logp, transforms, opts.optimizer, u0, data, weights, tol_arr)
         if progress:
-            out = _fit_full_chunked(*args, opts.max_steps, opts.history, progress)
+            out = _fit_full_chunked(
+                *args, opts.max_steps, opts.history, progress, refit=max_steps is None
+            )
         else:
             out = _maybe_polish(
                 full_logp, transforms, opts.optimizer,
                 _fit_full_compiled(*args, opts.max_steps, opts.history), data, weights, tol_arr,
-                u0,
+                u0, refit=max_steps is None,
             )
     elif checkpoint is None and resume_from is None and layout is None and not progress:
         out = _fit_minibatch_compiled(

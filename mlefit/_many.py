@@ -341,7 +341,11 @@ def batched_model_init(model: AbstractModel, data: tuple, weights, hdata: tuple,
     bad = _bad_starts(init, B)
     bad[[b for b, _ in failed]] = True
     if bad.all():
-        raise ValueError(f"init: the {model.name} model's start is not valid for any data set.")
+        why = dict(failed).get(0) or _host_init_error(model, hdata, hw, 0)
+        raise ValueError(
+            f"init: the {model.name} model's start is not valid for any data set; "
+            f"data set 0: {why}"
+        )
     if bad.any():
         init = _replace_starts(init, bad)
         b = int(np.argmax(bad))

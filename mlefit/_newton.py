@@ -98,6 +98,15 @@ def pd_solve(a, b):
     return jax.scipy.linalg.cho_solve((L, True), b), pd
 
 
+def _marquardt_scale(h):
+    """``S = |diag H|^-1/2``; a parameter without curvature (``|H_jj| <= eps max|H_jj|``)
+    gets the largest curvature's scale, and a Hessian of zeros ``S = 1``."""
+    absdiag = jnp.abs(jnp.diagonal(h))
+    top = jnp.max(absdiag)
+    d = jnp.where(absdiag > jnp.finfo(h.dtype).eps * top, absdiag, top)
+    return 1.0 / jnp.sqrt(jnp.where(d > jnp.finfo(h.dtype).tiny, d, 1.0))
+
+
 def _direction(h, g, lam):
     """Damped Newton direction ``-(H + lam D)^-1 g``, shifted to be a descent direction.
 
@@ -108,10 +117,7 @@ def _direction(h, g, lam):
     """
     p = h.shape[0]
     eye = jnp.eye(p, dtype=h.dtype)
-    absdiag = jnp.abs(jnp.diagonal(h))
-    # Parameters without curvature (H_jj = 0) get the largest curvature's scale.
-    floor = jnp.maximum(jnp.max(absdiag) * jnp.finfo(h.dtype).eps, jnp.finfo(h.dtype).tiny ** 0.5)
-    s = 1.0 / jnp.sqrt(jnp.maximum(absdiag, floor))
+    s = _marquardt_scale(h)
     hs = s[:, None] * h * s[None, :]
     gs = s * g
     d, pd = pd_solve(hs + lam * eye, -gs)
@@ -127,9 +133,7 @@ def _direction_eig(h, g, lam):
     """``-(|H| + lam D)^-1 g`` in Marquardt's scaling, ``|H|`` with the eigenvalues of the
     scaled Hessian replaced by their absolute values (saddle-free Newton: the full Newton
     step where H is positive definite, a descent step that leaves saddles otherwise)."""
-    absdiag = jnp.abs(jnp.diagonal(h))
-    floor = jnp.maximum(jnp.max(absdiag) * jnp.finfo(h.dtype).eps, jnp.finfo(h.dtype).tiny ** 0.5)
-    s = 1.0 / jnp.sqrt(jnp.maximum(absdiag, floor))
+    s = _marquardt_scale(h)
     w, V = jnp.linalg.eigh(s[:, None] * h * s[None, :])
     pd = jnp.all(w > 0)
     w = jnp.maximum(jnp.abs(w), jnp.finfo(h.dtype).eps * jnp.max(jnp.abs(w))) + lam

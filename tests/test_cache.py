@@ -133,6 +133,45 @@ def test_fresh_process_loads_stored_fits_and_a_changed_model_is_not_reused(tmp_p
     assert sum(f.stat().st_size > 1000 for f in store.glob("*.exe")) == 3
 
 
+_LINALG_PROBE = r"""
+import json
+import jax
+jax.config.update("jax_enable_x64", True)
+traced = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, d, **kw: traced.append(kw.get("fun_name"))
+    if name == "/jax/core/compile/jaxpr_trace_duration" else None)
+import numpy as np
+import mlefit
+rng = np.random.default_rng(0)
+a = mlefit.fit(mlefit.models.Gamma(), rng.gamma(2.0, 1.5, 301), optimizer="newton")
+X, y = rng.normal(size=(4, 60, 2)), rng.integers(0, 4, (4, 60))
+b = mlefit.fit_many(mlefit.models.Softmax(4), (X, y))  # 9 parameters: LAPACK Cholesky
+print(json.dumps({
+    "a": float(a.params["shape"]), "b": np.asarray(b.params["intercept"]).tolist(),
+    "fits_traced": sum(t in ("_fit_full", "_fit_many_static_first") for t in traced),
+}))
+"""
+
+
+def test_stored_fits_calling_lapack_load_in_a_fresh_process(tmp_path):
+    """The eigendecomposition of optimizer="newton" and the Cholesky factor of a Newton
+    fit_many with > 8 parameters are LAPACK kernels, which a fresh process registers only
+    when it lowers one: loading such a stored fit used to crash (segmentation fault)."""
+    env = dict(os.environ, MLEFIT_CACHE_DIR=str(tmp_path), JAX_PLATFORMS="cpu")
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", _LINALG_PROBE], env=env,
+                             capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert first["fits_traced"] == 2
+    again = run()
+    assert again == {**first, "fits_traced": 0}  # loaded, not traced; bitwise the same
+
+
 class _Normal(eqx.Module):
     mu: jax.Array
     log_sigma: jax.Array

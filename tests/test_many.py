@@ -318,6 +318,11 @@ def test_vmapped_start_failure_names_the_models_reason(xs):
     )
 
 
+def test_no_valid_start_names_the_models_reason():
+    with pytest.raises(ValueError, match=r"any data set; data set 0: Normal: cannot start a fit"):
+        mlefit.fit_many(Normal(), np.full((3, 10), 2.0))
+
+
 def test_gamma_matches_scipy_with_and_without_suffstats():
     rng = np.random.default_rng(3)
     x = rng.gamma(np.array([0.7, 2.0, 5.0])[:, None], np.array([2.0, 1.0, 0.3])[:, None], (3, 150))

@@ -70,6 +70,14 @@ def test_default_fit_reaches_the_certified_values(name, start):
         assert res.converged and at_certified(name, res), (name, start, res.status)
 
 
+def test_a_given_max_steps_is_respected_by_the_default_fit():
+    """L-BFGS stops at the budget (MGH10 from start 1 needs thousands of steps) and no
+    Newton refit runs behind the caller's back: steps and history are the budget's."""
+    res = fit_nist("MGH10", 1, max_steps=10)
+    assert str(res.status) == "max_steps" and int(res.steps) == 10
+    assert len(res.history) == 11  # the start and ten steps
+
+
 def test_newton_option_errors_before_compiling():
     x = np.arange(5.0)
     logp = lambda p, x: st.norm.logpdf(x, p["mu"], 1.0)  # noqa: E731

@@ -159,5 +159,5 @@ def checked(xp, model: str, ok, value, what: str):
     ``fit_many`` reports a non-finite start per data set."""
     if xp is np:
         require_spread(model, bool(np.all(ok)), what)
-        return value
+        return np.asarray(value)[()]  # a NumPy scalar, not a 0-d array
     return jnp.where(ok, value, jnp.nan)

@@ -38,7 +38,10 @@ def clipped_mean(xp, a):
 def class_frequencies(xp, y, num_classes: int):
     """Relative class frequencies, each at least half an observation (a finite start)."""
     n = y.shape[0]
-    counts = (y[:, None] == xp.arange(num_classes)).sum(axis=0)
+    y = y.astype(int)
+    counts = (
+        np.bincount(y, minlength=num_classes) if xp is np else jnp.bincount(y, length=num_classes)
+    )
     return xp.maximum(counts / n, 0.5 / n)
 
 
@@ -189,7 +192,7 @@ class NegativeBinomial(AbstractModel):
         m = xp.maximum(a.mean(), 0.5 / a.shape[0])
         v = a.var()
         over = v > m * (1 + 1e-3)  # overdispersed; else nearly Poisson: a large size
-        size = xp.where(over, m * m / xp.where(over, v - m, 1.0), 100.0 * m)
+        size = xp.where(over, m * m / xp.where(over, v - m, 1.0), 100.0 * m)[()]
         return {"n": Positive(size), "p": Interval(0.0, 1.0, size / (size + m))}
 
     def sample(self, key, params, n):
