@@ -43,6 +43,9 @@ _STALL_TOL_FACTOR = 100.0
 # Newton polish: at most this many steps, for problems with n_obs * n_params^2 below the budget.
 _POLISH_MAX_ITER = 20
 _POLISH_BUDGET = 5e7
+# Refit from the start by Newton when L-BFGS converged where the Hessian is not positive
+# definite: problems with n_obs * n_params^2 up to this (a Hessian costs about as much).
+_SECOND_OPINION_BUDGET = 1e6
 
 
 @functools.cache
@@ -915,26 +918,70 @@ def fit(
             user_key=key,
             progress=progress,
         ))
-    u, value, _, steps, status, hist, params, grad_norm = out
-    if opts.batch_size is not None and not opts.history:
-        hist = None
-    if int(status) == Status.INIT_NOT_FINITE:
-        raise ValueError(_init_not_finite_message(problem, init, u0, transforms, data))
-    return FitResult(
-        params=problem.finalize(params),
-        u=u,
-        nll=value,
-        n_obs=n_obs(n, weights, dtype),
-        status_code=status,
-        steps=steps,
-        grad_norm=grad_norm,
-        history_buffer=hist,
-        data=data,
-        weights=weights,
-        problem=problem,
-        transforms=transforms,
-        minibatch=opts.batch_size is not None,
-    )
+    def result(out) -> FitResult:
+        u, value, _, steps, status, hist, params, grad_norm = out
+        if opts.batch_size is not None and not opts.history:
+            hist = None
+        if int(status) == Status.INIT_NOT_FINITE:
+            raise ValueError(_init_not_finite_message(problem, init, u0, transforms, data))
+        return FitResult(
+            params=problem.finalize(params),
+            u=u,
+            nll=value,
+            n_obs=n_obs(n, weights, dtype),
+            status_code=status,
+            steps=steps,
+            grad_norm=grad_norm,
+            history_buffer=hist,
+            data=data,
+            weights=weights,
+            problem=problem,
+            transforms=transforms,
+            minibatch=opts.batch_size is not None,
+        )
+
+    res = result(out)
+    if opts.batch_size is None and layout is None and max_steps is None and (
+        opts.optimizer == default_optimizer()
+    ):
+        res = _second_opinion(res, n, lambda: result(_fit_full_compiled(
+            full_logp, transforms, NEWTON, u0, data, weights, tol_arr,
+            DEFAULT_MAX_STEPS_NEWTON, opts.history,
+        )))
+    return res
+
+
+def _second_opinion(res: FitResult, n: int, refit) -> FitResult:
+    """A default (L-BFGS) fit of a small problem that converged where the Hessian of the NLL
+    is not positive definite is refitted from its start by damped Newton (``refit()``);
+    the refit replaces it when it converged with a positive definite Hessian at an NLL no
+    higher, within rounding.
+
+    L-BFGS can end on a flat region or a saddle where the gradient vanishes but no minimum
+    is (NIST's BoxBOD from both starts, Rat43 and Lanczos2 from one): there its curvature
+    model never saw the direction Newton's exact Hessian takes. The Hessian computed here is
+    the one ``res.status`` and ``res.stderr`` need, cached in the result, so a fit that is
+    fine pays nothing extra once its status is read.
+    """
+    from ._inference import inference_of, n_params
+
+    p = n_params(res)
+    if int(res.status_code) != Status.CONVERGED or n * p * p > _SECOND_OPINION_BUDGET:
+        return res
+    try:
+        if bool(inference_of(res).positive_definite):
+            return res
+    except NotImplementedError:  # JAX cannot differentiate the model twice
+        return res
+    new = refit()
+    rounding = 8 * np.finfo(np.asarray(res.nll).dtype).eps * max(abs(float(res.nll)), 1.0)
+    if (
+        int(new.status_code) == Status.CONVERGED
+        and bool(inference_of(new).positive_definite)
+        and float(new.nll) <= float(res.nll) + rounding
+    ):
+        return new
+    return res
 
 
 def _check_named_optimizer(optimizer, batch_size, progress, stream: bool) -> bool:

@@ -95,6 +95,9 @@ class Inference(NamedTuple):
             the Hessian (e.g. two parameters that only enter as their sum).
         at_bound: ``(p,)`` True where a constrained parameter sits at its bound.
         condition_number: ``max|lambda| / min lambda`` of ``hessian`` (``inf`` if not PD).
+        edm: estimated distance to the minimum of the total NLL, ``g^T H^-1 g / 2`` in
+            the unconstrained parametrisation over the identified parameters (Minuit's
+            EDM): the decrease a Newton step predicts. Near 0 at an optimum.
     """
 
     cov: jax.Array
@@ -104,6 +107,7 @@ class Inference(NamedTuple):
     identified: jax.Array
     at_bound: jax.Array
     condition_number: jax.Array
+    edm: jax.Array
 
 
 def default_chunk_size(n: int, p: int) -> int:
@@ -359,6 +363,7 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
         cov_u = jnp.where(ok[:, None] & ok[None, :], cov_u, jnp.nan)
     cov = jac[:, None] * cov_u * jac[None, :]
     stderr = jnp.sqrt(jnp.diag(cov))
+    g_u = jac * g_c
     return Inference(
         cov=cov,
         stderr=stderr,
@@ -367,6 +372,7 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
         identified=identified,
         at_bound=at_bound,
         condition_number=_condition_number(h_u),
+        edm=0.5 * g_u @ _nan_to_zero(h_inv) @ g_u,
     )
 
 
@@ -548,8 +554,10 @@ def refined_status_code(res) -> np.ndarray:
     """The optimiser's status refined by the inference verdict (see ``FitResult.status``).
 
     CONVERGED or STALLED with a parameter at its bound -> AT_BOUND; otherwise CONVERGED
-    with a Hessian that is not positive definite -> HESSIAN_NOT_POSITIVE_DEFINITE. Other
-    statuses (max_steps, non_finite, ...) are the optimiser's and are kept.
+    with a Hessian that is not positive definite -> HESSIAN_NOT_POSITIVE_DEFINITE, and
+    CONVERGED with a positive definite one whose EDM per observation exceeds
+    ``sqrt(eps) * max(|nll|, 1)`` -> NOT_AT_MINIMUM (a small gradient on a flat NLL).
+    Other statuses (max_steps, non_finite, ...) are the optimiser's and are kept.
     """
     code = np.asarray(res.status_code).copy()
     check = (code == Status.CONVERGED) | (code == Status.STALLED)
@@ -568,6 +576,11 @@ def refined_status_code(res) -> np.ndarray:
     pd = np.asarray(inf.positive_definite)
     code = np.where(check & at_bound, Status.AT_BOUND, code)
     code = np.where((code == Status.CONVERGED) & ~pd, Status.HESSIAN_NOT_POSITIVE_DEFINITE, code)
+    nll = np.asarray(res.nll, np.float64)
+    edm_mean = np.asarray(inf.edm, np.float64) / np.asarray(res.n_obs, np.float64)
+    sqrt_eps = float(np.sqrt(np.finfo(np.asarray(res.nll).dtype).eps))
+    flat = edm_mean > sqrt_eps * np.maximum(np.abs(nll), 1.0)
+    code = np.where((code == Status.CONVERGED) & flat, Status.NOT_AT_MINIMUM, code)
     return code
 
 
@@ -913,6 +926,7 @@ def _header(res, inf, kind):
         ("Status", f"{status}"),
         ("Steps", str(int(res.steps)) + (" (minibatch)" if res.minibatch else "")),
         ("Gradient norm", f"{float(res.grad_norm):.3g}"),
+        ("EDM", f"{float(inf.edm):.3g}"),
         ("Hessian cond.", f"{float(inf.condition_number):.3g}"),
         ("Covariance", kind),
         ("Parameters", str(n_params(res))),

@@ -173,6 +173,15 @@ class FitResult(eqx.Module):
         return inference_of(self).condition_number
 
     @property
+    def edm(self) -> jax.Array:
+        """Estimated distance to the minimum of the total NLL, ``g^T H^-1 g / 2`` (Minuit's
+        EDM): what a Newton step from the estimate would still gain. Near 0 at an optimum;
+        large with a tiny gradient where the NLL is flat (status ``NOT_AT_MINIMUM``)."""
+        from ._inference import inference_of
+
+        return inference_of(self).edm
+
+    @property
     def n_params(self) -> int:
         """Number of free scalar parameters ``k`` (the size of ``u``)."""
         from ._inference import n_params

@@ -23,6 +23,12 @@ class Status(enum.IntEnum):
     - ``AT_BOUND``: an ``Interval``/``Positive`` parameter sits at its bound.
     - ``INTERRUPTED``: the user pressed Ctrl-C; ``params`` is the best point so far.
     - ``INIT_NOT_FINITE``: the NLL at the starting point is not finite.
+    - ``NOT_AT_MINIMUM``: the gradient is below ``tol``, but Newton's model of the NLL
+      still predicts a decrease, ``EDM = g^T H^-1 g / 2`` (the estimated distance to the
+      minimum, as in Minuit), above ``sqrt(eps) * max(|nll|, 1)`` per observation, with a
+      positive definite Hessian: the gradient is small only because the NLL is flat there,
+      typically because the likelihood has no maximum at finite parameters (an
+      exponential rate for data that are all 0: ``nll = -log(rate)``). Set by inference.
     """
 
     CONVERGED = 0
@@ -33,6 +39,7 @@ class Status(enum.IntEnum):
     AT_BOUND = 5
     INTERRUPTED = 6
     INIT_NOT_FINITE = 7
+    NOT_AT_MINIMUM = 8
 
     def __str__(self) -> str:
         return self.name.lower()
@@ -56,4 +63,9 @@ _MESSAGES = {
     Status.AT_BOUND: "a constrained parameter is at its bound: standard errors are unreliable",
     Status.INTERRUPTED: "interrupted by the user; params is the best point so far",
     Status.INIT_NOT_FINITE: "the NLL at the starting point is not finite",
+    Status.NOT_AT_MINIMUM: (
+        "the gradient is below tol, but the NLL is still predicted to decrease (EDM "
+        "g^T H^-1 g / 2 above sqrt(eps) relative): it is flat there, and the likelihood may "
+        "have no maximum at finite parameters; params is where the fit stopped"
+    ),
 }

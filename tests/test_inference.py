@@ -214,6 +214,35 @@ def test_non_identifiable_model_reports_not_positive_definite():
     assert "not positive definite" in text and "a, b not identified" in text
 
 
+def test_flat_nll_without_a_minimum_is_not_at_minimum():
+    # All observations 0: the exponential NLL is -log(rate), unbounded below. Its gradient
+    # in u (rate = softplus(u)) is -1/rate and passes any tolerance once rate is large, but
+    # the Newton step still predicts a decrease of exactly 1/2 per observation:
+    # g = -n/u, H = n/u^2 (u large), EDM = g^2 / (2 H) = n/2.
+    x = jnp.zeros(40)
+    model = lambda p, x: jst.expon.logpdf(x, scale=1.0 / p["rate"])  # noqa: E731
+    res = mlefit.fit(model, x, {"rate": Positive(1.0)})
+    assert res.optimizer_status == Status.CONVERGED  # the gradient test alone is fooled
+    assert float(res.grad_norm) <= 1e-9 and float(res.params["rate"]) > 1e6
+    assert res.status == Status.NOT_AT_MINIMUM
+    assert not bool(res.converged)
+    assert rel_err(res.edm, 40 / 2) < 1e-6
+    assert "not_at_minimum" in res.summary() and "EDM:" in res.summary()
+
+
+def test_edm_is_the_exact_remaining_decrease_of_a_quadratic_nll(gauss_data):
+    # NLL quadratic in mu (sigma known): from mu_hat + delta the Newton step is exact and
+    # gains n delta^2 / (2 sigma^2); at the optimum nothing is left.
+    x = jnp.asarray(gauss_data)
+    n, sigma = x.shape[0], 2.0
+    model = lambda p, x: jst.norm.logpdf(x, p["mu"], sigma)  # noqa: E731
+    res = mlefit.fit(model, x, {"mu": 0.0})
+    assert abs(float(res.edm)) < 1e-18 * n
+    delta = 0.3
+    away = eqx.tree_at(lambda r: r.u, res, {"mu": res.u["mu"] + delta})
+    assert rel_err(away.edm, n * delta**2 / (2 * sigma**2)) < 1e-10
+
+
 def bounded_mixture(p, x):
     """r N(mu, 1 + s) + (1 - r) N(5, 1), s Positive, r Interval(0, 1)."""
     sd = jnp.sqrt(1.0 + p["s"])
@@ -328,7 +357,7 @@ def test_summary_and_html_contain_the_fields(gauss_fit):
     text = gauss_fit.summary()
     for field in ("gauss_var", "n_obs:", "400", "Log-likelihood:", "AIC:", "BIC:",
                   "Converged:", "True", "Status:", "converged", "Steps:", "Gradient norm:",
-                  "Hessian cond.:", "estimate", "std err", "P>|z|", "[0.025", "0.975]", "mu", "v"):
+                  "EDM:", "Hessian cond.:", "estimate", "std err", "P>|z|", "[0.025", "0.975]", "mu", "v"):
         assert field in text, field
     html = gauss_fit._repr_html_()
     assert "<table>" in html and "std err" in html and "Hessian cond." in html

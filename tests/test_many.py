@@ -215,6 +215,22 @@ def test_model_init_failure_in_one_data_set_warns_and_reports(xs):
     assert rel_err(r.params["loc"][good], xs[good].mean(axis=1)) < 1e-8
 
 
+def test_a_data_set_without_an_mle_is_not_reported_converged():
+    # Exponential data that are all 0: the MLE rate is infinite. The model's start fails
+    # there (warning), the fit from another set's start runs the rate up until the
+    # gradient -1/rate is below tol, and the status says it is not at a minimum.
+    rng = np.random.default_rng(11)
+    x = rng.exponential(2.0, (4, 60))
+    x[2] = 0.0
+    with pytest.warns(UserWarning, match="data set 2"):
+        r = mlefit.fit_many(mlefit.models.Exponential(), x)
+    assert r.optimizer_status[2] == mlefit.Status.CONVERGED
+    assert r.status[2] == mlefit.Status.NOT_AT_MINIMUM
+    good = np.array([0, 1, 3])
+    assert bool(r.converged[good].all()) and not bool(r.converged[2])
+    assert rel_err(r.params["rate"][good], 1.0 / x[good].mean(axis=1)) < 1e-10
+
+
 def test_nothing_fittable_raises():
     with pytest.raises(ValueError, match="every data set failed at the start"):
         mlefit.fit_many(normal, np.full((B, N), np.inf), INIT, check_finite=False)

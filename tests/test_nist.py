@@ -23,13 +23,16 @@ SYMMETRIC = {"Eckerle4", "Lanczos3"}
 # at max_steps, Eckerle4 from start 1 on a flat region (both honest statuses).
 NEWTON_MISSES = {("MGH09", 1), ("Eckerle4", 1)}
 # Nelson's b2 is 5.6e-9: a test of scale invariance (L-BFGS runs out of steps; the refit).
-# Where the default fit does not: L-BFGS ends on a flat region (the Hessian there is not
-# positive definite, which res.status says), so no Newton refit is triggered.
-DEFAULT_MISSES = {("BoxBOD", 1), ("BoxBOD", 2), ("Rat43", 1)}
-# Eleven of the twenty problems in nist_nls.py (all difficulties; the sweep over all twenty
+# BoxBOD (both starts) and Rat43 (start 1): L-BFGS converges on a flat region where the
+# Hessian is not positive definite; the refit by Newton from the start finds the optimum.
+# Where the default fit does not: Lanczos2 from start 1, L-BFGS stalls at the solution
+# (RSS to 1e-10.8) and the Newton refit converges at an NLL higher by more than rounding,
+# so the stalled fit is kept and says so.
+DEFAULT_MISSES = {("Lanczos2", 1)}
+# Twelve of the twenty problems in nist_nls.py (all difficulties; the sweep over all twenty
 # is benchmarks/nist_sweep.py): each fit compiles, so the suite keeps to these.
-TESTED = ["BoxBOD", "DanWood", "Eckerle4", "Lanczos3", "MGH09", "MGH10", "Misra1a", "Nelson",
-          "Rat42", "Rat43", "Thurber"]
+TESTED = ["BoxBOD", "DanWood", "Eckerle4", "Lanczos2", "Lanczos3", "MGH09", "MGH10", "Misra1a",
+          "Nelson", "Rat42", "Rat43", "Thurber"]
 CASES = [(name, start) for name in TESTED for start in (1, 2)]
 
 
@@ -62,7 +65,8 @@ def test_newton_reaches_the_certified_values(name, start):
 
 @pytest.mark.parametrize("name, start", CASES)
 def test_default_fit_reaches_the_certified_values(name, start):
-    """L-BFGS, and where it stalls (MGH10, Lanczos3 from start 2) or runs out of steps, a
+    """L-BFGS, and where it stalls (MGH10, Lanczos3 from start 2), runs out of steps or
+    converges where the Hessian is not positive definite (BoxBOD, Rat43 from start 1), a
     refit from the start with optimizer="newton"."""
     res = fit_nist(name, start)
     if (name, start) in DEFAULT_MISSES:
