@@ -790,6 +790,9 @@ def fit(
             (``n_obs * n_params^2 <= 5e7``) that stalls or runs out of steps is
             refitted this way from ``init`` (unless ``max_steps`` is given); the refit
             is returned when its NLL is lower, or equal within rounding and converged.
+            So is one with ``n_obs * n_params^2 <= 1e6`` that converges where the
+            Hessian of the NLL is not positive definite (a flat region or a saddle);
+            there the refit must converge with a positive definite Hessian.
         batch_size: minibatch size; turns on minibatch SGD, reshuffled each epoch.
         epochs: passes over the data for minibatch fits (default 10).
         key: PRNG key for the shuffles (default ``jax.random.key(0)``).
