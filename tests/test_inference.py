@@ -357,7 +357,8 @@ def test_summary_and_html_contain_the_fields(gauss_fit):
     text = gauss_fit.summary()
     for field in ("gauss_var", "n_obs:", "400", "Log-likelihood:", "AIC:", "BIC:",
                   "Converged:", "True", "Status:", "converged", "Steps:", "Gradient norm:",
-                  "EDM:", "Hessian cond.:", "estimate", "std err", "P>|z|", "[0.025", "0.975]", "mu", "v"):
+                  "EDM:", "Hessian cond.:", "estimate", "std err", "P>|z|", "[0.025", "0.975]",
+                  "mu", "v"):
         assert field in text, field
     html = gauss_fit._repr_html_()
     assert "<table>" in html and "std err" in html and "Hessian cond." in html
