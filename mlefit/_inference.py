@@ -556,7 +556,9 @@ def refined_status_code(res) -> np.ndarray:
     CONVERGED or STALLED with a parameter at its bound -> AT_BOUND; otherwise CONVERGED
     with a Hessian that is not positive definite -> HESSIAN_NOT_POSITIVE_DEFINITE, and
     CONVERGED with a positive definite one whose EDM per observation exceeds
-    ``sqrt(eps) * max(|nll|, 1)`` -> NOT_AT_MINIMUM (a small gradient on a flat NLL).
+    ``sqrt(eps) * max(|nll|, 1)``, or a tenth of ``|nll|`` where ``|nll| < sqrt(eps)``,
+    -> NOT_AT_MINIMUM (a small gradient on a flat NLL: an NLL like ``-log(rate)`` or
+    ``exp(-t)`` with no minimum at finite parameters has ``EDM = n / 2`` or ``n nll / 2``).
     Other statuses (max_steps, non_finite, ...) are the optimiser's and are kept.
     """
     code = np.asarray(res.status_code).copy()
@@ -579,7 +581,11 @@ def refined_status_code(res) -> np.ndarray:
     nll = np.asarray(res.nll, np.float64)
     edm_mean = np.asarray(inf.edm, np.float64) / np.asarray(res.n_obs, np.float64)
     sqrt_eps = float(np.sqrt(np.finfo(np.asarray(res.nll).dtype).eps))
-    flat = edm_mean > sqrt_eps * np.maximum(np.abs(nll), 1.0)
+    # Beyond rounding; or, for an NLL that is itself at rounding level (a likelihood
+    # approaching 1: separated classes), a sizeable share of what is left of it.
+    flat = (edm_mean > sqrt_eps * np.maximum(np.abs(nll), 1.0)) | (
+        (np.abs(nll) < sqrt_eps) & (edm_mean > 0.1 * np.abs(nll))
+    )
     code = np.where((code == Status.CONVERGED) & flat, Status.NOT_AT_MINIMUM, code)
     return code
 

@@ -25,10 +25,12 @@ class Status(enum.IntEnum):
     - ``INIT_NOT_FINITE``: the NLL at the starting point is not finite.
     - ``NOT_AT_MINIMUM``: the gradient is below ``tol``, but Newton's model of the NLL
       still predicts a decrease, ``EDM = g^T H^-1 g / 2`` (the estimated distance to the
-      minimum, as in Minuit), above ``sqrt(eps) * max(|nll|, 1)`` per observation, with a
-      positive definite Hessian: the gradient is small only because the NLL is flat there,
-      typically because the likelihood has no maximum at finite parameters (an
-      exponential rate for data that are all 0: ``nll = -log(rate)``). Set by inference.
+      minimum, as in Minuit), above ``sqrt(eps) * max(|nll|, 1)`` per observation (or
+      above a tenth of an ``nll`` that is below ``sqrt(eps)``), with a positive definite
+      Hessian: the gradient is small only because the NLL is flat there, typically because
+      the likelihood has no maximum at finite parameters (an exponential rate for data
+      that are all 0, ``nll = -log(rate)``; a logistic regression of perfectly separated
+      classes, ``nll -> 0`` as the coefficients grow). Set by inference.
     """
 
     CONVERGED = 0
@@ -66,6 +68,7 @@ _MESSAGES = {
     Status.NOT_AT_MINIMUM: (
         "the gradient is below tol, but the NLL is still predicted to decrease (EDM "
         "g^T H^-1 g / 2 above sqrt(eps) relative): it is flat there, and the likelihood may "
-        "have no maximum at finite parameters; params is where the fit stopped"
+        "have no maximum at finite parameters (e.g. perfectly separated classes, or all "
+        "observations on the boundary of the support); params is where the fit stopped"
     ),
 }

@@ -230,6 +230,22 @@ def test_flat_nll_without_a_minimum_is_not_at_minimum():
     assert "not_at_minimum" in res.summary() and "EDM:" in res.summary()
 
 
+def test_perfectly_separated_classes_are_not_at_minimum():
+    # Separated classes: the logistic NLL tends to 0 as the coefficients grow, so no MLE
+    # exists; near the end NLL ~ c exp(-t) and the Newton step would halve it (EDM =
+    # n nll / 2). Flip five labels and the classes overlap: an ordinary minimum.
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(200, 2))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int32)
+    res = mlefit.fit(mlefit.models.Logistic(), (X, y))
+    assert res.optimizer_status == Status.CONVERGED and float(res.nll) < 1e-6
+    assert res.status == Status.NOT_AT_MINIMUM
+    assert 0.3 < float(res.edm) / (200 * float(res.nll)) < 0.7
+    y[:5] = 1 - y[:5]
+    res = mlefit.fit(mlefit.models.Logistic(), (X, y))
+    assert res.status == Status.CONVERGED and float(res.edm) < 1e-12
+
+
 def test_edm_is_the_exact_remaining_decrease_of_a_quadratic_nll(gauss_data):
     # NLL quadratic in mu (sigma known): from mu_hat + delta the Newton step is exact and
     # gains n delta^2 / (2 sigma^2); at the optimum nothing is left.
