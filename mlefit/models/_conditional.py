@@ -21,6 +21,7 @@ import numpy as np
 
 from .._constraints import Positive
 from .._model import AbstractModel
+from ..closed_form import least_squares
 from ._base import (
     array_namespace,
     as_float,
@@ -94,7 +95,7 @@ class LinearGaussian(AbstractModel):
         xp = array_namespace(X, y)
         X, y = as_float(xp, X), as_float(xp, y)
         A = xp.concatenate([xp.ones((len(X), 1)), X], axis=1) if self.intercept else X
-        beta = xp.linalg.lstsq(A, y, rcond=None)[0]
+        beta = least_squares(A, y)
         rss = xp.sum((y - A @ beta) ** 2)
         what = "the fit is exact (zero residuals): the MLE scale is 0"
         scale = checked(xp, self.name, rss > 0, xp.sqrt(rss / len(y)), what)
