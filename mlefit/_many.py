@@ -286,6 +286,8 @@ def _bad_starts(init, B: int) -> np.ndarray:
 
 
 def _replace_starts(init, bad: np.ndarray):
+    """``init`` with the starts of the ``bad`` data sets replaced by a good one's (a
+    placeholder that passes the checks of ``init``; see :func:`nan_starts`)."""
     good = int(np.argmin(bad))
 
     def fix(leaf):
@@ -298,6 +300,21 @@ def _replace_starts(init, bad: np.ndarray):
         return v
 
     return jax.tree.map(fix, init, is_leaf=is_constraint)
+
+
+def nan_starts(u0, bad: np.ndarray | None):
+    """Unconstrained starts ``u0`` with those of the ``bad`` data sets set to NaN: those
+    fits stop at their first evaluation with status ``INIT_NOT_FINITE`` and NaN parameters,
+    and do not hold up the others."""
+    if bad is None or not bad.any():
+        return u0
+
+    def fix(x):
+        v = np.array(x, dtype=x.dtype)
+        v[bad] = np.nan
+        return v
+
+    return jax.tree.map(fix, u0)
 
 
 def _host_init_error(model: AbstractModel, hdata: tuple, hw, b: int) -> str:
@@ -316,9 +333,13 @@ def batched_model_init(model: AbstractModel, data: tuple, weights, hdata: tuple,
     Without padding, ``model.init`` is vmapped over the data sets when it is traceable
     (the ready-made models' are: written once for NumPy and ``jax.numpy``); otherwise,
     or with padding, it runs per data set on the host, on the used observations.
-    A data set whose start fails (``init`` raises ``ValueError``, or gives a non-finite
-    or out-of-constraint value, e.g. all values equal) starts from another data set's
-    start, with a warning: its fit then fails on its own and says so in its status.
+    Returns ``(init, bad)``. A data set whose start fails (``init`` raises ``ValueError``,
+    or gives a non-finite or out-of-constraint value, e.g. all values equal: no MLE) is
+    flagged in ``bad``, with a warning that names it and the model's reason; its start is
+    another data set's, and :func:`nan_starts` later makes it NaN, so that fit stops at the
+    first evaluation with status ``INIT_NOT_FINITE``. (Run from another data set's start
+    it would go on until ``max_steps`` as its scale collapses, and the batched loop, which
+    runs until its slowest member stops, with it.)
     """
     B = hdata[0].shape[0]
     init = None
@@ -352,11 +373,11 @@ def batched_model_init(model: AbstractModel, data: tuple, weights, hdata: tuple,
         why = dict(failed).get(b) or _host_init_error(model, hdata, hw, b)
         warnings.warn(
             f"fit_many: the {model.name} model's start failed for {int(bad.sum())} data set(s) "
-            f"(first: data set {b}: {why}); those fits start from another data set's start "
-            "and report their own status.",
+            f"(first: data set {b}: {why}); those data sets are not fitted: their status is "
+            "'init_not_finite' and their parameters NaN.",
             stacklevel=3,
         )
-    return init
+    return init, bad
 
 
 def _check_batched_u0(u0, B: int) -> None:
@@ -485,8 +506,11 @@ def fit_many(
     Convergence is per fit: each member stops on its own test, with its own ``max_steps``
     budget, and keeps its values while the others run; the call ends with the slowest
     member. A data set that cannot be fitted (all values equal, a divergent likelihood)
-    ends with its own status (``stalled``, ``max_steps``, ``non_finite``) and does not
-    affect the others.
+    ends with its own status (``stalled``, ``max_steps``, ``non_finite``,
+    ``not_at_minimum``) and does not affect the others' estimates. With a ready-made
+    model, a data set whose data-driven start fails (all values equal: no MLE) is not
+    fitted at all (a warning names it and the reason; status ``init_not_finite``, NaN
+    parameters), so it cannot hold up the batch either.
 
     Args:
         model: as for :func:`mlefit.fit`: ``log_prob(params, *obs)``, an equinox Module
@@ -543,12 +567,13 @@ def fit_many(
         raise TypeError(f"batched_init: expected True or False, got {batched_init!r}")
 
     one_set = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)  # one data set
+    bad_starts = None  # data sets whose model start failed
     if isinstance(model, AbstractModel):
         hdata, hw = _host_data(data, weights)
         _check_model_data(model, hdata, hw)
         problem = Problem(logp=model.log_prob, name=model.name, source=model)
         if init is None:
-            init = batched_model_init(model, data, weights, hdata, hw)
+            init, bad_starts = batched_model_init(model, data, weights, hdata, hw)
             batched_init = True
     else:
         problem, init = as_problem(model, init, one_set)
@@ -558,6 +583,7 @@ def fit_many(
     u0, transforms = split_init(init, dtype)
     if batched_init:
         _check_batched_u0(u0, B)
+        u0 = nan_starts(u0, bad_starts)
     solver = _choose_solver(optimizer, _count_params(u0, batched_init))
     if max_steps is None:
         max_steps = DEFAULT_MAX_STEPS_NEWTON if solver == NEWTON else DEFAULT_MAX_STEPS_MANY

@@ -22,7 +22,9 @@ class Status(enum.IntEnum):
       NLL is not positive definite there: no standard errors (set by inference).
     - ``AT_BOUND``: an ``Interval``/``Positive`` parameter sits at its bound.
     - ``INTERRUPTED``: the user pressed Ctrl-C; ``params`` is the best point so far.
-    - ``INIT_NOT_FINITE``: the NLL at the starting point is not finite.
+    - ``INIT_NOT_FINITE``: the NLL at the starting point is not finite. In ``fit_many``
+      also a data set whose ready-made model's data-driven start failed (e.g. all values
+      equal: no MLE); it is not fitted and its parameters are NaN.
     - ``NOT_AT_MINIMUM``: the gradient is below ``tol``, but Newton's model of the NLL
       still predicts a decrease, ``EDM = g^T H^-1 g / 2`` (the estimated distance to the
       minimum, as in Minuit), above ``sqrt(eps) * max(|nll|, 1)`` per observation (or

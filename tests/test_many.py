@@ -216,19 +216,43 @@ def test_model_init_failure_in_one_data_set_warns_and_reports(xs):
 
 
 def test_a_data_set_without_an_mle_is_not_reported_converged():
-    # Exponential data that are all 0: the MLE rate is infinite. The model's start fails
-    # there (warning), the fit from another set's start runs the rate up until the
-    # gradient -1/rate is below tol, and the status says it is not at a minimum.
+    # Exponential data that are all 0: the MLE rate is infinite.
     rng = np.random.default_rng(11)
     x = rng.exponential(2.0, (4, 60))
     x[2] = 0.0
-    with pytest.warns(UserWarning, match="data set 2"):
+    good = np.array([0, 1, 3])
+    # The ready-made model's start fails there: that set is not fitted (status, NaN, no
+    # steps) and the others are.
+    with pytest.warns(UserWarning, match="data set 2: Exponential: cannot start a fit: all"):
         r = mlefit.fit_many(mlefit.models.Exponential(), x)
+    assert r.status[2] == mlefit.Status.INIT_NOT_FINITE
+    assert int(r.steps[2]) == 0 and np.isnan(float(r.params["rate"][2]))
+    assert bool(r.converged[good].all())
+    assert rel_err(r.params["rate"][good], 1.0 / x[good].mean(axis=1)) < 1e-10
+    # From a shared start the fit runs the rate up until its gradient -1/rate is below
+    # tol; the status says it is not at a minimum (EDM = n / 2).
+    r = mlefit.fit_many(mlefit.models.Exponential(), x, {"rate": mlefit.Positive(1.0)})
     assert r.optimizer_status[2] == mlefit.Status.CONVERGED
     assert r.status[2] == mlefit.Status.NOT_AT_MINIMUM
-    good = np.array([0, 1, 3])
     assert bool(r.converged[good].all()) and not bool(r.converged[2])
-    assert rel_err(r.params["rate"][good], 1.0 / x[good].mean(axis=1)) < 1e-10
+    assert rel_err(r.params["rate"][good], 1.0 / x[good].mean(axis=1)) < 1e-8
+
+
+def test_equal_values_are_caught_exactly_and_do_not_hold_up_the_batch():
+    # log(2.0) repeated has a standard deviation of a rounding error above 0 (1.1e-16),
+    # which passed a std > 0 test: LogNormal and Weibull started a fit from there.
+    rng = np.random.default_rng(12)
+    for model in (mlefit.models.Normal(), mlefit.models.LogNormal(), mlefit.models.Weibull(),
+                  mlefit.models.Gamma()):
+        x = rng.gamma(3.0, 1.0, (4, 50))
+        x[0] = 2.0
+        with pytest.warns(UserWarning, match="all 50 observations are equal"):
+            r = mlefit.fit_many(model, x)
+        assert r.status[0] == mlefit.Status.INIT_NOT_FINITE, model.name
+        assert int(r.steps[0]) == 0 and int(np.max(r.steps)) < 20, model.name
+        assert bool(r.converged[1:].all()), model.name
+        with pytest.raises(ValueError, match="all 50 observations are equal"):
+            mlefit.fit(model, x[0])
 
 
 def test_nothing_fittable_raises():

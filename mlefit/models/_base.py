@@ -153,6 +153,13 @@ def as_float(xp, a):
     return np.asarray(a, np.float64) if xp is np else jnp.asarray(a, jnp.result_type(float))
 
 
+def spread(a):
+    """Whether the observations ``a`` are not all equal, tested exactly: the standard
+    deviation of equal values can come out a rounding error above 0 (the mean of 50
+    copies of 2.0 in log space), which would pass a ``std > 0`` test."""
+    return a.max() > a.min()
+
+
 def checked(xp, model: str, ok, value, what: str):
     """``value`` where the data identify the model (``ok``). Otherwise NumPy raises
     (:func:`require_spread`) and a traced start is NaN: a traced call cannot raise, and

@@ -16,7 +16,15 @@ import numpy as np
 
 from .._constraints import Positive
 from .._model import AbstractModel
-from ._base import array_namespace, as_float, check_support, checked, require_spread, sample_shape
+from ._base import (
+    array_namespace,
+    as_float,
+    check_support,
+    checked,
+    require_spread,
+    sample_shape,
+    spread,
+)
 
 __all__ = [
     "Normal",
@@ -76,9 +84,10 @@ class Normal(AbstractModel):
         xp = array_namespace(x)
         a = as_float(xp, x)
         s = a.std()
+        ok = spread(a) & (s > 0)
         return {
             "loc": a.mean(),
-            "scale": Positive(checked(xp, self.name, s > 0, s, f"all {a.size} {_SAME}")),
+            "scale": Positive(checked(xp, self.name, ok, s, f"all {a.size} {_SAME}")),
         }
 
     def sample(self, key, params, n):
@@ -115,9 +124,10 @@ class LogNormal(AbstractModel):
         xp = array_namespace(x)
         logx = xp.log(as_float(xp, x))
         s = logx.std()
+        ok = spread(logx) & (s > 0)
         return {
             "mu": logx.mean(),
-            "sigma": Positive(checked(xp, self.name, s > 0, s, f"all {logx.size} {_SAME}")),
+            "sigma": Positive(checked(xp, self.name, ok, s, f"all {logx.size} {_SAME}")),
         }
 
     def sample(self, key, params, n):
@@ -186,7 +196,7 @@ class Gamma(AbstractModel):
         a = as_float(xp, x)
         m = a.mean()
         s = xp.log(m) - xp.log(a).mean()
-        ok = (a.max() > a.min()) & (s > 0)
+        ok = spread(a) & (s > 0)
         s = checked(xp, self.name, ok, xp.where(ok, s, 1.0), f"all {a.size} {_SAME}")
         shape = (3.0 - s + xp.sqrt((s - 3.0) ** 2 + 24.0 * s)) / (12.0 * s)
         return {"shape": Positive(shape), "scale": Positive(m / shape)}
@@ -233,7 +243,7 @@ class Weibull(AbstractModel):
         xp = array_namespace(x)
         logx = xp.log(as_float(xp, x))
         sd = logx.std()
-        ok = sd > 0
+        ok = spread(logx) & (sd > 0)
         sd = checked(xp, self.name, ok, xp.where(ok, sd, 1.0), f"all {logx.size} {_SAME}")
         shape = np.pi / (np.sqrt(6.0) * sd)
         return {
@@ -266,7 +276,7 @@ class Beta(AbstractModel):
         xp = array_namespace(x)
         a = as_float(xp, x)
         m, v = a.mean(), a.var()
-        ok = v > 0
+        ok = spread(a) & (v > 0)
         v = checked(xp, self.name, ok, xp.where(ok, v, 1.0), f"all {a.size} {_SAME}")
         # v < m (1 - m) holds for any data strictly inside (0, 1).
         c = xp.maximum(m * (1.0 - m) / v - 1.0, 1e-3)
@@ -301,7 +311,7 @@ class StudentT(AbstractModel):
         med = xp.median(a)
         mad = 1.4826 * xp.median(xp.abs(a - med))
         mad = xp.where(mad > 0, mad, a.std())
-        scale = checked(xp, self.name, mad > 0, mad, f"all {a.size} {_SAME}")
+        scale = checked(xp, self.name, spread(a) & (mad > 0), mad, f"all {a.size} {_SAME}")
         return {"df": Positive(5.0), "loc": med, "scale": Positive(scale)}
 
     def sample(self, key, params, n):
