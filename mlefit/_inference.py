@@ -926,6 +926,7 @@ def _header(res, inf, kind):
         ("Model", res.model_name),
         ("n_obs", _num(res.n_obs)),
         ("Log-likelihood", f"{float(res.loglik):.6g}" if nll_ok else "nan"),
+        ("Mean NLL", f"{float(res.nll):.10g}"),
         ("AIC", f"{float(res.aic):.6g}"),
         ("BIC", f"{float(res.bic):.6g}"),
         ("Converged", str(bool(status == _S.CONVERGED))),

@@ -371,7 +371,7 @@ def test_lr_test_nested_gaussians_match_scipy(gauss_data):
 # -- display, cache, batching, bad input -----------------------------------------------
 def test_summary_and_html_contain_the_fields(gauss_fit):
     text = gauss_fit.summary()
-    for field in ("gauss_var", "n_obs:", "400", "Log-likelihood:", "AIC:", "BIC:",
+    for field in ("gauss_var", "n_obs:", "400", "Log-likelihood:", "Mean NLL:", "AIC:", "BIC:",
                   "Converged:", "True", "Status:", "converged", "Steps:", "Gradient norm:",
                   "EDM:", "Hessian cond.:", "estimate", "std err", "P>|z|", "[0.025", "0.975]",
                   "mu", "v"):
