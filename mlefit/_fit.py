@@ -966,7 +966,7 @@ def _second_opinion(res: FitResult, n: int, refit) -> FitResult:
     the one ``res.status`` and ``res.stderr`` need, cached in the result, so a fit that is
     fine pays nothing extra once its status is read.
     """
-    from ._inference import inference_of, n_params
+    from ._inference import HESSIAN_ERRORS, inference_of, n_params
 
     p = n_params(res)
     if int(res.status_code) != Status.CONVERGED or n * p * p > _SECOND_OPINION_BUDGET:
@@ -974,7 +974,7 @@ def _second_opinion(res: FitResult, n: int, refit) -> FitResult:
     try:
         if bool(inference_of(res).positive_definite):
             return res
-    except NotImplementedError:  # JAX cannot differentiate the model twice
+    except HESSIAN_ERRORS:  # JAX cannot differentiate the model twice
         return res
     new = refit()
     rounding = 8 * np.finfo(np.asarray(res.nll).dtype).eps * max(abs(float(res.nll)), 1.0)

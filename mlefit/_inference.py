@@ -550,6 +550,12 @@ def param_names_of(res) -> list[str]:
     return names
 
 
+# What JAX raises for a log-density it can differentiate once but not twice: no
+# differentiation rule (NotImplementedError), a custom_vjp under forward mode (TypeError),
+# a pure_callback under jvp (ValueError).
+HESSIAN_ERRORS = (NotImplementedError, TypeError, ValueError)
+
+
 def refined_status_code(res) -> np.ndarray:
     """The optimiser's status refined by the inference verdict (see ``FitResult.status``).
 
@@ -567,7 +573,7 @@ def refined_status_code(res) -> np.ndarray:
         return code  # no data kept (a streamed fit): use stream_hessian for inference
     try:
         inf = inference_of(res)
-    except NotImplementedError as e:  # a log-density JAX can differentiate once, not twice
+    except HESSIAN_ERRORS as e:  # a log-density JAX can differentiate once, not twice
         warnings.warn(
             f"the Hessian of the NLL cannot be computed ({e}); status is the optimiser's "
             "and the Hessian checks (positive definite, at bound) were skipped",

@@ -60,7 +60,8 @@ def multivariate_gaussian(x):
 
 
 def least_squares(X, y):
-    """``beta`` minimising ``||y - X beta||^2``, for NumPy or JAX arrays.
+    """``beta`` minimising ``||y - X beta||^2``, for NumPy or JAX arrays (``y`` of shape
+    ``(n,)``, or ``(n, k)`` for k responses at once).
 
     The columns of ``X`` are scaled to unit norm first, ``beta = D^-1 argmin ||y - X D^-1
     b||``, ``D = diag(||X_j||)``, then solved by SVD least squares: raw polynomial terms
@@ -69,9 +70,11 @@ def least_squares(X, y):
     digits instead of none, where an unscaled SVD drops the small singular values).
     """
     xp = np if isinstance(X, np.ndarray) and isinstance(y, np.ndarray) else jnp
-    norm = xp.sqrt(xp.sum(X * X, axis=0))
-    norm = xp.where(norm > 0, norm, 1.0)
-    return xp.linalg.lstsq(X / norm, y, rcond=None)[0] / norm
+    big = xp.max(xp.abs(X), axis=0)  # scaled first: squares of entries above 1e154 overflow
+    big = xp.where(big > 0, big, 1.0)
+    norm = big * xp.sqrt(xp.sum((X / big) ** 2, axis=0))
+    beta = xp.linalg.lstsq(X / norm, y, rcond=None)[0]
+    return beta / (norm[:, None] if beta.ndim == 2 else norm)
 
 
 def linear_gaussian(X, y):

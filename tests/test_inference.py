@@ -431,3 +431,26 @@ def test_status_falls_back_when_the_hessian_cannot_be_computed():
     with pytest.warns(UserWarning, match="Hessian of the NLL cannot be computed"):
         status = res.status
     assert status == res.optimizer_status
+
+
+def test_a_model_with_a_host_derivative_is_fitted_without_its_hessian():
+    # A derivative computed on the host (pure_callback): JAX differentiates the model once,
+    # and the Hessian raises ValueError (callbacks have no JVP), not NotImplementedError.
+    # fit returns (it asks for the Hessian to decide on a refit) and the status falls back
+    # as above. The NLL is (x - mu)^2 / 2 + const: mu_hat = mean(x).
+    @jax.custom_jvp
+    def half_square(r):
+        return 0.5 * r * r
+
+    @half_square.defjvp
+    def _(primals, tangents):
+        (r,), (t,) = primals, tangents
+        shape = jax.ShapeDtypeStruct(r.shape, r.dtype)
+        d = jax.pure_callback(np.asarray, shape, r, vmap_method="sequential")
+        return 0.5 * r * r, d * t
+
+    x = np.array([0.5, 1.0, 4.0, 2.5])
+    res = mlefit.fit(lambda p, x: -half_square(x - p["mu"]), x, init={"mu": 0.0})
+    assert abs(float(res.params["mu"]) - x.mean()) < 1e-12
+    with pytest.warns(UserWarning, match="Hessian of the NLL cannot be computed"):
+        assert res.status == Status.CONVERGED

@@ -149,3 +149,18 @@ def test_closed_form_least_squares_scales_the_columns():
     b_np = mlefit.closed_form.least_squares(A, lls.FILIP_Y)
     assert isinstance(b_np, np.ndarray) and worst(b_np) < 2e-7
     assert worst(mlefit.closed_form.least_squares(jnp.asarray(A), jnp.asarray(lls.FILIP_Y))) < 2e-7
+
+
+def test_least_squares_several_responses_and_huge_columns():
+    """``y`` of shape (n, k), here k = p (where dividing by the column norms along the
+    wrong axis still broadcasts), and a column of entries near 1e200 (whose squares
+    overflow): NumPy's least squares is the reference, to 1e-12."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 3))
+    Y = rng.normal(size=(30, 3))
+    ref = np.linalg.lstsq(X, Y, rcond=None)[0]
+    assert np.max(np.abs(mlefit.closed_form.least_squares(X, Y) - ref)) < 1e-12
+    ref = np.linalg.lstsq(X, Y[:, 0], rcond=None)[0] / np.array([1.0, 1.0, 1e200])
+    X[:, 2] *= 1e200  # (the raw SVD now keeps only this column: [0, 0, 7e-204])
+    b = mlefit.closed_form.least_squares(X, Y[:, 0])
+    assert np.all(np.abs(b - ref) <= 1e-12 * np.abs(ref))
