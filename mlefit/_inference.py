@@ -98,6 +98,8 @@ class Inference(NamedTuple):
         edm: estimated distance to the minimum of the total NLL, ``g^T H^-1 g / 2`` in
             the unconstrained parametrisation over the identified parameters (Minuit's
             EDM): the decrease a Newton step predicts. Near 0 at an optimum.
+        newton_step: ``(p,)`` that Newton step, ``-H^-1 g``, unconstrained (0 where not
+            identified).
     """
 
     cov: jax.Array
@@ -108,6 +110,7 @@ class Inference(NamedTuple):
     at_bound: jax.Array
     condition_number: jax.Array
     edm: jax.Array
+    newton_step: jax.Array
 
 
 def default_chunk_size(n: int, p: int) -> int:
@@ -364,6 +367,7 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
     cov = jac[:, None] * cov_u * jac[None, :]
     stderr = jnp.sqrt(jnp.diag(cov))
     g_u = jac * g_c
+    step = -_nan_to_zero(h_inv) @ g_u
     return Inference(
         cov=cov,
         stderr=stderr,
@@ -372,7 +376,8 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
         identified=identified,
         at_bound=at_bound,
         condition_number=_condition_number(h_u),
-        edm=0.5 * g_u @ _nan_to_zero(h_inv) @ g_u,
+        edm=-0.5 * g_u @ step,
+        newton_step=step,
     )
 
 
@@ -584,16 +589,31 @@ def refined_status_code(res) -> np.ndarray:
     pd = np.asarray(inf.positive_definite)
     code = np.where(check & at_bound, Status.AT_BOUND, code)
     code = np.where((code == Status.CONVERGED) & ~pd, Status.HESSIAN_NOT_POSITIVE_DEFINITE, code)
+    code = np.where((code == Status.CONVERGED) & short_of_minimum(res, inf),
+                    Status.NOT_AT_MINIMUM, code)
+    return code
+
+
+def short_of_minimum(res, inf: Inference) -> np.ndarray:
+    """Where a Newton step from the estimate would still gain and move: the EDM per
+    observation is above ``max(sqrt(eps), tol) * max(|nll|, 1)``, or, for an NLL at
+    rounding level (a likelihood approaching 1: separated classes), above a tenth of it;
+    and the step moves some parameter by more than ``sqrt(eps) * max(|u_j|, 1)`` (an
+    exact fit whose NLL is 0 at the minimum has an EDM equal to its NLL, but no step)."""
     nll = np.asarray(res.nll, np.float64)
     edm_mean = np.asarray(inf.edm, np.float64) / np.asarray(res.n_obs, np.float64)
     sqrt_eps = float(np.sqrt(np.finfo(np.asarray(res.nll).dtype).eps))
-    # Beyond rounding; or, for an NLL that is itself at rounding level (a likelihood
-    # approaching 1: separated classes), a sizeable share of what is left of it.
-    flat = (edm_mean > sqrt_eps * np.maximum(np.abs(nll), 1.0)) | (
+    level = max(sqrt_eps, res.tol or 0.0)
+    gains = (edm_mean > level * np.maximum(np.abs(nll), 1.0)) | (
         (np.abs(nll) < sqrt_eps) & (edm_mean > 0.1 * np.abs(nll))
     )
-    code = np.where((code == Status.CONVERGED) & flat, Status.NOT_AT_MINIMUM, code)
-    return code
+    batch = res.batch_shape
+    leaves = jax.tree_util.tree_leaves(res.u)
+    u = np.abs(np.concatenate([np.asarray(x, np.float64).reshape(batch + (-1,)) for x in leaves],
+                              axis=-1))
+    step = np.abs(np.asarray(inf.newton_step, np.float64))
+    moves = np.any(step > sqrt_eps * np.maximum(u, 1.0), axis=-1)
+    return gains & moves
 
 
 def _normal_quantile(level: float) -> float:

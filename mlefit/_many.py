@@ -631,4 +631,5 @@ def fit_many(
         problem=problem,
         transforms=transforms,
         minibatch=False,
+        tol=float(opts.tol),
     )

@@ -33,6 +33,7 @@ class FitResult(eqx.Module):
         history_buffer: mean NLL after each step (index 0: the start), NaN-padded;
             per epoch for minibatch fits. ``res.history`` trims it.
         u: the estimate in the unconstrained parametrisation the optimiser used.
+        tol: the gradient tolerance the fit used (``None``: the dtype's default).
     """
 
     params: Any
@@ -48,6 +49,7 @@ class FitResult(eqx.Module):
     problem: Problem = eqx.field(static=True)
     transforms: tuple = eqx.field(static=True)
     minibatch: bool = eqx.field(static=True, default=False)
+    tol: float | None = eqx.field(static=True, default=None)
 
     # -- outcome -----------------------------------------------------------------
     @property

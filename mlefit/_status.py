@@ -27,12 +27,15 @@ class Status(enum.IntEnum):
       equal: no MLE); it is not fitted and its parameters are NaN.
     - ``NOT_AT_MINIMUM``: the gradient is below ``tol``, but Newton's model of the NLL
       still predicts a decrease, ``EDM = g^T H^-1 g / 2`` (the estimated distance to the
-      minimum, as in Minuit), above ``sqrt(eps) * max(|nll|, 1)`` per observation (or
-      above a tenth of an ``nll`` that is below ``sqrt(eps)``), with a positive definite
-      Hessian: the gradient is small only because the NLL is flat there, typically because
-      the likelihood has no maximum at finite parameters (an exponential rate for data
-      that are all 0, ``nll = -log(rate)``; a logistic regression of perfectly separated
-      classes, ``nll -> 0`` as the coefficients grow). Set by inference.
+      minimum, as in Minuit), above ``max(sqrt(eps), tol) * max(|nll|, 1)`` per
+      observation (or above a tenth of an ``nll`` that is below ``sqrt(eps)``), with a
+      positive definite Hessian and a Newton step that moves the parameters: the
+      gradient is small only because the NLL is flat there, typically because the
+      likelihood has no maximum at finite parameters (an exponential rate for data that
+      are all 0, ``nll = -log(rate)``; a logistic regression of perfectly separated
+      classes, ``nll -> 0`` as the coefficients grow). Set by inference. (A default
+      ``fit`` of a small problem first tries Newton steps from there: parameters in large
+      units end here otherwise.)
     """
 
     CONVERGED = 0

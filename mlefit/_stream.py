@@ -737,6 +737,7 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
         problem=problem,
         transforms=transforms,
         minibatch=opts.batch_size is not None,
+        tol=float(opts.tol),
     )
 
 

@@ -246,6 +246,43 @@ def test_perfectly_separated_classes_are_not_at_minimum():
     assert res.status == Status.CONVERGED and float(res.edm) < 1e-12
 
 
+def test_an_exact_fit_whose_minimum_nll_is_0_is_converged():
+    # A user objective without the normalising constant: nll = mean (y - a - b x)^2 / 2
+    # on noise-free data has its minimum 0, and there EDM = nll exactly; but the Newton
+    # step is at rounding level, so the fit is at its minimum (a = 2, b = -1).
+    x = np.linspace(0.0, 3.0, 30)
+    y = 2.0 - x
+    res = mlefit.fit(lambda p, x, y: -0.5 * (y - p["a"] - p["b"] * x) ** 2, (x, y),
+                     init={"a": 0.0, "b": 0.0})
+    assert res.status == Status.CONVERGED
+    assert abs(float(res.params["a"]) - 2.0) < 1e-8 and abs(float(res.params["b"]) + 1.0) < 1e-8
+
+
+def test_a_looser_tol_is_not_reported_as_short_of_the_minimum():
+    # With tol = 1e-4 the user accepts an EDM of that order: the fit is converged, and
+    # within 1e-2 of scipy's Weibull fit (the default tol agrees to 1e-6).
+    x = np.random.default_rng(14).weibull(1.4, 60) * 100.0
+    shape, _, scale = scipy.stats.weibull_min.fit(x, floc=0)
+    for tol, agree in ((1e-4, 1e-2), (None, 1e-6)):
+        res = mlefit.fit(mlefit.models.Weibull(), x, tol=tol)
+        assert res.status == Status.CONVERGED, tol
+        assert rel_err(res.params["shape"], shape) < agree
+        assert rel_err(res.params["scale"], scale) < agree
+
+
+def test_parameters_in_large_units_are_finished_by_newton():
+    # Scale 1e7: u = softplus^-1(scale) has curvature ~ 1/scale^2, so max|g| <= tol is
+    # met early (the fit was 7% off, 0.35 standard errors); EDM sees it and Newton steps
+    # from the estimate finish it. The MLE is equivariant: it must be 1e7 x the MLE of the
+    # data in small units.
+    x = np.random.default_rng(0).weibull(0.6, 100)
+    big = mlefit.fit(mlefit.models.Weibull(), x * 1e7)
+    small = mlefit.fit(mlefit.models.Weibull(), x)
+    assert big.status == Status.CONVERGED and small.status == Status.CONVERGED
+    assert rel_err(big.params["scale"], 1e7 * small.params["scale"]) < 1e-8
+    assert rel_err(big.params["shape"], small.params["shape"]) < 1e-8
+
+
 def test_edm_is_the_exact_remaining_decrease_of_a_quadratic_nll(gauss_data):
     # NLL quadratic in mu (sigma known): from mu_hat + delta the Newton step is exact and
     # gains n delta^2 / (2 sigma^2); at the optimum nothing is left.
