@@ -792,7 +792,11 @@ def fit(
             is returned when its NLL is lower, or equal within rounding and converged.
             So is one with ``n_obs * n_params^2 <= 1e6`` that converges where the
             Hessian of the NLL is not positive definite (a flat region or a saddle);
-            there the refit must converge with a positive definite Hessian.
+            one that converges short of its minimum (``not_at_minimum``) takes Newton
+            steps from its estimate instead. Either is kept only if it converges with a
+            positive definite Hessian. Such small fits compute that Hessian (the one
+            ``res.status`` and ``res.stderr`` use, cached in the result) before
+            returning.
         batch_size: minibatch size; turns on minibatch SGD, reshuffled each epoch.
         epochs: passes over the data for minibatch fits (default 10).
         key: PRNG key for the shuffles (default ``jax.random.key(0)``).
