@@ -566,11 +566,10 @@ def refined_status_code(res) -> np.ndarray:
 
     CONVERGED or STALLED with a parameter at its bound -> AT_BOUND; otherwise CONVERGED
     with a Hessian that is not positive definite -> HESSIAN_NOT_POSITIVE_DEFINITE, and
-    CONVERGED with a positive definite one whose EDM per observation exceeds
-    ``sqrt(eps) * max(|nll|, 1)``, or a tenth of ``|nll|`` where ``|nll| < sqrt(eps)``,
-    -> NOT_AT_MINIMUM (a small gradient on a flat NLL: an NLL like ``-log(rate)`` or
-    ``exp(-t)`` with no minimum at finite parameters has ``EDM = n / 2`` or ``n nll / 2``).
-    Other statuses (max_steps, non_finite, ...) are the optimiser's and are kept.
+    CONVERGED with a positive definite one where :func:`short_of_minimum` -> NOT_AT_MINIMUM
+    (a small gradient on a flat NLL: an NLL like ``-log(rate)`` or ``exp(-t)`` with no
+    minimum at finite parameters has ``EDM = n / 2`` or ``n nll / 2``). Other statuses
+    (max_steps, non_finite, ...) are the optimiser's and are kept.
     """
     code = np.asarray(res.status_code).copy()
     check = (code == Status.CONVERGED) | (code == Status.STALLED)
