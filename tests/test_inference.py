@@ -265,6 +265,7 @@ def test_a_looser_tol_is_not_reported_as_short_of_the_minimum():
     shape, _, scale = scipy.stats.weibull_min.fit(x, floc=0)
     for tol, agree in ((1e-4, 1e-2), (None, 1e-6)):
         res = mlefit.fit(mlefit.models.Weibull(), x, tol=tol)
+        assert res.tol == (tol or 1e-9)  # the default in float64
         assert res.status == Status.CONVERGED, tol
         assert rel_err(res.params["shape"], shape) < agree
         assert rel_err(res.params["scale"], scale) < agree
