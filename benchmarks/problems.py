@@ -563,7 +563,9 @@ def gamma_fit_once(X):
 def _fit_many_fallback(X):
     """``jax.vmap`` of mlefit's compiled loop, for when ``mlefit.fit_many`` is missing."""
     from mlefit._constraints import constrain, split_init
-    from mlefit._fit import default_optimizer, full_batch_loop, objective
+    from mlefit._iterate import iterate
+    from mlefit._objective import objective
+    from mlefit._solver_optax import OptaxSolver, default_optimizer
 
     u0, tr = split_init({"shape": mlefit.Positive(1.0), "scale": mlefit.Positive(1.0)},
                         jnp.float64)
@@ -572,8 +574,8 @@ def _fit_many_fallback(X):
     def run(X):
         def one(x):
             f = objective(gamma_logp, tr, (x,), None)
-            u, _, _, steps, _, _ = full_batch_loop(f, default_optimizer(), u0, TOL64, 1000,
-                                                   False)
+            u, _, _, steps, _, _ = iterate(OptaxSolver(default_optimizer()), f, u0, TOL64,
+                                           1000)
             return constrain(u, tr), steps
 
         return jax.vmap(one)(X)
@@ -617,7 +619,7 @@ def gamma_many(cfg: Config) -> list[Row]:
             p, steps = _fit_many_fallback(X)
             return Outcome(jax.tree.map(np.asarray, p), int(np.max(steps)))
 
-        rows.append(_row(name, "jax.vmap(mlefit full_batch_loop) (fit_many missing)", run_fb,
+        rows.append(_row(name, "jax.vmap(mlefit iterate) (fit_many missing)", run_fb,
                          ja, jb, gamma_nll, cfg.reps, True, A, is_ref=True))
 
     m = cfg.loop_sets or sets
@@ -786,7 +788,7 @@ def _best(f, *args, reps=15):
 def floor(cfg: Config) -> list[Row]:
     """Rows with the loss+gradient evaluation times; prints the bandwidth."""
     from mlefit._constraints import split_init
-    from mlefit._fit import objective
+    from mlefit._objective import objective
 
     n = cfg.n_logistic
     name = f"floor: one loss+grad, logistic N={n:.0e} d=33"

@@ -34,13 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._fit import (
+from ._minibatch import (
     MinibatchState,
     minibatch_epochs,
     minibatch_finish,
     minibatch_history_dtype,
     minibatch_init,
 )
+from ._progress import progress_bar
 from ._status import Status
 
 __all__ = [
@@ -268,7 +269,6 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
     ``progress`` a tqdm bar advances by epochs (chunks of one epoch when no checkpoint
     sets them), showing the mean NLL of the last epoch.
     """
-    from ._fit import _progress_bar
 
     opt, batch_size, epochs, key = opts.optimizer, opts.batch_size, opts.epochs, opts.key
     n = data[0].shape[0] if layout is None else layout.n_obs
@@ -287,7 +287,7 @@ def run_minibatch(problem, transforms, opts, u0, data, weights, tol, *, layout=N
     interrupted = False
     if layout is None:
         data, weights = jax.device_put((data, weights))  # once, not once per chunk
-    bar = _progress_bar(progress, unit="epoch")
+    bar = progress_bar(progress, unit="epoch")
     if bar is not None:
         bar.reset(total=epochs)
         bar.update(start)

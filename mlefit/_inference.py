@@ -54,13 +54,17 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain, jacobian_diag
+from ._defaults import DEFAULT_MAX_STEPS, default_tol
+from ._iterate import iterate
 from ._likelihood import mean_nll
+from ._solver_optax import OptaxSolver, default_optimizer
 from ._status import Status
 
 __all__ = [
     "Inference",
     "LRTest",
     "analyse",
+    "analyse_hessian",
     "hessian_total",
     "opg_total",
     "profile_nll",
@@ -183,6 +187,17 @@ def _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size):
         return g, hess
 
     return _chunked_sum(piece, data, weights, chunk, c_flat.dtype)
+
+
+def _grad_hessian_of(fn, x):
+    """Gradient and Hessian of ``fn`` at ``x`` (forward-over-reverse)."""
+
+    def grad_twice(x):
+        g = jax.grad(fn)(x)
+        return g, g
+
+    hess, g = jax.jacfwd(grad_twice, has_aux=True)(x)
+    return g, hess
 
 
 def _opg_c(logp, c_flat, unravel, data, weights, chunk_size):
@@ -320,7 +335,8 @@ def _nan_to_zero(x):
     return jnp.where(jnp.isnan(x), 0.0, x)
 
 
-def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None):
+def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None,
+            total_nll=None):
     """Returns the :class:`Inference` of a fit: covariance, stderr, Hessian and diagnostics.
 
     - observed: ``cov_u = H_u^-1`` (inverse Hessian of the total NLL);
@@ -334,6 +350,9 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
     Args:
         logp, transforms, u, data, weights, chunk_size: as :func:`hessian_total`.
         kind: ``"observed"`` (default), ``"opg"`` or ``"sandwich"`` (static).
+        total_nll: optional ``params -> total NLL`` giving the same value as the data's
+            (e.g. from sufficient statistics): the observed Hessian and gradient are then
+            taken from it instead of a pass over the observations.
 
     Example:
         >>> import jax.numpy as jnp, jax.scipy.stats as st
@@ -346,7 +365,10 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
     if kind not in COVARIANCE_KINDS:
         raise ValueError(f"kind: expected one of {COVARIANCE_KINDS}, got {kind!r}")
     _, c_flat, jac, d2, unravel = _flat_pieces(transforms, u)
-    g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
+    if total_nll is None:
+        g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
+    else:
+        g_c, h_c = _grad_hessian_of(lambda cf: total_nll(unravel(cf)), c_flat)
     h_u = _chain_rule(h_c, g_c, jac, d2)
     low, high = _flat_bounds(transforms, u, c_flat.dtype)
     at_bound = _at_bound(c_flat, g_c, jnp.diag(h_c), low, high)
@@ -381,6 +403,39 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
     )
 
 
+def analyse_hessian(transforms, u, grad_u, hess_u) -> Inference:
+    """The observed-information :class:`Inference` from the gradient and Hessian of the
+    total NLL in the unconstrained parametrisation (e.g. Newton's, at its last iterate).
+
+    The constrained gradient and curvature that the at-bound test needs follow from the
+    chain rule backwards, ``g_c = g_u / J``, ``h_c,jj = (H_u,jj - g_c,j c''_j) / J_j^2``;
+    a parameter whose ``J = dc/du`` underflowed to 0 sits at its bound.
+    """
+    _, c_flat, jac, d2, _ = _flat_pieces(transforms, u)
+    zero = jac == 0
+    safe = jnp.where(zero, 1.0, jac)
+    g_c = grad_u / safe
+    h_c_diag = (jnp.diag(hess_u) - g_c * d2) / safe**2
+    low, high = _flat_bounds(transforms, u, c_flat.dtype)
+    at_bound = _at_bound(c_flat, g_c, h_c_diag, low, high) | (
+        zero & (jnp.isfinite(low) | jnp.isfinite(high))
+    )
+    h_inv, positive_definite, identified = _regularised_inverse(hess_u, ~at_bound)
+    cov = jac[:, None] * h_inv * jac[None, :]
+    step = -_nan_to_zero(h_inv) @ grad_u
+    return Inference(
+        cov=cov,
+        stderr=jnp.sqrt(jnp.diag(cov)),
+        hessian=hess_u,
+        positive_definite=positive_definite,
+        identified=identified,
+        at_bound=at_bound,
+        condition_number=_condition_number(hess_u),
+        edm=-0.5 * grad_u @ step,
+        newton_step=step,
+    )
+
+
 def _weight_total(data, weights, dtype):
     if weights is None:
         return jnp.asarray(data[0].shape[0], dtype)
@@ -394,7 +449,7 @@ def profile_nll(
 
     ``N_prof(index, u_value) = min over u_-index of N(u with u[index] = u_value)``, the
     total NLL; ``status`` is the re-fit's :class:`Status` code. The re-fit starts at
-    ``u`` and runs :func:`mlefit._fit.full_batch_loop` on the mean NLL; the fixed
+    ``u`` and runs :func:`mlefit._iterate.iterate` with ``optimizer`` on the mean NLL; the fixed
     coordinate has zero gradient, so ``index`` may be a traced value and the function
     vmaps over ``(index, u_value)`` pairs with one compilation.
 
@@ -407,8 +462,6 @@ def profile_nll(
         >>> round(float(nll) - 4 * 0.9189385332, 6)  # 4 * (1 - 0)^2 / 2
         2.0
     """
-    from ._fit import full_batch_loop  # _fit imports _result, which imports this lazily
-
     u_flat, unravel = ravel_pytree(u)
 
     def f(r):
@@ -417,9 +470,7 @@ def profile_nll(
 
     # No Newton polish: it would put a Hessian in every vmapped re-fit (compile time), and
     # the profile NLL needs the minimum only to within the gradient tolerance.
-    _, value, _, _, status, _ = full_batch_loop(
-        f, optimizer, u_flat, tol, max_steps, False, polish=False
-    )
+    _, value, _, _, status, _ = iterate(OptaxSolver(optimizer), f, u_flat, tol, max_steps)
     return _weight_total(data, weights, value.dtype) * value, status
 
 
@@ -483,6 +534,11 @@ def compute_inference(res, kind: str = "observed", chunk_size: int | None = None
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), out)
 
 
+def seed_inference(res, inference: Inference, kind: str = "observed") -> None:
+    """Stores an :class:`Inference` computed with the fit (in its program) for ``res``."""
+    _cache_of(res)[kind] = inference
+
+
 def inference_of(res, kind: str = "observed") -> Inference:
     """The :class:`Inference` of ``res``, computed once per result object and kind."""
     _check_kind(kind)
@@ -511,7 +567,7 @@ def n_params(res) -> int:
 def _unflatten(res, flat):
     """A flat ``(..., p)`` array back to the structure of ``res.params``."""
     batch = res.batch_shape
-    flat = jnp.asarray(flat)
+    flat = flat if isinstance(flat, jax.core.Tracer) else np.asarray(flat)
     out, off = [], 0
     leaves, treedef = jax.tree_util.tree_flatten(res.u)
     for x in leaves:
@@ -657,9 +713,11 @@ def wald_confint(res, level: float = 0.95, params=None, kind: str = "observed") 
 
 def _flat_params(res):
     batch = res.batch_shape
-    c = constrain(res.u, res.transforms) if not batch else None
-    if c is not None:
-        return ravel_pytree(c)[0]
+    if not batch:  # res.params holds the constrained values, leaves in the order of u
+        leaves = [np.ravel(np.asarray(x)) for x in jax.tree_util.tree_leaves(res.params)]
+        if sum(x.size for x in leaves) == n_params(res):
+            return np.concatenate(leaves)
+        return ravel_pytree(constrain(res.u, res.transforms))[0]
     size = math.prod(batch)
     u = jax.tree.map(lambda x: x.reshape((size,) + x.shape[len(batch):]), res.u)
     flat = jax.vmap(lambda v: ravel_pytree(constrain(v, res.transforms))[0])(u)
@@ -689,8 +747,6 @@ def _bucket(k: int) -> int:
 
 def _profile_eval(res, indices, u_values):
     """Profile total NLL and convergence at each ``(index, u_value)`` pair (one vmapped call)."""
-    from ._fit import DEFAULT_MAX_STEPS, default_optimizer, default_tol
-
     indices = np.asarray(indices, dtype=np.int32).ravel()
     u_values = np.asarray(u_values, dtype=float).ravel()
     k = indices.size

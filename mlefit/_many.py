@@ -22,29 +22,19 @@ import optax
 from ._checks import check_model_output, float_dtype, numeric_arrays
 from ._compiled import compiled_call
 from ._constraints import constrain, is_constraint, split_init
-from ._fit import (
-    Reduced,
-    _init_not_finite_message,
-    _max_norm,
-    check_options,
-    fit_fingerprint,
-    full_batch_loop,
-    objective,
-    use_polish,
-)
+from ._defaults import DEFAULT_MAX_STEPS_MANY, DEFAULT_MAX_STEPS_MANY_NEWTON, use_newton
+from ._fit import _init_not_finite_message, fit_fingerprint
+from ._iterate import iterate
 from ._model import AbstractModel, Problem, as_problem
-from ._newton import NEWTON, NEWTON_MAX_PARAMS, newton_loop
+from ._newton import NEWTON, Newton
+from ._objective import Reduced, objective
+from ._options import check_options
 from ._result import FitResult
+from ._solver_optax import OptaxSolver
 from ._status import Status
 from ._suffstats import plan_for, reduced_mean_loglik, specialise, suffstats
 
-__all__ = ["fit_many", "DEFAULT_MAX_STEPS_NEWTON", "DEFAULT_MAX_STEPS_MANY"]
-
-# Newton converges in ~3-25 steps when it converges at all (refused steps count too);
-# a diverging member (e.g. zero spread) runs to the budget and sets the time for all.
-DEFAULT_MAX_STEPS_NEWTON = 100
-# L-BFGS budget per member: a batched loop costs as much as its slowest member.
-DEFAULT_MAX_STEPS_MANY = 2_000
+__all__ = ["fit_many"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,13 +411,12 @@ def _fit_many_traced(
         else:
             stats = suffstats(spec, data, w)  # once per data set, before the loop
             f = lambda u: -reduced_mean_loglik(spec, constrain(u, transforms), stats)  # noqa: E731
-        if solver == NEWTON:
-            out = newton_loop(f, u0, tol, max_steps, record_history)
-        else:
-            polish = use_polish(solver, u0, data[0].shape[0])
-            out = full_batch_loop(f, solver, u0, tol, max_steps, record_history, polish)
-        u, value, grad, steps, status, hist = out
-        return u, value, _max_norm(grad), steps, status, hist, constrain(u, transforms)
+        one_solver = Newton(eig=False) if solver == NEWTON else OptaxSolver(solver)
+        u, value, grad, steps, status, hist = iterate(
+            one_solver, f, u0, tol, max_steps, record_history
+        )
+        grad_norm = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grad)]))
+        return u, value, grad_norm, steps, status, hist, constrain(u, transforms)
 
     in_axes = (0 if batched_init else None, 0, None if weights is None else 0)
     return jax.vmap(one, in_axes=in_axes)(u0, data, weights)
@@ -465,9 +454,9 @@ def _count_params(u0, batched: bool) -> int:
     )
 
 
-def _choose_solver(optimizer, n_params: int):
+def _choose_solver(optimizer, n_obs: int, n_params: int):
     if optimizer is None:
-        return NEWTON if n_params <= NEWTON_MAX_PARAMS else None
+        return NEWTON if use_newton(n_obs, n_params) else None
     if isinstance(optimizer, str):
         if optimizer != NEWTON:
             raise ValueError(f"optimizer: the only named optimizer is 'newton', got {optimizer!r}")
@@ -584,9 +573,9 @@ def fit_many(
     if batched_init:
         _check_batched_u0(u0, B)
         u0 = nan_starts(u0, bad_starts)
-    solver = _choose_solver(optimizer, _count_params(u0, batched_init))
+    solver = _choose_solver(optimizer, n, _count_params(u0, batched_init))
     if max_steps is None:
-        max_steps = DEFAULT_MAX_STEPS_NEWTON if solver == NEWTON else DEFAULT_MAX_STEPS_MANY
+        max_steps = DEFAULT_MAX_STEPS_MANY_NEWTON if solver == NEWTON else DEFAULT_MAX_STEPS_MANY
     opts = check_options(
         n, dtype, None if solver == NEWTON else solver, None, None, None, max_steps, tol, history
     )

@@ -20,29 +20,26 @@ and a member that has stopped is frozen by the batched loop's masking.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+import equinox as eqx
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 
+from ._defaults import NEWTON_MAX_REFUSALS, RUNNING
+from ._iterate import AbstractSolver, iterate
 from ._status import Status
 
-__all__ = ["newton_loop", "value_grad_hessian", "NEWTON", "NEWTON_MAX_PARAMS"]
+__all__ = ["Newton", "newton_loop", "value_grad_hessian", "NEWTON"]
 
-NEWTON = "newton"  # the optimizer name that selects this loop in fit and fit_many
+NEWTON = "newton"  # the optimizer name that selects this solver in fit and fit_many
 
-_RUNNING = -1
 # Unrolled (elementwise) Cholesky up to this size: under vmap on CPU a batched
 # LAPACK call per member is far slower than a few dozen vectorised scalar ops.
 _UNROLL_MAX = 8
-# Refused steps in a row before the fit counts as stalled (lam grew by 2^(30*31/2)).
-_MAX_REFUSALS = 30
 _LAM_FIRST = 1e-4
-# A stalled fit still counts as converged when its gradient is within this factor of tol.
-_STALL_TOL_FACTOR = 100.0
-# Above this many parameters an exact Hessian per step costs more than it saves.
-NEWTON_MAX_PARAMS = 32
+# Damping of the restart from a flat region: scaled gradient steps first.
+_LAM_RESTART = 100.0
 
 
 def value_grad_hessian(ff):
@@ -143,7 +140,15 @@ def _direction_eig(h, g, lam):
     return jnp.where(jnp.all(jnp.isfinite(d)), d, -s * s * g), pd
 
 
-class _Carry(NamedTuple):
+def _positive_definite(h):
+    """Whether ``h`` is numerically positive definite (Jacobi-scaled eigenvalues > 0)."""
+    s = _marquardt_scale(h)
+    w = jnp.linalg.eigvalsh(s[:, None] * h * s[None, :])
+    return jnp.all(w > 1e3 * jnp.finfo(h.dtype).eps * jnp.max(jnp.abs(w))) & jnp.all(
+        jnp.isfinite(w))
+
+
+class _State(NamedTuple):
     x: jax.Array
     value: jax.Array
     grad: jax.Array
@@ -151,73 +156,100 @@ class _Carry(NamedTuple):
     lam: jax.Array
     nu: jax.Array
     refusals: jax.Array
-    step: jax.Array
-    status: jax.Array
-    history: Any
+    first: jax.Array
+    hess_exact: jax.Array
+    start: tuple  # (x, value, grad, hess, hess_exact) at the start, for the restart
+    restarted: jax.Array
 
 
-def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False, eig: bool = False):
-    """Minimises ``f`` from ``u0`` by damped Newton steps inside one ``lax.while_loop``.
+class Newton(AbstractSolver):
+    """Damped Newton with the exact Hessian: one trial point per step.
 
-    Returns ``(u, value, grad, steps, status, history)`` like
-    :func:`mlefit._fit.full_batch_loop`; ``u`` has the structure of ``u0``.
+    ``(H + lam D) d = -g`` in Marquardt's scaling; ``u + d`` is taken when it decreases
+    ``f`` beyond rounding, or keeps it within rounding while the gradient shrinks.
+    ``lam`` starts at 0 (plain Newton) and follows Nielsen's update. Its own verdicts:
+    ``CONVERGED`` when a full Newton step (positive definite Hessian, no damping)
+    predicts a gain below the rounding level of ``f`` (Newton decrement
+    ``-g.d / 2 <= 8 eps max(|f|, 1)``: nothing left to gain at machine precision); that
+    last step is taken when ``f`` stays within rounding;
+    ``STALLED`` after 30 refused steps in a row; ``NON_FINITE`` when a trial point has
+    ``f = -inf`` (the likelihood is unbounded: no MLE, e.g. zero spread). Any other
+    non-finite trial point is refused like a rise, so the iterate stays finite.
 
-    Stops with ``CONVERGED`` when ``max|grad| <= tol``, or when a refused full Newton
-    step (positive definite Hessian, no damping) was predicted to gain less than the
-    rounding level of ``f`` (Newton decrement ``-g.d / 2 <= 8 eps max(|f|, 1)``:
-    nothing left to gain at machine precision);
-    ``STALLED`` after 30 refused steps in a row (``CONVERGED`` if ``max|grad|`` is
-    within 100 x tol); ``MAX_STEPS`` at the budget; ``INIT_NOT_FINITE`` when ``f``
-    or its gradient at ``u0`` is not finite; ``NON_FINITE`` when a trial point has
-    ``f = -inf`` (the likelihood is unbounded: no MLE exists, e.g. zero spread). Any
-    other non-finite trial point is refused like a rise, so the iterate is always
-    finite. The continue flag is computed in the body and carried (a vmapped
-    condition that recomputes it can fail to stop).
-    The start is evaluated by the loop's first pass (one traced copy of the
-    value/gradient/Hessian program, which halves compile time).
+    ``eig=True`` (``fit``): saddle-free steps from an eigendecomposition,
+    :func:`_direction_eig`; on NIST's nonlinear regressions (40 fits, both starts) 36
+    reached the certified values against 27 with the Gershgorin shift. ``eig=False``
+    (``fit_many``): a Gershgorin shift where ``H + lam D`` is not positive definite, with
+    an unrolled Cholesky for up to 8 parameters (cheap under ``vmap``).
 
-    ``eig=False`` (``fit_many``): where ``H + lam D`` is not positive definite, a
-    Gershgorin shift, with an unrolled Cholesky for up to 8 parameters (cheap under
-    ``vmap``). ``eig=True`` (``fit``): saddle-free steps from an eigendecomposition,
-    :func:`_direction_eig`; on NIST's nonlinear regressions (40 fits, both starts)
-    36 reached the certified values against 27 with the Gershgorin shift, which can be
-    orders of magnitude larger than needed and then crawls.
+    ``restart=True`` (``fit``): a fit that would stop (gradient below ``tol``, or
+    stalled) where the Hessian is not positive definite (a flat region or a saddle:
+    plain Newton from a far start can walk into one, NIST's Eckerle4 from start 1) is
+    restarted once from the start with heavy damping (``lam = 100``: scaled gradient
+    steps first, Newton's as the damping decays); the loop returns the better end.
 
-    Example:
-        >>> import jax.numpy as jnp
-        >>> f = lambda u: jnp.sum((u - 3.0) ** 2)
-        >>> u, v, g, steps, status, _ = newton_loop(f, jnp.zeros(2), 1e-9, 50)
-        >>> [round(v, 12) for v in u.tolist()], int(status)
-        ([3.0, 3.0], 0)
+    The start is evaluated by the loop's first pass (``lazy_start``: one traced copy of
+    the value/gradient/Hessian program, which halves compile time).
     """
-    x0, unravel = jax.flatten_util.ravel_pytree(u0)
-    vgh = value_grad_hessian(lambda x: f(unravel(x)))
-    dtype = x0.dtype
-    p = x0.size
-    eps = jnp.finfo(dtype).eps
 
-    def slack(v):
-        return 8 * eps * jnp.maximum(jnp.abs(v), 1.0)
+    eig: bool = eqx.field(static=True, default=True)
+    restart: bool = eqx.field(static=True, default=False)
+    lam0: float = eqx.field(static=True, default=0.0)
+    lazy_start = True
+    monotone = True  # a step is taken only when f drops, or stays within rounding
 
-    def gnorm(g):
-        return jnp.max(jnp.abs(g))
+    def hessian(self, s: _State):
+        """``(H, exact)``: the Hessian of ``f`` at the current iterate, and whether it is
+        the exact one (not the identity that stands in for a non-finite one at the start)."""
+        return s.hess, s.hess_exact
 
-    hist0 = jnp.full((max_steps + 1,), jnp.nan, dtype) if record_history else None
+    def init(self, f, x0):
+        dtype = x0.dtype
+        p = x0.size
+        return _State(
+            x0, jnp.asarray(jnp.inf, dtype), jnp.zeros_like(x0), jnp.eye(p, dtype=dtype),
+            jnp.asarray(self.lam0, dtype), jnp.asarray(2.0, dtype), jnp.asarray(0, jnp.int32),
+            jnp.asarray(True), jnp.asarray(False),
+            (x0, jnp.asarray(jnp.inf, dtype), jnp.zeros_like(x0), jnp.eye(p, dtype=dtype),
+             jnp.asarray(False)),
+            jnp.asarray(False),
+        )
 
-    def body(c: _Carry) -> _Carry:
-        first = c.step < 0
-        d, pd = (_direction_eig if eig else _direction)(c.hess, c.grad, c.lam)
+    def current(self, s: _State):
+        return s.x, s.value, s.grad
+
+    def step(self, f, c: _State, tol):
+        vgh = value_grad_hessian(f)
+        dtype = c.x.dtype
+        eps = jnp.finfo(dtype).eps
+        p = c.x.size
+
+        def slack(v):
+            return 8 * eps * jnp.maximum(jnp.abs(v), 1.0)
+
+        def gnorm(g):
+            return jnp.max(jnp.abs(g))
+
+        first = c.first
+        d, pd = (_direction_eig if self.eig else _direction)(c.hess, c.grad, c.lam)
         xt = c.x + jnp.where(first, 0.0, d)
         vt, gt, ht = vgh(xt)
         finite_vg = jnp.isfinite(vt) & jnp.all(jnp.isfinite(gt))
         # A non-finite Hessian at the start: gradient steps from there.
-        ht = jnp.where(first & ~jnp.all(jnp.isfinite(ht)), jnp.eye(p, dtype=dtype), ht)
+        exact = jnp.all(jnp.isfinite(ht))
+        ht = jnp.where(first & ~exact, jnp.eye(p, dtype=dtype), ht)
         ok = finite_vg & jnp.all(jnp.isfinite(ht))
         drop = vt < c.value - slack(c.value)
-        flat = (vt <= c.value + slack(c.value)) & (gnorm(gt) < gnorm(c.grad))
-        accept = ok & (first | drop | flat)
+        within = vt <= c.value + slack(c.value)
+        flat = within & (gnorm(gt) < gnorm(c.grad))
         gd = jnp.dot(c.grad, d)
         decrement = -0.5 * gd
+        # Resolved: a full Newton step (positive definite Hessian, no damping) that
+        # predicts no gain beyond the rounding level of f. The values cannot judge it,
+        # the gradient and Hessian place it: it is taken when f stays within rounding
+        # (on an ill-conditioned regression it gains 3-4 digits), and the fit converged.
+        resolved = ~first & pd & (c.lam <= _LAM_FIRST) & (decrement <= slack(c.value))
+        accept = ok & (first | drop | flat | (resolved & within))
         x, v, g, h = jax.tree.map(
             lambda new, old: jnp.where(accept, new, old),
             (xt, vt, gt, ht),
@@ -238,53 +270,52 @@ def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False, eig: b
         )
         nu = jnp.where(accept, 2.0, 2.0 * c.nu)
         refusals = jnp.where(accept, 0, c.refusals + 1)
-        step = c.step + 1
-        gn = gnorm(g)
         # A trial NLL of -inf: the likelihood is unbounded (zero spread, a collapsing
         # scale), so there is no MLE to converge to; stop rather than crawl to max_steps.
         unbounded = ~first & (vt == -jnp.inf)
-        status = jnp.where(
+        verdict = jnp.where(
             first & ~finite_vg,
             Status.INIT_NOT_FINITE,
             jnp.where(
                 unbounded,
                 Status.NON_FINITE,
                 jnp.where(
-                    gn <= tol,
+                    resolved,
                     Status.CONVERGED,
-                    jnp.where(
-                        # a refused full Newton step that predicted no gain beyond rounding
-                        ~accept & pd & (c.lam <= _LAM_FIRST) & (decrement <= slack(v)),
-                        Status.CONVERGED,
-                        jnp.where(
-                            refusals >= _MAX_REFUSALS,
-                            jnp.where(
-                                gn <= _STALL_TOL_FACTOR * tol, Status.CONVERGED, Status.STALLED
-                            ),
-                            jnp.where(step >= max_steps, Status.MAX_STEPS, _RUNNING),
-                        ),
-                    ),
+                    jnp.where(refusals >= NEWTON_MAX_REFUSALS, Status.STALLED, RUNNING),
                 ),
             ),
         ).astype(jnp.int32)
-        history = c.history
-        if record_history:
-            history = history.at[step].set(jnp.where(first & ~finite_vg, jnp.nan, v))
         v = jnp.where(first & ~finite_vg, vt, v)
-        return _Carry(x, v, g, h, lam, nu, refusals, step, status, history)
+        hess_exact = jnp.where(accept, exact, c.hess_exact)
+        start = jax.tree.map(lambda new, old: jnp.where(first, new, old),
+                             (x, v, g, h, hess_exact), c.start)
+        restarted = c.restarted
+        if self.restart:
+            stops = ~first & ((gnorm(g) <= tol) | (verdict == Status.STALLED))
+            again = stops & ~restarted & ~_positive_definite(h)
+            x, v, g, h, hess_exact = jax.tree.map(
+                lambda s0, cur: jnp.where(again, s0, cur), start, (x, v, g, h, hess_exact)
+            )
+            lam = jnp.where(again, _LAM_RESTART, lam)
+            nu = jnp.where(again, 2.0, nu)
+            refusals = jnp.where(again, 0, refusals)
+            verdict = jnp.where(again, RUNNING, verdict).astype(jnp.int32)
+            restarted = restarted | again
+        state = _State(x, v, g, h, lam, nu, refusals, jnp.asarray(False), hess_exact, start,
+                       restarted)
+        return state, verdict
 
-    zero = jnp.zeros((), dtype)  # lam: plain Newton first
-    carry0 = _Carry(
-        x0,
-        jnp.asarray(jnp.inf, dtype),
-        jnp.zeros_like(x0),
-        jnp.eye(p, dtype=dtype),
-        zero,
-        jnp.asarray(2.0, dtype),
-        jnp.asarray(0, jnp.int32),
-        jnp.asarray(-1, jnp.int32),
-        jnp.asarray(_RUNNING, jnp.int32),
-        hist0,
-    )
-    c = jax.lax.while_loop(lambda c: c.status == _RUNNING, body, carry0)
-    return unravel(c.x), c.value, unravel(c.grad), c.step, c.status, c.history
+
+def newton_loop(f, u0, tol, max_steps: int, record_history: bool = False, eig: bool = False):
+    """:func:`mlefit._iterate.iterate` with :class:`Newton`: minimises ``f`` from the pytree
+    ``u0``; returns ``(u, value, grad, steps, status, history)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> f = lambda u: jnp.sum((u - 3.0) ** 2)
+        >>> u, v, g, steps, status, _ = newton_loop(f, jnp.zeros(2), 1e-9, 50)
+        >>> [round(v, 12) for v in u.tolist()], int(status)
+        ([3.0, 3.0], 0)
+    """
+    return iterate(Newton(eig=eig), f, u0, tol, max_steps, record_history)

@@ -91,7 +91,8 @@ class FitResult(eqx.Module):
     @property
     def loglik(self) -> jax.Array:
         """Total log-likelihood at the estimate, ``-n_obs * nll``."""
-        return -self.n_obs * self.nll
+        xp = _xp(self.n_obs, self.nll)
+        return -xp.asarray(self.n_obs) * xp.asarray(self.nll)
 
     @property
     def history(self):
@@ -198,7 +199,8 @@ class FitResult(eqx.Module):
     @property
     def bic(self) -> jax.Array:
         """Bayesian information criterion ``k log(n_obs) - 2 loglik``."""
-        return self.n_params * jnp.log(self.n_obs) - 2.0 * self.loglik
+        xp = _xp(self.n_obs)
+        return self.n_params * xp.log(xp.asarray(self.n_obs)) - 2.0 * self.loglik
 
     def confint(self, level: float = 0.95, method: str = "wald", params=None,
                 kind: str = "observed"):
@@ -265,6 +267,11 @@ class FitResult(eqx.Module):
             f"n_obs={_num(self.n_obs)}, status={self.status}, steps={int(self.steps)}, "
             f"grad_norm={float(self.grad_norm):.3g})"
         )
+
+
+def _xp(*xs):
+    """NumPy for concrete values (no small programs to compile), ``jax.numpy`` for traced."""
+    return jnp if any(isinstance(x, jax.core.Tracer) for x in xs) else np
 
 
 def _as_status(code: np.ndarray):

@@ -40,18 +40,15 @@ import optax
 
 from ._checks import check_data, check_model_output, float_dtype
 from ._constraints import Identity, constrain, split_init
-from ._fit import (
-    MinibatchState,
-    _all_finite,
-    _max_norm,
-    check_options,
-    epoch_batches,
-    sgd_step,
-)
 from ._likelihood import _resolve, total_loglik
+from ._minibatch import MinibatchState, epoch_batches, sgd_step
 from ._model import as_problem
+from ._options import check_options
+from ._progress import progress_bar
 from ._result import FitResult
 from ._status import Status
+from ._trees import all_finite as _all_finite
+from ._trees import max_norm as _max_norm
 from ._trees import vdot as _vdot
 
 __all__ = [
@@ -746,7 +743,6 @@ def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, r
     """SGD epochs over the stream; returns ``(u, history, steps, bad, interrupted)``."""
     from . import _checkpoint
     from ._checkpoint import fit_identity, resume_state, saved_state
-    from ._fit import _progress_bar
 
     opt, batch_size, epochs, key = opts.optimizer, opts.batch_size, opts.epochs, opts.key
     rows = _rows_for(src, batch_size)
@@ -764,7 +760,7 @@ def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, r
                                                  user_key)
         steps = int(header["steps"])
     order = src.shuffle
-    bar = _progress_bar(progress, unit="obs")
+    bar = progress_bar(progress, unit="obs")
     if bar is not None and src.n_obs is not None:
         bar.reset(total=(epochs - start) * src.n_obs)
     carry, interrupted = (state.u, state.opt_state, state.bad), False

@@ -94,7 +94,7 @@ g = mlefit.fit_many(mlefit.models.Gamma(), np.random.default_rng(0).gamma(2.0, 1
 print(json.dumps({
     "a": float(a.params["mu"]), "b": float(b.params["mu"]),
     "g": np.asarray(g.params["shape"]).tolist(), "status": str(b.status),
-    "fits_traced": sum(t in ("_fit_full", "_fit_many_static_first") for t in traced),
+    "fits_traced": sum(t in ("_program", "_fit_many_static_first") for t in traced),
 }))
 """
 
@@ -149,7 +149,7 @@ X, y = rng.normal(size=(4, 60, 2)), rng.integers(0, 4, (4, 60))
 b = mlefit.fit_many(mlefit.models.Softmax(4), (X, y))  # 9 parameters: LAPACK Cholesky
 print(json.dumps({
     "a": float(a.params["shape"]), "b": np.asarray(b.params["intercept"]).tolist(),
-    "fits_traced": sum(t in ("_fit_full", "_fit_many_static_first") for t in traced),
+    "fits_traced": sum(t in ("_program", "_fit_many_static_first") for t in traced),
 }))
 """
 

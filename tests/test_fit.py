@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 import mlefit
 from mlefit import closed_form
-from mlefit._fit import epoch_batches
+from mlefit._minibatch import epoch_batches
 
 from .helpers import rel_err
 
@@ -368,25 +368,56 @@ def test_float32_fit_follows_data_dtype():
     assert res.status in (mlefit.Status.CONVERGED, mlefit.Status.STALLED)
 
 
-def test_second_fit_with_same_shapes_does_not_recompile():
+def _traced_names(run) -> list:
     traced = []
 
     def on_duration(name, duration, **kw):
         if name == "/jax/core/compile/jaxpr_trace_duration":
             traced.append(kw.get("fun_name"))
 
-    x = RNG.normal(size=64)
-    mlefit.fit(normal, x, init=GAUSS_INIT)
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     try:
+        run()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+    return traced
+
+
+def test_second_fit_with_same_shapes_does_not_recompile():
+    x = RNG.normal(size=64)
+    mlefit.fit(normal, x, init=GAUSS_INIT)
+
+    def same():
         mlefit.fit(normal, x + 1.0, init={"mu": 0.5, "sigma": mlefit.Positive(2.0)})
         mlefit.fit(normal, 2 * x, init=GAUSS_INIT, tol=1e-7)
         mlefit.fit(normal, jnp.asarray(x), init=GAUSS_INIT)  # NumPy or JAX: one program
-        assert "_fit_full" not in traced
-        mlefit.fit(normal, RNG.normal(size=65), init=GAUSS_INIT)  # a new shape compiles
-        assert "_fit_full" in traced
-    finally:
-        jax.monitoring.unregister_event_duration_listener(on_duration)
+
+    assert "_program" not in _traced_names(same)
+    # 65 observations are padded to the next bucket (128): a new program
+    assert "_program" in _traced_names(lambda: mlefit.fit(normal, RNG.normal(size=65), GAUSS_INIT))
+
+
+def test_fits_of_different_lengths_share_one_program():
+    """Observations are padded with zero weights to a size bucket: n = 30 and n = 32 are
+    one compiled program (issue 14), with the estimates of the unpadded data."""
+    X = RNG.normal(size=(32, 2))
+    y = (RNG.random(32) < 0.5).astype(float)
+    model = mlefit.models.Logistic()
+    mlefit.fit(model, (X, y))
+    traced = _traced_names(lambda: mlefit.fit(model, (X[:30], y[:30])))
+    assert "_program" not in traced
+    res = mlefit.fit(model, (X[:30], y[:30]))
+    assert float(res.n_obs) == 30 and res.data[0].shape == (30, 2)
+    ref = statsmodels_logit(X[:30], y[:30])
+    np.testing.assert_allclose(np.asarray(res.params["coef"]), ref.params[1:], rtol=1e-8)
+    np.testing.assert_allclose(float(res.loglik), ref.llf, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(res.stderr["coef"]), ref.bse[1:], rtol=1e-7)
+
+
+def statsmodels_logit(X, y):
+    import statsmodels.api as sm
+
+    return sm.Logit(y, sm.add_constant(X)).fit(disp=0, tol=1e-12)
 
 
 # -- outcomes ------------------------------------------------------------------------
@@ -489,7 +520,7 @@ def test_model_arity_is_checked():
 
 def test_sufficient_statistics_reduction_is_used_and_exact(monkeypatch):
     from mlefit._constraints import split_init
-    from mlefit._fit import Reduced, reduce_logp
+    from mlefit._objective import Reduced, reduce_logp
 
     x = RNG.normal(2.0, 0.5, 3000)
     u0, ts = split_init(GAUSS_INIT, jnp.float64)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from mlefit._fit import default_optimizer
 from mlefit._linesearch import scale_by_wolfe_linesearch
+from mlefit._solver_optax import OptaxSolver, default_optimizer
 
 C1, C2 = 1e-4, 0.9
 
@@ -189,7 +189,7 @@ def test_a_trial_with_a_finite_value_but_non_finite_gradient_is_refused():
 def test_fit_loop_with_an_objective_in_another_float_dtype(params_dtype, value_dtype):
     """The state is a loop carry: its dtypes must not change, and f's value must not be
     rounded to the parameters' dtype."""
-    from mlefit._fit import full_batch_loop
+    from mlefit._iterate import iterate
 
     target = np.array([1.0, -2.0, 3.0])
 
@@ -198,7 +198,7 @@ def test_fit_loop_with_an_objective_in_another_float_dtype(params_dtype, value_d
 
     u0 = jnp.zeros(3, params_dtype)
     u, value, grad, steps, status, _ = jax.jit(
-        lambda u0: full_batch_loop(f, default_optimizer(), u0, 1e-5, 100, False, polish=False)
+        lambda u0: iterate(OptaxSolver(default_optimizer()), f, u0, 1e-5, 100)
     )(u0)
     assert int(status) == 0  # converged
     assert value.dtype == jnp.dtype(value_dtype) and u.dtype == jnp.dtype(params_dtype)
