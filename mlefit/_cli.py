@@ -4,9 +4,10 @@
     mlefit compare DATA --dist A --dist B ...
     mlefit bench [PATH]
 
-Bad input (a missing file, an unknown column or distribution, a cell that is not a
-finite number, data outside the support) is one line on stderr and exit status 2;
-nothing is written to disk except the file named by ``--plot``.
+Bad input (a missing file, an unknown or ambiguous column or distribution, a cell that is
+not a finite number, data outside the support) is one line on stderr and exit status 2,
+before anything is compiled. Nothing is written to disk except the file named by ``--plot``
+and mlefit's compilation cache (``MLEFIT_CACHE_DIR``; an unusable one is a one-line warning).
 """
 
 from __future__ import annotations

@@ -763,6 +763,7 @@ def fit(
     checkpoint=None,
     checkpoint_every: int = 1,
     resume_from=None,
+    resume_check: str = "all",
 ) -> FitResult:
     """Maximum-likelihood fit: minimises the mean NLL of ``data`` under ``model``.
 
@@ -813,9 +814,17 @@ def fit(
             (several processes), need no ``mesh``.
         checkpoint: minibatch fits: a file to save the state to every
             ``checkpoint_every`` epochs (written to a temporary file, then renamed).
+            Its folder must exist and be writable (checked before compiling); a write
+            that fails later gives one ``RuntimeWarning`` and the fit goes on.
         checkpoint_every: epochs between checkpoints (default 1).
         resume_from: a checkpoint file of this same fit to continue from; the resumed
-            fit ends bitwise where an uninterrupted one ends.
+            fit ends bitwise where an uninterrupted one ends. A checkpoint of another
+            fit is a ``ValueError`` before fitting: other shapes, other data of the same
+            shapes (checksums of strided rows and of all values), or another version of
+            the model under the same name (a hash of its jaxpr).
+        resume_check: what must agree with the checkpoint besides the shapes: ``"all"``
+            (default: data and model), ``"model"`` (the model only: continue on new
+            data on purpose), ``"shapes"`` (neither: new data or an edited model).
 
     ``data`` may also be a stream of batches (``mlefit.ArrayStream`` over arrays or
     ``.npy`` files, or any re-iterable of batches): see ``mlefit.ArrayStream``.
@@ -860,6 +869,7 @@ def fit(
             checkpoint_every=checkpoint_every,
             resume_from=resume_from,
             progress=progress,
+            resume_check=resume_check,
         )
     data, weights, layout = as_sharded(data, weights, mesh)
     data = check_data(data)
@@ -870,7 +880,8 @@ def fit(
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
     if newton:
         opts = opts._replace(optimizer=NEWTON)
-    check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
+    check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None,
+                             resume_check)
     check_model_output(problem.logp, u0, data)  # abstract: constrained params have u's shapes
     weights = check_weights(weights, data[0].shape[0], dtype)
     tol_arr = np.asarray(opts.tol, dtype)
@@ -924,6 +935,7 @@ def fit(
             resume_from=resume_from,
             user_key=key,
             progress=progress,
+            resume_check=resume_check,
         ))
     def result(out) -> FitResult:
         u, value, _, steps, status, hist, params, grad_norm = out
