@@ -100,7 +100,6 @@ def fit_identity(*, kind, model_name, u, transforms, opt_state, data_shapes, n_o
     for spec, t in zip(specs, transforms, strict=True):
         spec.append(_describe_transform(t))
     return {
-        "fingerprint": fingerprint,
         "kind": kind,
         "model": model_name,
         "params": specs,
@@ -111,6 +110,7 @@ def fit_identity(*, kind, model_name, u, transforms, opt_state, data_shapes, n_o
         "data": {"n_obs": int(n_obs), "arrays": [list(s) for s in data_shapes]},
         "batch_size": int(batch_size),
         "key_type": _key_type(key),
+        "fingerprint": fingerprint,
     }
 
 

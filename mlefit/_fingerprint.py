@@ -161,7 +161,7 @@ def differences(saved: dict, current: dict) -> tuple[str | None, str | None]:
         ):
             what.append("the checksum of all values")
         if what:
-            data = " and ".join(what) + " differ"
+            data = " and ".join(what) + (" differ" if len(what) > 1 else " differs")
     a, b = saved.get("model"), current.get("model")
     if a and b and a.split(":")[0] == b.split(":")[0] and a != b:
         how = ("its JAX program for one observation" if a.startswith("jaxpr:")

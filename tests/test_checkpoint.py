@@ -253,7 +253,7 @@ def test_other_data_of_the_same_shapes_is_refused(tmp_path, monkeypatch):
     edited = X.copy()
     edited[1, 2] += 1e-12
     with pytest.raises(ValueError, match=r"other data of the same shapes \(the checksum of all "
-                                         r"values differ\)"):
+                                         r"values differs\)"):
         _fit((edited, Y), resume_from=path)
     with pytest.raises(ValueError, match=r"other data of the same shapes"):
         _fit(resume_from=path, weights=np.linspace(0.5, 1.5, N))  # weights are data too
@@ -334,7 +334,7 @@ def test_a_stream_of_npy_files_rewritten_with_other_data_is_refused(tmp_path, mo
     np.save(xs, X[::-1])  # same shape and dtype, other rows
     s = mlefit.ArrayStream((str(xs), str(ys)), chunk_size=128)
     with pytest.raises(ValueError, match=r"other data of the same shapes \(the checksum of 256 "
-                                         r"rows sampled at an even stride differ\)"):
+                                         r"rows sampled at an even stride differs\)"):
         _fit(s, epochs=4, resume_from=path)
     res = _fit(s, epochs=4, resume_from=path, resume_check="model")
     assert np.isfinite(float(res.nll)) and int(res.steps) == 4 * 8
