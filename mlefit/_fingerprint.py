@@ -8,9 +8,9 @@ silently; these fingerprints tell them apart, cheaply:
   even stride (first and last included) of every array and of the weights, and, for data
   in host memory, the sum of all their bytes read as unsigned integers modulo ``2**64``
   (exact and independent of the order of summation, so any single changed value changes
-  it; one pass over the data, 30-50 ms per 270 MB on 2 cores). A stream of ``.npy`` files or arrays
-  (``ArrayStream``) contributes its strided rows only (reading it all would be a pass over
-  the files); any other iterable of batches, its first batch;
+  it; one pass over the data, 30-50 ms per 270 MB on 2 cores). A stream of ``.npy``
+  files or arrays (``ArrayStream``) contributes its strided rows only (reading it all
+  would be a pass over the files); any other iterable of batches, its first batch;
 - the model: the SHA-256 of the jaxpr of its log-density and gradient for ONE observation
   at the parameters' and observation's shapes, with the values of closed-over constants
   (``mlefit._compiled.model_fingerprint``); where no jaxpr can be built, the hash of the
