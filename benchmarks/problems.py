@@ -891,7 +891,7 @@ def cache(cfg: Config) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="mlefit-bench-cache-") as d:
         for problem, size in (("gauss", str(cfg.n_gauss)),
                               ("gamma", f"{cfg.n_sets}x{cfg.n_per_set}")):
-            for label, env in (("no cache", {"MLEFIT_CACHE_DIR": ""}),
+            for label, env in (("no cache", {"MLEFIT_CACHE_DIR": "0"}),
                                ("cache cold (empty dir)", {"MLEFIT_CACHE_DIR": d}),
                                ("cache warm (same model, shape)", {"MLEFIT_CACHE_DIR": d})):
                 r = _subprocess(["cache", problem, size], env=env)

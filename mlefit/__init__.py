@@ -10,6 +10,7 @@ from . import info as info
 from . import models as models
 from . import plot as plot
 from ._bootstrap import bootstrap as bootstrap
+from ._cache import disable_compilation_cache as disable_compilation_cache
 from ._cache import enable_compilation_cache as enable_compilation_cache
 from ._checkpoint import checkpoint_info as checkpoint_info
 from ._constraints import Interval as Interval

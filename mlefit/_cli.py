@@ -4,9 +4,10 @@
     mlefit compare DATA --dist A --dist B ...
     mlefit bench [PATH]
 
-Bad input (a missing file, an unknown column or distribution, a cell that is not a
-finite number, data outside the support) is one line on stderr and exit status 2;
-nothing is written to disk except the file named by ``--plot``.
+Bad input (a missing file, an unknown or ambiguous column or distribution, a cell that is
+not a finite number, data outside the support) is one line on stderr and exit status 2,
+before anything is compiled. Nothing is written to disk except the file named by ``--plot``
+and mlefit's compilation cache (``MLEFIT_CACHE_DIR``; an unusable one is a one-line warning).
 """
 
 from __future__ import annotations
@@ -350,22 +351,11 @@ def _index_in_message(msg: str, n: int) -> int | None:
 
 # -- runtime set-up -------------------------------------------------------------------------
 def _setup_jax() -> None:
-    """float64 for accurate fits, and the persistent compilation cache for fast restarts."""
+    """float64 for accurate fits. (The persistent compilation cache is mlefit's default,
+    set when it is imported: ``MLEFIT_CACHE_DIR`` moves it or turns it off.)"""
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    _enable_compilation_cache()
-
-
-def _enable_compilation_cache() -> None:
-    try:
-        from ._cache import enable_compilation_cache
-    except ImportError:
-        return
-    try:
-        enable_compilation_cache()
-    except Exception:  # noqa: BLE001 - a cache is an optimisation, never a failure
-        pass
 
 
 # -- fitting and reporting ------------------------------------------------------------------

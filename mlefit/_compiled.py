@@ -2,7 +2,7 @@
 
 JAX's persistent compilation cache is keyed by the lowered program, so a fresh process
 must still trace and lower a fit (0.2-0.4 s for an L-BFGS loop) before it can look the
-executable up. With mlefit's cache on (:func:`mlefit.enable_compilation_cache`), the
+executable up. With mlefit's cache on (the default; see ``mlefit._cache``), the
 executable of a fit is also stored under a key that needs no tracing of the fit:
 
 - the model: the jaxpr (with its constants) of its per-observation log-density and its

@@ -68,6 +68,7 @@ def fit(
     checkpoint=None,
     checkpoint_every: int = 1,
     resume_from=None,
+    resume_check: str = "all",
 ) -> FitResult:
     """Maximum-likelihood fit: minimises the mean NLL of ``data`` under ``model``.
 
@@ -110,9 +111,17 @@ def fit(
             (several processes), need no ``mesh``.
         checkpoint: minibatch fits: a file to save the state to every
             ``checkpoint_every`` epochs (written to a temporary file, then renamed).
+            Its folder must exist and be writable (checked before compiling); a write
+            that fails later gives one ``RuntimeWarning`` and the fit goes on.
         checkpoint_every: epochs between checkpoints (default 1).
         resume_from: a checkpoint file of this same fit to continue from; the resumed
-            fit ends bitwise where an uninterrupted one ends.
+            fit ends bitwise where an uninterrupted one ends. A checkpoint of another
+            fit is a ``ValueError`` before fitting: other shapes, other data of the same
+            shapes (checksums of strided rows and of all values), or another version of
+            the model under the same name (a hash of its jaxpr).
+        resume_check: what must agree with the checkpoint besides the shapes: ``"all"``
+            (default: data and model), ``"model"`` (the model only: continue on new
+            data on purpose), ``"shapes"`` (neither: new data or an edited model).
 
     A full-batch fit is one compiled program, shared by fits of the same model on data
     of other lengths (observations are padded with zero weights to a size bucket) and,
@@ -146,7 +155,7 @@ def fit(
             model, data, init, weights=weights, optimizer=optimizer, batch_size=batch_size,
             epochs=epochs, key=key, max_steps=max_steps, tol=tol, history=history, mesh=mesh,
             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume_from=resume_from,
-            progress=progress,
+            progress=progress, resume_check=resume_check,
         )
     # check
     data, weights, layout = as_sharded(data, weights, mesh)
@@ -156,7 +165,8 @@ def fit(
     dtype = float_dtype(data)
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
-    check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
+    check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None,
+                             resume_check)
     check_model_output(problem.logp, u0, data)  # abstract: constrained params have u's shapes
     weights = check_weights(weights, data[0].shape[0], dtype)
     tol_arr = np.asarray(opts.tol, dtype)
@@ -176,7 +186,7 @@ def fit(
         out = with_summary(transforms, run_minibatch(
             problem, transforms, opts, u0, data, weights, tol_arr, layout=layout,
             checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-            resume_from=resume_from, user_key=key, progress=progress,
+            resume_from=resume_from, user_key=key, progress=progress, resume_check=resume_check,
         ))
     # result
     u, value, _, steps, status, hist, params, grad_norm = out

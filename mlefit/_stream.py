@@ -650,7 +650,7 @@ def _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_ste
 def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=None,
                epochs=None, key=None, max_steps=None, tol=None, history=True, mesh=None,
                checkpoint=None, checkpoint_every=1, resume_from=None,
-               progress=False) -> FitResult:
+               progress=False, resume_check="all") -> FitResult:
     """``mlefit.fit`` over a stream (see :func:`mlefit.fit` and :class:`ArrayStream`).
 
     SGD with ``progress`` shows a bar over the observations read; Ctrl-C between chunks
@@ -679,7 +679,8 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
     u0, transforms = split_init(init, dtype)
     opts = _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_steps, tol,
                         history)
-    check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
+    check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None,
+                             resume_check)
     check_model_output(problem.logp, u0, sample)  # abstract: constrained params have u's shapes
     logp = problem.logp
 
@@ -707,7 +708,7 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
     else:
         u, hist, steps, bad, interrupted = _sgd_stream(
             problem, transforms, opts, u0, src, sample, checkpoint, checkpoint_every,
-            resume_from, key, progress,
+            resume_from, key, progress, resume_check,
         )
         hist = hist if opts.history else None
         if interrupted:
@@ -739,10 +740,10 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
 
 
 def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, resume_from,
-                user_key, progress=False):
+                user_key, progress=False, resume_check="all"):
     """SGD epochs over the stream; returns ``(u, history, steps, bad, interrupted)``."""
-    from . import _checkpoint
-    from ._checkpoint import fit_identity, resume_state, saved_state
+    from ._checkpoint import CheckpointWriter, fit_identity, resume_state, saved_state
+    from ._fingerprint import fingerprint, source_fingerprint
 
     opt, batch_size, epochs, key = opts.optimizer, opts.batch_size, opts.epochs, opts.key
     rows = _rows_for(src, batch_size)
@@ -753,11 +754,14 @@ def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, r
         kind="stream", model_name=problem.name, u=u0, transforms=transforms,
         opt_state=state.opt_state, data_shapes=[[list(s), str(d)] for s, d in src.shapes],
         n_obs=src.n_obs or 0, batch_size=batch_size, key=key,
+        fingerprint=None if checkpoint is None and resume_from is None else fingerprint(
+            problem.logp, u0, sample, source_fingerprint(src, sample)),
     )
+    save = CheckpointWriter(checkpoint)
     start, steps = 0, 0
     if resume_from is not None:
         state, start, key, header = resume_state(resume_from, expected, state, epochs, key,
-                                                 user_key)
+                                                 user_key, resume_check)
         steps = int(header["steps"])
     order = src.shuffle
     bar = progress_bar(progress, unit="obs")
@@ -783,8 +787,7 @@ def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, r
                 bar.set_postfix(epoch=e + 1, nll=f"{float(history[e]):.8g}")
             if checkpoint is not None and ((e + 1 - start) % every == 0 or e + 1 == epochs):
                 done = {"epoch": e + 1, "epochs": epochs, "steps": steps}
-                _checkpoint.save_checkpoint(checkpoint, dict(expected, **done),
-                                            saved_state(state, key, e + 1))
+                save(dict(expected, **done), saved_state(state, key, e + 1))
     except KeyboardInterrupt:
         interrupted = True
         state = state._replace(u=carry[0], bad=carry[2])

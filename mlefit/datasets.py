@@ -201,12 +201,24 @@ def _csv_column_index(path: str, header: list[str], line: int, column) -> int:
     if column is None:
         if len(header) == 1:
             return 0
+        twice = sorted({h for h in header if header.count(h) > 1})
+        how = "--column INDEX" if twice else "--column NAME or --column INDEX"
+        why = f" ({', '.join(map(repr, twice))} more than once)" if twice else ""
         raise ValueError(
             f"{path}: the header on line {line} has {len(header)} columns ({names}); "
-            "choose one with --column NAME or --column INDEX"
+            f"choose one with {how}{why}"
         )
     if isinstance(column, str) and column.strip() in header:
-        return header.index(column.strip())
+        name = column.strip()
+        at = [i for i, h in enumerate(header) if h == name]
+        if len(at) > 1:  # which one is meant cannot be told: never pick the first silently
+            raise ValueError(
+                f"{path}: the header on line {line} has the column {name!r} "
+                f"{'twice' if len(at) == 2 else f'{len(at)} times'} "
+                f"(indices {', '.join(map(str, at))}); rename the columns, or choose one by "
+                "its 0-based index"
+            )
+        return at[0]
     j = _as_index(column)
     if j is None:
         raise ValueError(f"{path}: no column {column!r}; the header on line {line} has {names}")

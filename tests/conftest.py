@@ -1,8 +1,15 @@
-"""Test configuration: float64 for the whole suite (float32 tests opt out explicitly)."""
+"""Test configuration: float64 for the whole suite (float32 tests opt out explicitly).
+
+The persistent compilation cache is off for the suite (``MLEFIT_CACHE_DIR=0``, set here,
+before anything imports mlefit, and inherited by every subprocess a test starts): tests
+never write into the user's cache, and every test compiles what it fits. The tests of the
+cache give their subprocesses a temporary ``MLEFIT_CACHE_DIR``.
+"""
 
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["MLEFIT_CACHE_DIR"] = "0"
 
 import jax  # noqa: E402
 

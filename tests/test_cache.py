@@ -1,7 +1,13 @@
-"""The opt-in persistent compilation cache: a fresh process reuses a compiled fit."""
+"""The persistent compilation cache (on by default): a fresh process reuses a compiled fit.
+
+The suite runs with it off (tests/conftest.py); these tests give subprocesses a temporary
+``MLEFIT_CACHE_DIR`` or ``XDG_CACHE_HOME``, or rerun the import-time set-up in this process
+and restore JAX's configuration after.
+"""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -55,21 +61,145 @@ def test_env_var_turns_cache_on_and_second_process_hits(tmp_path):
     assert second["mu"] == pytest.approx(1.0, abs=1e-9)  # mean of linspace(-1, 3)
 
 
-def test_no_env_var_means_no_cache(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "MLEFIT_CACHE_DIR"}
-    code = "import jax, mlefit; print(repr(jax.config.jax_compilation_cache_dir))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, check=True)
-    assert out.stdout.strip() == "None"
+def test_cache_is_on_by_default_in_the_user_cache_folder(tmp_path):
+    """No MLEFIT_CACHE_DIR: the cache is on, in $XDG_CACHE_HOME/mlefit/jax, created 0700."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLEFIT_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(XDG_CACHE_HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
+                         text=True, timeout=240, check=True)
+    assert "Warning" not in out.stderr, out.stderr
+    events = json.loads(out.stdout.strip().splitlines()[-1])
+    d = tmp_path / "mlefit" / "jax"
+    assert events["dir"] == str(d) and events["misses"] >= 1
+    assert (d / "mlefit-executables").is_dir() and len(os.listdir(d)) > 1  # entries written
+    assert d.stat().st_mode & 0o777 == 0o700
+    assert events["mu"] == pytest.approx(1.0, abs=1e-9)  # mean of linspace(-1, 3)
 
 
-def test_enable_compilation_cache_rejects_a_file(tmp_path):
-    f = tmp_path / "not_a_dir"
-    f.write_text("x")
-    with pytest.raises(ValueError, match="not a directory"):
-        mlefit.enable_compilation_cache(str(f))
+@pytest.fixture
+def fresh_cache_state(monkeypatch):
+    """Lets a test rerun mlefit's import-time set-up in this process; restores JAX after."""
+    from mlefit import _cache
+
+    names = ("jax_compilation_cache_dir", *_cache._THRESHOLDS)
+    before = {k: getattr(jax.config, k) for k in names}
+    monkeypatch.setattr(_cache, "_WARNED", {})
+    yield _cache
+    _cache.disable_compilation_cache()
+    for k, v in before.items():
+        jax.config.update(k, v)
+    _cache._reset_jax_cache_state()
+
+
+@pytest.mark.parametrize("value", ["0", "off", " OFF ", "False", "no", "none"])
+def test_off_values_turn_the_cache_off(tmp_path, monkeypatch, fresh_cache_state, value):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("MLEFIT_CACHE_DIR", value)
+    fresh_cache_state._enable_default()
+    assert jax.config.jax_compilation_cache_dir is None
+    assert fresh_cache_state.executable_dir() is None and not os.listdir(tmp_path)
+    monkeypatch.setenv("MLEFIT_CACHE_DIR", "")  # empty counts as unset: the default folder
+    fresh_cache_state._enable_default()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mlefit" / "jax")
+
+
+def test_a_jax_cache_set_by_the_user_is_left_alone(tmp_path, monkeypatch, fresh_cache_state):
+    monkeypatch.delenv("MLEFIT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    fresh_cache_state._enable_default()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0  # JAX's default
+    assert fresh_cache_state.executable_dir() is None and not (tmp_path / "xdg").exists()
+    # MLEFIT_CACHE_DIR given explicitly wins over it
+    monkeypatch.setenv("MLEFIT_CACHE_DIR", str(tmp_path / "ours"))
+    fresh_cache_state._enable_default()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "ours")
+
+
+def test_disable_compilation_cache(tmp_path, fresh_cache_state):
+    d = mlefit.enable_compilation_cache(str(tmp_path / "c"))
+    assert jax.config.jax_compilation_cache_dir == d
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    assert fresh_cache_state.executable_dir() == os.path.join(d, "mlefit-executables")
+    mlefit.disable_compilation_cache()
+    assert jax.config.jax_compilation_cache_dir is None
+    assert fresh_cache_state.executable_dir() is None
+    # JAX's own thresholds are back (1 s and 0 bytes: its defaults in this process)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+    assert jax.config.jax_persistent_cache_min_entry_size_bytes == 0
+    mlefit.disable_compilation_cache()  # a second call does nothing
+    assert jax.config.jax_compilation_cache_dir is None
+
+
+def _unwritable_dir(tmp_path):
+    """A cache folder this process cannot create: below a 0o500 folder, or, for root (whom
+    permissions do not stop), in /sys, where mkdir fails even for root."""
+    if os.geteuid() == 0:
+        return "/sys/mlefit-test-cache", r"cannot be created \(Operation not permitted\)"
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    return str(locked / "cache"), r"cannot be created: '.*locked' is not writable"
+
+
+def _bad_dirs(tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("not a folder")
+    return [
+        (str(f), r"is a file, not a directory"),
+        (str(f / "below"), rf"is below a file \('{f}' is not a directory\)"),
+        _unwritable_dir(tmp_path),
+    ]
+
+
+def test_enable_compilation_cache_rejects_unusable_folders(tmp_path, fresh_cache_state):
+    for path, reason in _bad_dirs(tmp_path):
+        with pytest.raises(ValueError, match=f"path: '{path}' {reason}; give a writable"):
+            mlefit.enable_compilation_cache(path)
     with pytest.raises(TypeError, match="path: expected a directory path"):
         mlefit.enable_compilation_cache(3)
+    assert jax.config.jax_compilation_cache_dir is None  # still off
+
+
+def test_unusable_env_folder_warns_at_import(tmp_path, monkeypatch, fresh_cache_state):
+    for path, reason in _bad_dirs(tmp_path):
+        monkeypatch.setenv("MLEFIT_CACHE_DIR", path)
+        with pytest.warns(RuntimeWarning, match=f"MLEFIT_CACHE_DIR='{path}': the cache folder "
+                          f"'{path}' {reason}; mlefit runs without"):
+            fresh_cache_state._enable_default()
+        assert jax.config.jax_compilation_cache_dir is None
+
+
+# A fresh process: imports mlefit (MLEFIT_CACHE_DIR unusable) and runs a tiny fit.
+_IMPORT_PROBE = r"""
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import mlefit
+res = mlefit.fit(mlefit.models.Exponential(), np.array([1.0, 2.0, 3.0, 6.0]))
+print(repr(jax.config.jax_compilation_cache_dir), float(res.params["rate"]))
+"""
+
+
+def test_unusable_cache_folder_does_not_stop_import_or_fits(tmp_path):
+    """Issue 17: a file, a path below a file, a folder that cannot be created: one warning
+    line naming MLEFIT_CACHE_DIR, the folder and the reason; the fit runs, uncached."""
+    procs = []
+    for path, reason in _bad_dirs(tmp_path):
+        env = dict(os.environ, MLEFIT_CACHE_DIR=path, JAX_PLATFORMS="cpu")
+        procs.append((path, reason, subprocess.Popen(
+            [sys.executable, "-c", _IMPORT_PROBE], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)))
+    for path, reason, p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert re.search(f"RuntimeWarning: MLEFIT_CACHE_DIR='{path}': the cache folder "
+                         f"'{path}' {reason}; mlefit runs without the persistent", err), err
+        cache_dir, rate = out.split()
+        assert cache_dir == "None"
+        assert float(rate) == pytest.approx(4 / 12, rel=1e-9)  # 1 / mean of the data
 
 
 # A fresh process: three fits (a plain function, a model closing over an array C given

@@ -10,6 +10,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +24,7 @@ import pytest
 
 import mlefit
 import mlefit._checkpoint as ckpt
+from mlefit import _fingerprint
 
 RNG = np.random.default_rng(3)
 N, D = 501, 3
@@ -143,12 +149,18 @@ def test_header_describes_the_fit(tmp_path, monkeypatch):
                               ["s", [], "float64", "Positive"]]
     assert info["data"] == {"n_obs": N, "arrays": [[[3], "float64"], [[], "float64"]]}
     assert info["batch_size"] == 64 and "ScaleByAdamState" in info["optimizer"]["structure"]
+    prints = info["fingerprint"]
+    assert prints["model"].startswith("jaxpr:") and prints["jax"] == jax.__version__
+    assert prints["data"]["n_obs"] == N and prints["data"]["rows"] == 256
+    # the checksum of all values: the float64 words of X and Y summed as integers mod 2**64
+    words = [int(w) for a in (X, Y) for w in np.ascontiguousarray(a).view(np.uint64).ravel()]
+    assert prints["data"]["bit_sum"] == sum(words) % 2**64
     with open(path, "rb") as f:  # a text header line, readable without mlefit
         assert f.readline() == b"MLEFIT-CHECKPOINT\n"
         assert json.loads(f.readline())["epoch"] == 2
 
 
-def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch, uninterrupted):
     path = tmp_path / "k.ckpt"
     _checkpoint_at(path, 1, monkeypatch)
     old = path.read_bytes()
@@ -157,11 +169,204 @@ def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="disk full"):
-        _fit(checkpoint=path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = _fit(checkpoint=path)  # all six writes fail: one warning, the fit goes on
     monkeypatch.undo()
+    (w,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert re.search(r"checkpoint: cannot write '.*k\.ckpt' \(OSError: disk full\); the fit "
+                     r"goes on", str(w.message))
+    _assert_same(res, uninterrupted)  # the work is not lost
     assert path.read_bytes() == old  # never overwritten by the half-written one
     assert os.listdir(tmp_path) == ["k.ckpt"]  # and no temporary file left behind
+
+
+def test_a_write_failing_mid_fit_warns_once_and_the_next_one_lands(tmp_path, monkeypatch,
+                                                                   uninterrupted):
+    path = tmp_path / "w.ckpt"
+    real, calls = ckpt.save_checkpoint, []
+
+    def save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in (2, 4):
+            raise PermissionError(13, "Permission denied")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    with pytest.warns(RuntimeWarning) as record:
+        res = _fit(checkpoint=path, checkpoint_every=1)
+    assert len(calls) == 6 and len(record) == 1  # two failures, one warning
+    assert re.search(r"checkpoint: cannot write '.*w\.ckpt' \(PermissionError: \[Errno 13\] "
+                     r"Permission denied\)", str(record[0].message))
+    _assert_same(res, uninterrupted)
+    assert mlefit.checkpoint_info(path)["epoch"] == 6  # the later writes landed
+
+
+def _never_traced(p, x, y):
+    raise AssertionError("the model was traced: the check came after compiling")
+
+
+def test_checkpoint_path_is_checked_before_compiling(tmp_path, monkeypatch):
+    kw = {**KW, "optimizer": adam()}
+    with pytest.raises(ValueError, match=r"checkpoint: '.*' is a directory; give the path of a "
+                                         r"file, e\.g\. '.*fit\.ckpt'"):
+        mlefit.fit(_never_traced, (X, Y), init(), checkpoint=tmp_path, **kw)
+    if os.geteuid() == 0:  # permissions do not stop root: a folder that is a file does
+        (tmp_path / "file.txt").write_text("x")
+        bad, reason = tmp_path / "file.txt" / "ckpt", r"is a file, not a directory"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        bad, reason = locked / "ckpt", r"cannot write into the folder of .*\(PermissionError"
+    with pytest.raises(ValueError, match=f"checkpoint: .*{reason}"):
+        mlefit.fit(_never_traced, (X, Y), init(), checkpoint=bad, **kw)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # an unwritable folder, even for root
+    with pytest.raises(ValueError, match=r"checkpoint: cannot write into the folder of "
+                                         r"'.*c\.ckpt' \(PermissionError: Permission denied\); "
+                                         r"choose a writable folder"):
+        mlefit.fit(_never_traced, (X, Y), init(), checkpoint=tmp_path / "c.ckpt", **kw)
+    monkeypatch.undo()
+    s = mlefit.ArrayStream((X, Y), chunk_size=128)  # the stream path checks it too
+    with pytest.raises(ValueError, match=r"checkpoint: '.*' is a directory"):
+        mlefit.fit(_never_traced, s, init(), checkpoint=tmp_path, **kw)
+    assert os.listdir(tmp_path) in (["file.txt"], ["locked"])  # no probe file left behind
+    with pytest.raises(ValueError, match=r"resume_check: expected one of 'all', 'model', "
+                                         r"'shapes', got 'data'"):
+        mlefit.fit(_never_traced, (X, Y), init(), resume_check="data", **kw)
+
+
+def test_other_data_of_the_same_shapes_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "d.ckpt"
+    _checkpoint_at(path, 3, monkeypatch)
+    other = RNG.normal(size=(N, D))
+    with pytest.raises(ValueError, match=r"resume_from: the checkpoint '.*d\.ckpt' was written "
+                       r"for other data of the same shapes \(the checksum of 256 rows sampled "
+                       r"at an even stride and the checksum of all values differ\)\. To "
+                       r"continue from it on these data on purpose, pass resume_check='model'"):
+        _fit((other, Y), resume_from=path)
+    # One value changed, in a row the stride does not sample: the checksum of all values.
+    assert 1 not in _fingerprint.strided_rows(N)
+    edited = X.copy()
+    edited[1, 2] += 1e-12
+    with pytest.raises(ValueError, match=r"other data of the same shapes \(the checksum of all "
+                                         r"values differs\)"):
+        _fit((edited, Y), resume_from=path)
+    with pytest.raises(ValueError, match=r"other data of the same shapes"):
+        _fit(resume_from=path, weights=np.linspace(0.5, 1.5, N))  # weights are data too
+    # On purpose: the model and shapes are checked, the data are not.
+    res = _fit((other, Y), resume_from=path, resume_check="model")
+    assert int(res.steps) == 6 * 8 and np.isfinite(float(res.nll))
+
+
+def _edited_logistic():
+    def logistic(p, x, y):  # the same name, another penalty
+        z = x @ p["b"] + p["c"]
+        return y * z - jnp.logaddexp(0.0, z) - 2e-3 * p["s"] ** 2
+
+    return logistic
+
+
+def test_an_edited_model_under_the_same_name_is_refused(tmp_path, monkeypatch, uninterrupted):
+    path = tmp_path / "e.ckpt"
+    _checkpoint_at(path, 3, monkeypatch)
+    edited, kw = _edited_logistic(), {**KW, "optimizer": adam()}
+    for check in ("all", "model"):
+        with pytest.raises(ValueError, match=r"resume_from: the checkpoint '.*e\.ckpt' was "
+                           r"written for another version of the model 'logistic' \(same name "
+                           r"and shapes, but its JAX program for one observation differs: an "
+                           r"edited body.*pass resume_check='shapes'"):
+            mlefit.fit(edited, (X, Y), init(), resume_from=path, resume_check=check, **kw)
+    with pytest.raises(ValueError, match=r"another version of the model 'logistic' .*, and "
+                                         r"for other data of the same shapes"):
+        mlefit.fit(edited, (X[::-1], Y), init(), resume_from=path, **kw)
+    res = mlefit.fit(edited, (X, Y), init(), resume_from=path, resume_check="shapes", **kw)
+    assert int(res.steps) == 6 * 8 and np.isfinite(float(res.nll))
+    _assert_same(_fit(resume_from=path), uninterrupted)  # the model it was written for
+
+
+def test_without_a_jaxpr_the_model_code_is_compared(tmp_path, monkeypatch):
+    monkeypatch.setattr(_fingerprint, "model_fingerprint", lambda *a: None)
+    path = tmp_path / "c.ckpt"
+    _crash_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        _fit(checkpoint=path, checkpoint_every=3)
+    assert mlefit.checkpoint_info(path)["fingerprint"]["model"].startswith("code:")
+    with pytest.raises(ValueError, match=r"another version of the model 'logistic' \(same "
+                                         r"name and shapes, but its code differs"):
+        mlefit.fit(_edited_logistic(), (X, Y), init(), resume_from=path,
+                   **{**KW, "optimizer": adam()})
+    assert _fingerprint.code_hash(logistic) != _fingerprint.code_hash(_edited_logistic())
+    assert _fingerprint.code_hash(logistic) == _fingerprint.code_hash(logistic)
+
+
+def test_a_checkpoint_without_fingerprints_resumes_with_a_warning(tmp_path, monkeypatch,
+                                                                  uninterrupted):
+    """Checkpoints written before fingerprints were recorded: accepted, shapes checked."""
+    path = tmp_path / "o.ckpt"
+    _checkpoint_at(path, 3, monkeypatch)
+    magic, header, payload = path.read_bytes().split(b"\n", 2)
+    old = json.loads(header)
+    del old["fingerprint"]
+    path.write_bytes(magic + b"\n" + json.dumps(old).encode() + b"\n" + payload)
+    with pytest.warns(RuntimeWarning, match=r"resume_from: the checkpoint '.*o\.ckpt' has no "
+                      r"fingerprint of its data and model \(an older mlefit wrote it\)"):
+        res = _fit(resume_from=path)
+    _assert_same(res, uninterrupted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_same(_fit(resume_from=path, resume_check="shapes"), uninterrupted)
+
+
+def test_a_stream_of_npy_files_rewritten_with_other_data_is_refused(tmp_path, monkeypatch):
+    xs, ys = tmp_path / "X.npy", tmp_path / "y.npy"
+    np.save(xs, X)
+    np.save(ys, Y)
+    s = mlefit.ArrayStream((str(xs), str(ys)), chunk_size=128)
+    path = tmp_path / "s.ckpt"
+    _crash_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        _fit(s, epochs=4, checkpoint=path)
+    monkeypatch.undo()
+    np.save(xs, X[::-1])  # same shape and dtype, other rows
+    s = mlefit.ArrayStream((str(xs), str(ys)), chunk_size=128)
+    with pytest.raises(ValueError, match=r"other data of the same shapes \(the checksum of 256 "
+                                         r"rows sampled at an even stride differs\)"):
+        _fit(s, epochs=4, resume_from=path)
+    res = _fit(s, epochs=4, resume_from=path, resume_check="model")
+    assert np.isfinite(float(res.nll)) and int(res.steps) == 4 * 8
+
+
+_ID_PROBE = r"""
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+import mlefit
+from mlefit import _fingerprint
+def logistic(p, x, y):
+    z = x @ p["b"] + p["c"]
+    return y * z - jnp.logaddexp(0.0, z) - 1e-3 * p["s"] ** 2
+u = {"b": jnp.zeros(3), "c": jnp.zeros(()), "s": jnp.zeros(())}
+X, y = np.zeros((5, 3)), np.zeros(5)
+m = mlefit.models.Logistic()
+print(_fingerprint.model_id(logistic, u, (X, y)))
+print(_fingerprint.model_id(m.log_prob, m.init(X, y), (X, y)))
+"""
+
+
+def test_model_fingerprints_are_the_same_in_a_new_process():
+    """A checkpoint is resumed in another process: the model's hash must not depend on it."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _ID_PROBE], env=env, capture_output=True,
+                         text=True, timeout=240, check=True)
+    u = {"b": jnp.zeros(3), "c": jnp.zeros(()), "s": jnp.zeros(())}
+    Xs, ys = np.zeros((5, 3)), np.zeros(5)
+    m = mlefit.models.Logistic()
+    here = [_fingerprint.model_id(logistic, u, (Xs, ys)),
+            _fingerprint.model_id(m.log_prob, m.init(Xs, ys), (Xs, ys))]
+    assert out.stdout.split() == here and here[0] != here[1]
 
 
 def test_corrupted_checkpoints(tmp_path, monkeypatch):

@@ -21,15 +21,16 @@ import mlefit
 from mlefit import _cli, datasets
 from mlefit._cli import main
 
-CACHE_CALLS: list = []
+SETUP_CALLS: list = []
 
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
-    """Each test runs in its own empty folder; the compilation cache is only counted."""
+    """Each test runs in its own empty folder; the JAX set-up before a fit is only counted
+    (tests/conftest.py has turned float64 on)."""
     monkeypatch.chdir(tmp_path)
-    CACHE_CALLS.clear()
-    monkeypatch.setattr(_cli, "_enable_compilation_cache", lambda: CACHE_CALLS.append(1))
+    SETUP_CALLS.clear()
+    monkeypatch.setattr(_cli, "_setup_jax", lambda: SETUP_CALLS.append(1))
 
 
 def _write(path, text):
@@ -55,7 +56,7 @@ def _assert_usage_error(tmp_path, capsys, argv, pattern):
 
     assert re.search(pattern, err), err
     assert sorted(os.listdir(tmp_path)) == before  # nothing written
-    assert not CACHE_CALLS  # not even the compilation cache is switched on
+    assert not SETUP_CALLS  # rejected before anything is set up for fitting
     return err
 
 
@@ -126,6 +127,13 @@ BAD_FILES = [
      r"support of gamma: data\[2\] = -3\.0"),
     ("same.csv", "x\n2\n2\n2\n", [], r"same\.csv, column 'x': cannot fit gamma: .*all 3 "
      r"observations are equal"),
+    # a header with a name twice: never the first one silently (issue 17)
+    ("dup.csv", "x,x\n1,5\n2,6\n", ["--column", "x"], r"dup\.csv: the header on line 1 has "
+     r"the column 'x' twice \(indices 0, 1\); rename the columns, or choose one by its 0-based"),
+    ("dup3.csv", "y;x;x;x\n0;1;2;3\n", ["--column", " x "], r"dup3\.csv: the header on line 1 "
+     r"has the column 'x' 3 times \(indices 1, 2, 3\)"),
+    ("dup.csv", "x,x\n1,5\n2,6\n", [], r"dup\.csv: the header on line 1 has 2 columns "
+     r"\('x', 'x'\); choose one with --column INDEX \('x' more than once\)$"),
 ]
 
 
@@ -181,6 +189,9 @@ def test_read_column_variants(tmp_path):
     np.testing.assert_array_equal(datasets.read_column(tmp_path / "m.npy", "1"), [1.0, 3.0, 5.0])
     col = datasets.read_column_with_lines(_write(tmp_path / "l.csv", "x\n\n7\n8\n"))
     assert col.lines.tolist() == [3, 4] and col.name == "x"
+    # a name that is in the header twice is chosen by its index
+    p = _write(tmp_path / "dup.csv", "x,x\n1,5\n2,6\n")
+    np.testing.assert_array_equal(datasets.read_column(p, 1), [5.0, 6.0])
 
 
 def test_bundled_data():
@@ -316,3 +327,35 @@ def test_console_entry_point_subprocess(tmp_path):
     # the Normal MLE in closed form: mean and biased standard deviation
     assert rep["params"]["loc"]["estimate"] == pytest.approx(x.mean(), rel=1e-12)
     assert rep["params"]["scale"]["estimate"] == pytest.approx(x.std(), rel=1e-9)
+
+
+def test_console_duplicate_column_and_unusable_cache_folder(tmp_path):
+    """Through ``python -m mlefit`` (issue 17): a header with the column twice is one error
+    line and exit 2; an unusable MLEFIT_CACHE_DIR is one warning line, and the fit runs."""
+    _write(tmp_path / "dup.csv", "x,x\n1,5\n2,6\n4,7\n")
+    (tmp_path / "a_file").write_text("not a folder")
+    base = dict(os.environ, JAX_PLATFORMS="cpu")
+    runs = {
+        "dup": (["fit", "dup.csv", "--dist", "normal", "--column", "x"],
+                dict(base, MLEFIT_CACHE_DIR=str(tmp_path / "cache"))),
+        "cache": (["fit", "--dist", "normal", "--json"],
+                  dict(base, MLEFIT_CACHE_DIR=str(tmp_path / "a_file" / "cache"))),
+    }
+    procs = {k: subprocess.Popen([sys.executable, "-m", "mlefit", *argv], env=env,
+                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+             for k, (argv, env) in runs.items()}
+    out = {k: (*p.communicate(timeout=240), p.returncode) for k, p in procs.items()}
+
+    stdout, stderr, code = out["dup"]
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("mlefit: error: dup.csv: the header on line 1 has the column 'x' "
+                             "twice (indices 0, 1)")
+    assert not list((tmp_path / "cache").iterdir())  # rejected before compiling anything
+
+    stdout, stderr, code = out["cache"]
+    assert code == 0 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert (f"RuntimeWarning: MLEFIT_CACHE_DIR='{tmp_path}/a_file/cache': the cache folder "
+            f"'{tmp_path}/a_file/cache' is below a file") in stderr
+    x = datasets.strikes()  # the bundled data; the Normal MLE is the sample mean
+    assert json.loads(stdout)["params"]["loc"]["estimate"] == pytest.approx(x.mean(), rel=1e-12)
