@@ -354,3 +354,21 @@ def test_estimates():
     assert counts == int(np.asarray(many.converged).sum()) == 40
     with pytest.raises(ValueError, match="expected 2 scalar parameters"):
         plot.estimates(many, truth={"loc": 1.0})
+
+
+def test_cli_plot_labels_the_data_axes_with_the_column_name(tmp_path, monkeypatch, capsys):
+    from mlefit import _cli
+
+    monkeypatch.setattr(_cli, "_enable_compilation_cache", lambda: None)  # write no cache
+    x = np.random.default_rng(6).normal(2.0, 3.0, N)
+    csv = tmp_path / "d.csv"
+    csv.write_text("id,wait_time\n" + "".join(f"{i},{float(v)!r}\n" for i, v in enumerate(x)))
+    labels = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: labels.append(
+        [(ax.get_xlabel(), ax.get_ylabel()) for ax in self.axes]))
+    code = _cli.main(["fit", str(csv), "--dist", "normal", "--column", "wait_time",
+                      "--plot", str(tmp_path / "f.png")])
+    assert code == 0, capsys.readouterr()
+    ((density_axes, qq_axes),) = labels
+    assert density_axes == ("wait_time", "density")
+    assert qq_axes == ("Normal quantiles (fitted)", "wait_time (sorted)")
