@@ -26,7 +26,11 @@ from .models import Beta, Exponential, Gamma, Laplace, LogNormal, Normal, Studen
 __all__ = ["GoodnessOfFit", "gof", "edf_statistics", "STATISTICS"]
 
 STATISTICS = ("ks", "cvm", "ad")
-_TITLES = {"ks": "Kolmogorov-Smirnov D", "cvm": "Cramer-von Mises W^2", "ad": "Anderson-Darling A^2"}
+_TITLES = {
+    "ks": "Kolmogorov-Smirnov D",
+    "cvm": "Cramer-von Mises W^2",
+    "ad": "Anderson-Darling A^2",
+}
 
 # Continuous univariate models with a closed-form CDF (``cdf``/``sf``) and ``sample``.
 SUPPORTED = (Normal, LogNormal, Exponential, Gamma, Weibull, Beta, StudentT, Laplace)
@@ -81,7 +85,8 @@ class GoodnessOfFit(NamedTuple):
 
 
 def edf_statistics(u: jax.Array, log_cdf: jax.Array, log_sf: jax.Array) -> dict:
-    """Returns ``{"ks": D, "cvm": W^2, "ad": A^2}`` of one sample (formulas: :class:`GoodnessOfFit`).
+    """Returns ``{"ks": D, "cvm": W^2, "ad": A^2}`` of one sample (formulas in
+    :class:`GoodnessOfFit`).
 
     Args:
         u: ``F(x_(i))`` at the SORTED observations, shape ``(n,)``.
