@@ -486,7 +486,7 @@ def check_plot_target(path: str) -> None:
         ) from None
 
 
-def write_plot(res, values, path: str) -> None:
+def write_plot(res, values, path: str, label: str | None = None) -> None:
     """Fitted density over the data (bars for a discrete model) and a Q-Q plot, to ``path``."""
     import matplotlib
 
@@ -496,8 +496,8 @@ def write_plot(res, values, path: str) -> None:
     from . import plot
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    plot.density(res, values, ax=ax1)  # histogram or bars, from the model
-    plot.qq(res, values, ax=ax2)
+    plot.density(res, values, ax=ax1, label=label)  # histogram or bars, from the model
+    plot.qq(res, values, ax=ax2, label=label)
     try:
         fig.savefig(path, dpi=120)
     except OSError as e:
@@ -517,7 +517,7 @@ def run_fit(args) -> int:
     res = fit_one(canonical, model, col)
     rep = report(res, canonical, col, args.level)
     if args.plot:
-        write_plot(res, col.values, args.plot)
+        write_plot(res, col.values, args.plot, str(col.name))
     if args.json:
         print(json.dumps(_json_safe(rep), indent=2, allow_nan=False))
     else:

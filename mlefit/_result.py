@@ -247,6 +247,13 @@ class FitResult(eqx.Module):
 
         return summary_of(self, kind, level, max_rows)
 
+    def gof(self, statistics=("ks", "cvm", "ad"), n_boot: int = 1000, *, key, **fit_options):
+        """Returns KS, Cramer-von Mises and Anderson-Darling statistics with p-values by
+        parametric bootstrap with refitting (:func:`mlefit._gof.gof`; ``key``: a PRNG key)."""
+        from ._gof import gof
+
+        return gof(self, statistics, n_boot, key=key, **fit_options)
+
     def _repr_html_(self) -> str:
         from ._inference import html_of
 

@@ -3,12 +3,18 @@
 Each function takes a :class:`~mlefit.FitResult` (and data where needed), draws into
 ``ax`` when one is given, and returns the matplotlib ``Figure``:
 
-- :func:`history`: the mean NLL after each optimiser step;
-- :func:`density`: fitted density over a histogram (continuous) or pmf over a bar chart
-  of frequencies (discrete);
-- :func:`qq`: sample quantiles against the fitted model's quantiles;
-- :func:`profile`: the profile-likelihood curve with its confidence interval;
+- :func:`history`: the mean NLL after each optimiser step, minus its minimum, log scale;
+- :func:`density`: fitted density over a histogram (continuous), or bars of observed
+  and expected counts (discrete);
+- :func:`qq`: sample quantiles against the fitted model's quantiles, with a simultaneous
+  envelope;
+- :func:`ecdf`: the empirical CDF with the fitted CDF and a DKW confidence band;
+- :func:`profile`: the profile-likelihood curve with its confidence interval and the
+  Wald parabola;
 - :func:`estimates`: for a batched fit (``fit_many``), the distribution of estimates.
+
+Legends name the fitted model with its estimates (``Gamma(shape=2.31, scale=1.52)``);
+``label=`` names the observed variable (the CLI passes its ``--column``).
 
 Densities, CDFs and quantiles come from the model's own ``log_prob`` (exponentiated and
 integrated numerically), so they work for any unconditional model, without scipy.
@@ -27,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain
 
-__all__ = ["history", "density", "qq", "profile", "estimates"]
+__all__ = ["history", "density", "qq", "ecdf", "profile", "estimates", "fitted_label"]
 
 _DISCRETE_MODELS = {
     "poisson", "negativebinomial", "bernoulli", "binomial", "geometric", "categorical",
@@ -82,6 +88,17 @@ def _observations(res, data) -> np.ndarray:
             f"data: expected a non-empty 1-D array of scalar observations, got shape {x.shape}"
         )
     return x
+
+
+def fitted_label(res, digits: int = 4, max_params: int = 6) -> str:
+    """Returns ``"Model(name=value, ...)"`` with the estimates to ``digits`` significant
+    digits, e.g. ``"Gamma(shape=2.31, scale=1.52)"`` (at most ``max_params`` scalars, then
+    ``...``)."""
+    names, cols = _flat_batched(res.params, 0)
+    parts = [f"{n}={float(c[0]):.{digits}g}" for n, c in zip(names, cols, strict=True)]
+    if len(parts) > max_params:
+        parts = parts[:max_params] + ["..."]
+    return f"{res.model_name}({', '.join(parts)})"
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -194,9 +211,13 @@ def _quantiles(res, x: np.ndarray, probs: np.ndarray, discrete: bool) -> np.ndar
 
 # -- public plots --------------------------------------------------------------------
 def history(res, ax=None):
-    """Returns a Figure of the mean NLL after each step (per epoch for minibatch fits).
+    """Returns a Figure of ``NLL_t - min_t NLL_t`` after each step, on a log scale.
 
-    For a batched result (``fit_many``), one line per fit (at most 50).
+    The mean NLL ``NLL_t`` after step ``t`` (per epoch for minibatch fits) minus its
+    smallest value: linear convergence is a straight line, Newton's quadratic convergence
+    a bending one, a stall a plateau. The step that reaches the minimum (difference 0)
+    has no place on a log axis and is left out. For a batched result (``fit_many``), one
+    line per fit (at most 50), each minus its own minimum.
 
     Example:
         >>> import mlefit
@@ -210,24 +231,31 @@ def history(res, ax=None):
         raise ValueError("res: this fit recorded no history; fit again with history=True")
     fig, ax = _figure_and_axes(ax)
     h = np.asarray(h, dtype=float)
-    if h.ndim == 1:
-        ax.plot(np.arange(h.size), h, marker="." if h.size < 50 else None)
-    else:
-        h = h.reshape(-1, h.shape[-1])[:50]
-        for row in h:
-            ax.plot(np.arange(row.size), row, lw=0.8, alpha=0.6)
+    rows = h[None] if h.ndim == 1 else h.reshape(-1, h.shape[-1])[:50]
+    for row in rows:
+        gap = row - np.nanmin(row)
+        gap = np.where(gap > 0, gap, np.nan)  # the minimum itself: not on a log axis
+        if h.ndim == 1:
+            ax.plot(np.arange(row.size), gap, marker="." if row.size < 50 else None)
+        else:
+            ax.plot(np.arange(row.size), gap, lw=0.8, alpha=0.6)
+    ax.set_yscale("log")
     ax.set_xlabel("epoch" if res.minibatch else "step")
-    ax.set_ylabel("mean NLL")
-    ax.set_title(f"{res.model_name}: optimisation history")
+    ax.set_ylabel("mean NLL - min")
+    low = np.nanmin(h)
+    ax.set_title(f"{res.model_name}: optimisation history (min mean NLL {low:.10g})")
     return fig
 
 
-def density(res, data=None, ax=None, *, discrete: bool | None = None, bins="auto"):
+def density(res, data=None, ax=None, *, discrete: bool | None = None, bins="auto",
+            label: str | None = None):
     """Returns a Figure of the fitted density over the data.
 
     Continuous models: a density-normalised histogram of the data and the fitted pdf
-    ``p(x; theta_hat) = exp(log_prob(theta_hat, x))``. Discrete models: a bar per
-    integer value with its relative frequency, and the fitted pmf as markers.
+    ``p(x; theta_hat) = exp(log_prob(theta_hat, x))``. Discrete models: for each integer
+    ``k`` from the smallest to the largest observation, a bar of the observed count
+    ``#{i : x_i = k}`` and beside it a bar of the expected count ``n p(k; theta_hat)``.
+    The legend names the fitted model with its estimates.
 
     Args:
         res: a single (unbatched) fit of an unconditional model.
@@ -236,47 +264,101 @@ def density(res, data=None, ax=None, *, discrete: bool | None = None, bins="auto
         discrete: force the discrete (bar chart) or continuous (histogram) style;
             default: from the model.
         bins: histogram bins for continuous data (``numpy.histogram`` rules).
+        label: the name of the variable (e.g. its column name), for the x axis.
 
     Example:
         >>> import mlefit
         >>> x = mlefit.datasets.strikes()
-        >>> fig = mlefit.plot.density(mlefit.fit(mlefit.models.Gamma(), x))
+        >>> fig = mlefit.plot.density(mlefit.fit(mlefit.models.Gamma(), x), label="duration")
         >>> fig.savefig("gamma.png")  # doctest: +SKIP
     """
     _check_single(res, "density")
     x = _observations(res, data)
     discrete = _is_discrete(res) if discrete is None else discrete
     fig, ax = _figure_and_axes(ax)
+    fitted = fitted_label(res)
     if discrete:
         values, counts = np.unique(np.round(x).astype(np.int64), return_counts=True)
         ks = np.arange(values.min(), values.max() + 1)
-        freq = np.zeros(ks.size)
-        freq[np.searchsorted(ks, values)] = counts / x.size
-        ax.bar(ks, freq, width=0.8, alpha=0.5, label="data")
-        pmf = np.exp(_logpdf(res, ks.astype(float)))
-        ax.plot(ks, pmf, "o-", ms=4, lw=1, color="C3", label="fitted pmf")
-        ax.set_ylabel("probability")
+        observed = np.zeros(ks.size)
+        observed[np.searchsorted(ks, values)] = counts
+        expected = x.size * np.exp(_logpdf(res, ks.astype(float)))
+        ax.bar(ks - 0.2, observed, width=0.4, alpha=0.7, label=f"observed (n = {x.size})")
+        ax.bar(ks + 0.2, expected, width=0.4, alpha=0.7, color="C3",
+               label=f"expected: {fitted}")
+        ax.set_ylabel("count")
+        if ks.size <= 30:
+            ax.set_xticks(ks)
     else:
-        ax.hist(x, bins=bins, density=True, alpha=0.5, label="data")
+        ax.hist(x, bins=bins, density=True, alpha=0.5, label=f"data (n = {x.size})")
         pad = 0.05 * (x.max() - x.min() or 1.0)
         grid = np.linspace(x.min() - pad, x.max() + pad, 400)
         lp = _logpdf(res, grid)
         # outside the support (log p = -inf) draw nothing rather than a line at zero
         pdf = np.where(lp > -np.inf, np.exp(lp), np.nan)
-        ax.plot(grid, pdf, color="C3", lw=2, label="fitted pdf")
+        ax.plot(grid, pdf, color="C3", lw=2, label=fitted)
         ax.set_ylabel("density")
-    ax.set_xlabel("x")
+    ax.set_xlabel(label if label is not None else "x")
     ax.set_title(f"{res.model_name} fit (n = {x.size})")
     ax.legend()
     return fig
 
 
-def qq(res, data=None, ax=None, *, discrete: bool | None = None):
-    """Returns a Figure of the sorted data against the fitted model's quantiles.
+def simultaneous_band(n: int, level: float = 0.95, n_sim: int = 1000, *, seed=0,
+                      max_points: int = 2000):
+    """Returns ``(ranks, lower, upper)``: a simultaneous ``level`` band for the order
+    statistics ``U_(r)`` of ``n`` uniforms, at ``ranks`` (all ``1..n``, or ``max_points``
+    of them spread evenly).
 
-    Theoretical quantiles ``F^-1((i - 1/2) / n)``, ``i = 1..n``, from a CDF obtained
-    by integrating the fitted density numerically (summing the pmf for discrete
-    models); the line ``y = x`` is where a perfect fit lies.
+    Simulates ``n_sim`` samples of the order statistics (exactly, at the chosen ranks:
+    ``U_(r_j) = G_j / G``, ``G_j`` sums of gamma spacings) and takes pointwise quantiles
+    at ranks ``k`` and ``n_sim + 1 - k`` of each column, with ``k`` the largest for which
+    at least ``level * n_sim`` simulated curves lie inside at every rank (the depth of a
+    curve: its smallest pointwise rank from either end). Mapped through a fitted
+    quantile function ``F^-1`` it is the envelope of a Q-Q plot of data from that model.
+    """
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, n + 1)
+    if n > max_points:
+        ranks = np.unique(np.round(np.linspace(1, n, max_points)).astype(int))
+    gaps = np.diff(np.concatenate([[0], ranks, [n + 1]])).astype(float)
+    g = np.cumsum(rng.standard_gamma(gaps, size=(n_sim, gaps.size)), axis=1)
+    u = g[:, :-1] / g[:, -1:]
+    order = np.argsort(u, axis=0)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(1, n_sim + 1)[:, None], axis=0)
+    depth = np.minimum(rank, n_sim + 1 - rank).min(axis=1)
+    need = max(1, math.ceil(level * n_sim))
+    k = int(np.sort(depth)[::-1][need - 1])
+    cols = np.take_along_axis(u, order, axis=0)
+    return ranks, cols[k - 1], cols[n_sim - k]
+
+
+def qq(res, data=None, ax=None, *, discrete: bool | None = None, level: float | None = 0.95,
+       n_sim: int = 1000, seed=0, label: str | None = None):
+    """Returns a Figure of the sorted data against the fitted model's quantiles, with a
+    simultaneous envelope.
+
+    Theoretical quantiles ``F^-1((i - 1/2) / n)``, ``i = 1..n``, from a CDF obtained by
+    integrating the fitted density numerically (summing the pmf for discrete models);
+    the line ``y = x`` is where a perfect fit lies.
+
+    The envelope (``level``; None: none) is a parametric bootstrap of order statistics:
+    the order statistics of ``n`` draws from the fitted model are ``F^-1(U_(i))``, so the
+    band is ``F^-1`` of a band for uniform order statistics, simulated ``n_sim`` times,
+    whose pointwise quantiles are widened until ``level`` of the simulated curves lie
+    inside at EVERY point (:func:`simultaneous_band`). Simultaneous, not pointwise:
+    with 95% pointwise bands most samples of a few hundred points leave the band
+    somewhere, so a point outside says nothing; here a sample from the fitted model
+    leaves the envelope anywhere with probability ``1 - level``. Chosen over the
+    Kolmogorov-Smirnov band, which has the same width in probability everywhere and so
+    is needlessly wide in the middle and too narrow in the tails. The parameters are
+    held at the estimate (no refit per simulated sample), so with estimated parameters
+    the envelope is somewhat conservative; :meth:`FitResult.gof` gives exact tests.
+
+    Args:
+        label: the name of the variable (e.g. its column name), for the data (y) axis.
+        seed: seed of the simulation (the envelope is reproducible).
 
     Example:
         >>> import mlefit
@@ -289,13 +371,78 @@ def qq(res, data=None, ax=None, *, discrete: bool | None = None):
     probs = (np.arange(1, x.size + 1) - 0.5) / x.size
     theo = _quantiles(res, x, probs, discrete)
     fig, ax = _figure_and_axes(ax)
-    ax.plot(theo, x, "o", ms=3, alpha=0.7, label="data")
-    lo, hi = min(theo.min(), x.min()), max(theo.max(), x.max())
-    ax.plot([lo, hi], [lo, hi], color="C3", lw=1, label="y = x")
+    if level is not None:
+        ranks, lo_u, hi_u = simultaneous_band(x.size, level, n_sim, seed=seed)
+        lo = _quantiles(res, x, lo_u, discrete)
+        hi = _quantiles(res, x, hi_u, discrete)
+        bx = theo[ranks - 1]
+        ax.fill_between(bx, lo, hi, color="C0", alpha=0.15, lw=0)
+        ax.plot(bx, lo, color="C0", lw=0.8, ls="--", gid="envelope_lower",
+                label=f"{100 * level:g}% simultaneous envelope")
+        ax.plot(bx, hi, color="C0", lw=0.8, ls="--", gid="envelope_upper")
+    ax.plot(theo, x, "o", ms=3, alpha=0.7, gid="data", label="data")
+    lo_, hi_ = min(theo.min(), x.min()), max(theo.max(), x.max())
+    ax.plot([lo_, hi_], [lo_, hi_], color="C3", lw=1, gid="identity",
+            label=f"y = x: {fitted_label(res)}")
     ax.set_xlabel(f"{res.model_name} quantiles (fitted)")
-    ax.set_ylabel("sample quantiles")
+    ax.set_ylabel(f"{label} (sorted)" if label is not None else "sample quantiles")
     ax.set_title("Q-Q plot")
     ax.legend()
+    return fig
+
+
+def ecdf(res, data=None, ax=None, *, level: float | None = 0.95, discrete: bool | None = None,
+         label: str | None = None):
+    """Returns a Figure of the empirical CDF with the fitted CDF and a DKW band.
+
+    ``F_n(x) = #{i : x_i <= x} / n`` as a step function, the fitted ``F(x; theta_hat)``
+    (integrated numerically from the density, or the cumulated pmf), and the
+    Dvoretzky-Kiefer-Wolfowitz band ``F_n(x) -/+ eps``,
+    ``eps = sqrt(log(2 / (1 - level)) / (2 n))``, which covers the true CDF everywhere
+    with probability at least ``level`` (for a fixed model; with estimated parameters it
+    is conservative). A fitted CDF leaving the band is evidence against the model.
+
+    Args:
+        level: coverage of the band (None: no band).
+        label: the name of the variable (e.g. its column name), for the x axis.
+
+    Example:
+        >>> import mlefit
+        >>> x = mlefit.datasets.strikes()
+        >>> fig = mlefit.plot.ecdf(mlefit.fit(mlefit.models.Gamma(), x))
+    """
+    _check_single(res, "ecdf")
+    x = np.sort(_observations(res, data))
+    n = x.size
+    discrete = _is_discrete(res) if discrete is None else discrete
+    fig, ax = _figure_and_axes(ax)
+    pad = 0.05 * (x.max() - x.min() or 1.0)
+    xs = np.concatenate([[x[0] - pad], x, [x[-1] + pad]])
+    fn = np.concatenate([[0.0], np.arange(1, n + 1) / n, [1.0]])
+    if level is not None:
+        eps = math.sqrt(math.log(2.0 / (1.0 - level)) / (2.0 * n))
+        lo, hi = np.clip(fn - eps, 0.0, 1.0), np.clip(fn + eps, 0.0, 1.0)
+        ax.fill_between(xs, lo, hi, step="post", color="C0", alpha=0.15, lw=0)
+        ax.step(xs, lo, where="post", color="C0", lw=0.6, ls="--", gid="dkw_lower",
+                label=f"{100 * level:g}% DKW band (eps = {eps:.3g})")
+        ax.step(xs, hi, where="post", color="C0", lw=0.6, ls="--", gid="dkw_upper")
+    ax.step(xs, fn, where="post", color="C0", lw=1.5, gid="ecdf", label=f"ECDF (n = {n})")
+    if discrete:
+        k, pmf = _integer_support(res, x)
+        cdf = np.cumsum(pmf) / pmf.sum()
+        keep = (k >= xs[0] - 1) & (k <= xs[-1])
+        ax.step(k[keep], cdf[keep], where="post", color="C3", lw=1.5, gid="fitted",
+                label=fitted_label(res))
+    else:
+        grid, cdf = _continuous_cdf(res, x)
+        g = np.linspace(xs[0], xs[-1], 400)
+        ax.plot(g, np.interp(g, grid, cdf), color="C3", lw=1.5, gid="fitted",
+                label=fitted_label(res))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(label if label is not None else "x")
+    ax.set_ylabel("cumulative probability")
+    ax.set_title("ECDF and fitted CDF")
+    ax.legend(loc="lower right")
     return fig
 
 
@@ -337,7 +484,10 @@ def profile(res, name: str, ax=None, *, level: float = 0.95, values=None, num: i
 
     Plots the deviance ``D(v) = 2 * (NLL_total(profile at v) - NLL_total(estimate))``
     against ``v``, the chi-square(1) cut-off at ``level``, where the profile interval
-    ``{v : D(v) <= chi2_1(level)}`` ends (vertical lines) and the estimate.
+    ``{v : D(v) <= chi2_1(level)}`` ends (vertical lines) and the estimate. For
+    comparison, the Wald parabola ``((v - estimate) / stderr)^2`` (the quadratic
+    approximation of ``D`` whose cut gives the Wald interval): where the two curves part,
+    the Wald interval is not to be trusted.
 
     Args:
         res: a single fit.
@@ -368,6 +518,10 @@ def profile(res, name: str, ax=None, *, level: float = 0.95, values=None, num: i
     cut = _chi2_1_quantile(level)
     fig, ax = _figure_and_axes(ax)
     ax.plot(values, deviance, color="C0", lw=2, label="profile deviance")
+    se = float(ravel_pytree(res.stderr)[0][i])
+    if math.isfinite(se) and se > 0:  # the quadratic approximation behind Wald intervals
+        ax.plot(values, ((values - estimate) / se) ** 2, color="C2", lw=1, ls="-.",
+                gid="wald", label=f"Wald ((v - est) / se)^2, se = {se:.3g}")
     ax.axhline(cut, color="grey", ls="--", lw=1, label=f"chi2(1) {100 * level:g}% = {cut:.3g}")
     label = f"interval [{lo:.4g}, {hi:.4g}]"
     low, high = _flat_bounds(res, i)

@@ -2,15 +2,17 @@
 observation per row, parameters as a dict with scipy-compatible names.
 
 Every model gives ``log_prob(params, x)`` from ``jax.scipy.stats`` and a data-driven
-``init(x)`` (closed form or method of moments). The scalar ones also give ``log_cdf`` and
-``log_sf`` (used by :class:`~mlefit.models.Censored`) except where JAX has no
-twice-differentiable CDF (StudentT, Beta, Gamma).
+``init(x)`` (closed form or method of moments). The scalar ones give ``cdf`` and ``sf``
+(``F(x) = P(X <= x)`` and ``1 - F(x)``, used by goodness-of-fit tests and plots), and
+``log_cdf`` and ``log_sf`` (used by :class:`~mlefit.models.Censored`) except where JAX has
+no twice-differentiable CDF (StudentT, Beta, Gamma).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special as jsp
 import jax.scipy.stats as jstats
 import numpy as np
 
@@ -74,6 +76,14 @@ class Normal(AbstractModel):
     def log_sf(self, params, x):
         return jstats.norm.logsf(x, params["loc"], params["scale"])
 
+    def cdf(self, params, x):
+        """``F(x) = P(X <= x)``, as ``exp(log_cdf)``."""
+        return jnp.exp(self.log_cdf(params, x))
+
+    def sf(self, params, x):
+        """``S(x) = 1 - F(x)``, as ``exp(log_sf)`` (accurate in the upper tail)."""
+        return jnp.exp(self.log_sf(params, x))
+
     def _interior_point(self, params):
         return params["loc"]
 
@@ -114,6 +124,14 @@ class LogNormal(AbstractModel):
     def log_sf(self, params, x):
         return jstats.norm.logsf(jnp.log(x), params["mu"], params["sigma"])
 
+    def cdf(self, params, x):
+        """``F(x) = P(X <= x)``, as ``exp(log_cdf)``."""
+        return jnp.exp(self.log_cdf(params, x))
+
+    def sf(self, params, x):
+        """``S(x) = 1 - F(x)``, as ``exp(log_sf)`` (accurate in the upper tail)."""
+        return jnp.exp(self.log_sf(params, x))
+
     def _interior_point(self, params):
         return jnp.exp(params["mu"])
 
@@ -153,6 +171,14 @@ class Exponential(AbstractModel):
     def log_sf(self, params, x):
         return jstats.expon.logsf(x, scale=1.0 / params["rate"])
 
+    def cdf(self, params, x):
+        """``F(x) = P(X <= x)``, as ``exp(log_cdf)``."""
+        return jnp.exp(self.log_cdf(params, x))
+
+    def sf(self, params, x):
+        """``S(x) = 1 - F(x)``, as ``exp(log_sf)`` (accurate in the upper tail)."""
+        return jnp.exp(self.log_sf(params, x))
+
     def _interior_point(self, params):
         return jnp.log(2.0) / params["rate"]
 
@@ -187,6 +213,15 @@ class Gamma(AbstractModel):
 
     def log_prob(self, params, x):
         return jstats.gamma.logpdf(x, params["shape"], scale=params["scale"])
+
+    def cdf(self, params, x):
+        """``F(x) = P(shape, x / scale)``, the regularised lower incomplete gamma function
+        (values only: not twice differentiable in ``shape``)."""
+        return jsp.gammainc(params["shape"], jnp.maximum(x, 0.0) / params["scale"])
+
+    def sf(self, params, x):
+        """``S(x) = Q(shape, x / scale)``, the regularised upper incomplete gamma function."""
+        return jsp.gammaincc(params["shape"], jnp.maximum(x, 0.0) / params["scale"])
 
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0)
@@ -233,6 +268,14 @@ class Weibull(AbstractModel):
     def log_sf(self, params, x):
         return jstats.gumbel_l.logsf(self._gumbel_z(params, x))
 
+    def cdf(self, params, x):
+        """``F(x) = P(X <= x)``, as ``exp(log_cdf)``."""
+        return jnp.exp(self.log_cdf(params, x))
+
+    def sf(self, params, x):
+        """``S(x) = 1 - F(x)``, as ``exp(log_sf)`` (accurate in the upper tail)."""
+        return jnp.exp(self.log_sf(params, x))
+
     def _interior_point(self, params):
         return params["scale"] * jnp.log(2.0) ** (1.0 / params["shape"])
 
@@ -269,6 +312,15 @@ class Beta(AbstractModel):
     def log_prob(self, params, x):
         return jstats.beta.logpdf(x, params["a"], params["b"])
 
+    def cdf(self, params, x):
+        """``F(x) = I_x(a, b)``, the regularised incomplete beta function (values only: JAX
+        has no gradient of it in ``a`` and ``b``)."""
+        return jsp.betainc(params["a"], params["b"], jnp.clip(x, 0.0, 1.0))
+
+    def sf(self, params, x):
+        """``S(x) = I_{1-x}(b, a)``."""
+        return jsp.betainc(params["b"], params["a"], jnp.clip(1.0 - x, 0.0, 1.0))
+
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0, high=1.0)
 
@@ -301,6 +353,22 @@ class StudentT(AbstractModel):
 
     def log_prob(self, params, x):
         return jstats.t.logpdf(x, params["df"], params["loc"], params["scale"])
+
+    def _tail(self, params, x):
+        """``(z, P(T > |z|))`` with ``P(T > |z|) = I_{df / (df + z^2)}(df / 2, 1 / 2) / 2``."""
+        z = (x - params["loc"]) / params["scale"]
+        df = params["df"]
+        return z, 0.5 * jsp.betainc(0.5 * df, 0.5, df / (df + z * z))
+
+    def cdf(self, params, x):
+        """``F(x)`` through the incomplete beta function (values only; JAX has no t CDF)."""
+        z, tail = self._tail(params, x)
+        return jnp.where(z < 0, tail, 1.0 - tail)
+
+    def sf(self, params, x):
+        """``S(x) = F(-x)`` by symmetry about ``loc``."""
+        z, tail = self._tail(params, x)
+        return jnp.where(z > 0, tail, 1.0 - tail)
 
     def check_data(self, x) -> None:
         check_support(self.name, x)
@@ -352,6 +420,14 @@ class Laplace(AbstractModel):
             jnp.log(0.5) - jnp.maximum(z, 0.0),
             jnp.log1p(-0.5 * jnp.exp(jnp.minimum(z, 0.0))),
         )
+
+    def cdf(self, params, x):
+        """``F(x) = P(X <= x)``, as ``exp(log_cdf)``."""
+        return jnp.exp(self.log_cdf(params, x))
+
+    def sf(self, params, x):
+        """``S(x) = 1 - F(x)``, as ``exp(log_sf)`` (accurate in the upper tail)."""
+        return jnp.exp(self.log_sf(params, x))
 
     def _interior_point(self, params):
         return params["loc"]
