@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-anes", action="store_true")
     args = p.parse_args(argv)
     base = dict(os.environ)
-    cold_env = {k: v for k, v in base.items() if k != "MLEFIT_CACHE_DIR"}
+    cold_env = {**base, "MLEFIT_CACHE_DIR": "0"}
     cold = [_run(SPECTOR, cold_env) for _ in range(args.runs)]
     peer = [_run(PEER, base) for _ in range(args.runs)]
     with tempfile.TemporaryDirectory() as cache:
