@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import check_data, check_model_output, check_weights, float_dtype, host_view
+from ._checks import check_data, check_model_output, check_weights, float_dtype
 from ._constraints import constrain, split_init
 from ._likelihood import logpdfs, mean_nll
 from ._linesearch import scale_by_wolfe_linesearch
@@ -29,6 +29,12 @@ from ._result import FitResult
 from ._status import Status
 from ._trees import all_finite as _all_finite
 from ._trees import max_norm as _max_norm
+from ._weights import (
+    check_weights_kind,
+    effective_weights,
+    resolve_weights_kind,
+    weighted_n_obs,
+)
 
 __all__ = ["fit", "default_optimizer", "default_tol", "DEFAULT_MAX_STEPS"]
 
@@ -751,6 +757,7 @@ def fit(
     init=None,
     *,
     weights=None,
+    weights_kind: str | None = None,
     optimizer: optax.GradientTransformation | str | None = None,
     batch_size: int | None = None,
     epochs: int | None = None,
@@ -777,7 +784,19 @@ def fit(
         init: starting parameters (any pytree; ``Positive``/``Interval`` leaves declare
             constraints). Required for a plain function.
         weights: optional non-negative weight per observation (weighted mean NLL; a
-            zero weight removes an observation exactly).
+            zero weight removes an observation exactly). What they mean for ``n_obs``,
+            the covariance, AIC/BIC and LR tests is ``weights_kind``'s.
+        weights_kind: ``"frequency"`` (the default): ``v_i`` counts repeats of
+            observation ``i``; ``n_obs = sum_i v_i``, ``loglik = sum_i v_i log p_i``,
+            the covariance is the inverse Hessian of ``-sum_i v_i log p_i`` (as if row
+            ``i`` were repeated ``v_i`` times; statsmodels' ``freq_weights``). Left
+            unset, weights that are not whole numbers give a warning.
+            ``"variance"``: analytic/precision weights, only their ratios matter
+            (statsmodels' ``var_weights``, Stata's ``aweight``); they are rescaled to
+            ``v'_i = m v_i / sum_j v_j``, ``m`` the number of positive weights;
+            ``n_obs = m``, ``loglik = sum_i v'_i log p_i``, the covariance is the inverse
+            Hessian of ``-sum_i v'_i log p_i`` and robust covariances take the scores
+            as ``v'_i s_i``. AIC and BIC use ``n_obs``. See :mod:`mlefit._weights`.
         optimizer: any optax ``GradientTransformation``; default full-batch L-BFGS
             (``optax.lbfgs`` with a weak-Wolfe line search, then a Newton polish where
             the Hessian is cheap).
@@ -837,6 +856,7 @@ def fit(
     from ._distributed import as_sharded, model_data
     from ._stream import fit_source, is_source
 
+    check_weights_kind(weights_kind, weights, stream=is_source(data))
     newton = _check_named_optimizer(optimizer, batch_size, progress, is_source(data))
     if newton:
         optimizer = None
@@ -873,6 +893,8 @@ def fit(
     check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
     check_model_output(problem.logp, u0, data)  # abstract: constrained params have u's shapes
     weights = check_weights(weights, data[0].shape[0], dtype)
+    weights_kind = resolve_weights_kind(weights_kind, weights)
+    result_weights = effective_weights(weights, weights_kind)
     tol_arr = np.asarray(opts.tol, dtype)
     # Full batch on one device: exponential families fit from sufficient statistics.
     full_logp = problem.logp
@@ -935,13 +957,14 @@ def fit(
             params=problem.finalize(params),
             u=u,
             nll=value,
-            n_obs=n_obs(n, weights, dtype),
+            n_obs=weighted_n_obs(n, weights, dtype, weights_kind),
             status_code=status,
             steps=steps,
             grad_norm=grad_norm,
             history_buffer=hist,
             data=data,
-            weights=weights,
+            weights=result_weights,
+            weights_kind=weights_kind,
             problem=problem,
             transforms=transforms,
             minibatch=opts.batch_size is not None,
@@ -1032,11 +1055,8 @@ def _check_named_optimizer(optimizer, batch_size, progress, stream: bool) -> boo
 
 
 def n_obs(n: int, weights, dtype) -> jax.Array:
-    """``n``, or the sum of the weights: computed on the host where the weights are."""
-    if weights is None:
-        return jax.device_put(np.asarray(n, dtype))
-    host = host_view(weights)
-    return jnp.sum(weights) if host is None else jax.device_put(host.sum(dtype=dtype))
+    """``n``, or the sum of the weights (frequency weights; see :func:`weighted_n_obs`)."""
+    return weighted_n_obs(n, weights, dtype, "frequency")
 
 
 def _init_not_finite_message(problem, init, u0, transforms, data) -> str:

@@ -55,6 +55,9 @@ from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain, jacobian_diag
 from ._likelihood import mean_nll
+from ._robust import LEVERAGE_KINDS, ROBUST_KINDS, CovOptions, cov_options, meat_c
+from ._robust import cache_key as _cache_key
+from ._robust import small_sample_factor
 from ._status import Status
 
 __all__ = [
@@ -69,7 +72,8 @@ __all__ = [
     "COVARIANCE_KINDS",
 ]
 
-COVARIANCE_KINDS = ("observed", "opg", "sandwich")
+# "sandwich" is HC0 (its name before HC1-HC3 and cluster were added); see _robust.py.
+COVARIANCE_KINDS = ("observed", "opg", "sandwich") + ROBUST_KINDS
 # Elements (observations x parameters) per Hessian chunk: 2048-8192 observations at
 # p = 33 were the fastest chunks on the 2-core CPU, 32768 and up twice as slow.
 _CHUNK_ELEMENTS = 2**18
@@ -320,12 +324,18 @@ def _nan_to_zero(x):
     return jnp.where(jnp.isnan(x), 0.0, x)
 
 
-def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None):
+def analyse(
+    logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None,
+    options: CovOptions = CovOptions(),
+):
     """Returns the :class:`Inference` of a fit: covariance, stderr, Hessian and diagnostics.
 
     - observed: ``cov_u = H_u^-1`` (inverse Hessian of the total NLL);
     - opg: ``cov_u = B_u^-1``, ``B_u = sum_i v_i s_i s_i^T`` (outer product of scores);
-    - sandwich: ``cov_u = H_u^-1 B_u H_u^-1`` (robust, statsmodels' HC0);
+    - sandwich, HC0: ``cov_u = H_u^-1 B_u H_u^-1`` (robust, statsmodels' HC0);
+    - HC1, HC2, HC3, cluster: the same with the meat and small-sample factor of
+      :mod:`mlefit._robust` (``options`` carries the weights' kind, the mean
+      parameters and the cluster codes; ``B_u`` takes variance weights squared);
 
     then ``cov = J cov_u J`` (delta method), ``stderr = sqrt(diag(cov))``. Parameters at
     a bound, or not identified by the Hessian, have NaN rows and columns. Pure and
@@ -333,7 +343,10 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
 
     Args:
         logp, transforms, u, data, weights, chunk_size: as :func:`hessian_total`.
-        kind: ``"observed"`` (default), ``"opg"`` or ``"sandwich"`` (static).
+        kind: ``"observed"`` (default), ``"opg"``, ``"sandwich"``, ``"HC0"``-``"HC3"``
+            or ``"cluster"`` (static).
+        options: :class:`mlefit._robust.CovOptions` (default: frequency weights, all
+            parameters in the mean, no clusters).
 
     Example:
         >>> import jax.numpy as jnp, jax.scipy.stats as st
@@ -354,14 +367,21 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
     if kind == "observed":
         cov_u = h_inv
     else:
-        b_c = _opg_c(logp, c_flat, unravel, data, weights, chunk_size)
+        hz = _nan_to_zero(h_inv)
+        robust = "HC0" if kind in ("opg", "sandwich") else kind
+        n, p = data[0].shape[0], c_flat.size
+        chunk = chunk_size or default_chunk_size(n, p * p if robust in LEVERAGE_KINDS else p)
+        b_c = meat_c(
+            logp, c_flat, unravel, data, weights, robust, options,
+            jac[:, None] * hz * jac[None, :], chunk, _chunked_sum,
+        )
         b_u = jac[:, None] * b_c * jac[None, :]
         if kind == "opg":
             cov_u, _, ok = _regularised_inverse(b_u, ~at_bound)
         else:
             ok = identified
-            hz = _nan_to_zero(h_inv)
-            cov_u = hz @ b_u @ hz
+            n_obs = _weight_total(data, weights, c_flat.dtype)
+            cov_u = small_sample_factor(robust, n_obs, options, p) * (hz @ b_u @ hz)
         ok = ok & identified
         cov_u = jnp.where(ok[:, None] & ok[None, :], cov_u, jnp.nan)
     cov = jac[:, None] * cov_u * jac[None, :]
@@ -427,14 +447,18 @@ def profile_nll(
 # Compiled entry points and the per-result cache
 # ---------------------------------------------------------------------------------------
 @eqx.filter_jit
-def _analyse_compiled(logp, transforms, u, data, weights, kind, chunk_size):
-    return analyse(logp, transforms, u, data, weights, kind=kind, chunk_size=chunk_size)
+def _analyse_compiled(logp, transforms, u, data, weights, kind, chunk_size, options):
+    return analyse(
+        logp, transforms, u, data, weights, kind=kind, chunk_size=chunk_size, options=options
+    )
 
 
 @eqx.filter_jit
-def _analyse_batched(logp, transforms, u, data, weights, kind, chunk_size):
+def _analyse_batched(logp, transforms, u, data, weights, kind, chunk_size, options):
     return jax.vmap(
-        lambda u, d, w: analyse(logp, transforms, u, d, w, kind=kind, chunk_size=chunk_size)
+        lambda u, d, w: analyse(
+            logp, transforms, u, d, w, kind=kind, chunk_size=chunk_size, options=options
+        )
     )(u, data, weights)
 
 
@@ -469,27 +493,36 @@ def _check_kind(kind):
         raise ValueError(f"kind: expected one of {kinds}, got {kind!r}")
 
 
-def compute_inference(res, kind: str = "observed", chunk_size: int | None = None) -> Inference:
-    """Runs the compiled :func:`analyse` on a result (no cache); batched results are vmapped."""
+def compute_inference(
+    res, kind: str = "observed", chunk_size: int | None = None, groups=None
+) -> Inference:
+    """Runs the compiled :func:`analyse` on a result (no cache); batched results are vmapped.
+
+    ``groups``: cluster labels, one per observation (``kind="cluster"`` only).
+    """
     _check_kind(kind)
+    options = cov_options(res, kind, groups)
     logp, ts = res.problem.logp, res.transforms
     batch = res.batch_shape
     if not batch:
-        return _analyse_compiled(logp, ts, res.u, res.data, res.weights, kind, chunk_size)
+        return _analyse_compiled(
+            logp, ts, res.u, res.data, res.weights, kind, chunk_size, options
+        )
     size = math.prod(batch)
     flat = lambda x: x.reshape((size,) + x.shape[len(batch):])  # noqa: E731
     u, data, weights = jax.tree.map(flat, (res.u, res.data, res.weights))
-    out = _analyse_batched(logp, ts, u, data, weights, kind, chunk_size)
+    out = _analyse_batched(logp, ts, u, data, weights, kind, chunk_size, options)
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), out)
 
 
-def inference_of(res, kind: str = "observed") -> Inference:
-    """The :class:`Inference` of ``res``, computed once per result object and kind."""
+def inference_of(res, kind: str = "observed", groups=None) -> Inference:
+    """The :class:`Inference` of ``res``, computed once per result object, kind and groups."""
     _check_kind(kind)
+    key = _cache_key(kind, cov_options(res, kind, groups))
     cache = _cache_of(res)
-    if kind not in cache:
-        cache[kind] = compute_inference(res, kind)
-    return cache[kind]
+    if key not in cache:
+        cache[key] = compute_inference(res, kind, groups=groups)
+    return cache[key]
 
 
 def stderr_of(res, kind: str = "observed"):
@@ -644,11 +677,13 @@ def _indices_of(res, params) -> list[int]:
     return out
 
 
-def wald_confint(res, level: float = 0.95, params=None, kind: str = "observed") -> np.ndarray:
+def wald_confint(
+    res, level: float = 0.95, params=None, kind: str = "observed", groups=None
+) -> np.ndarray:
     """``estimate -/+ z_{(1+level)/2} * stderr`` per flat parameter, shape ``(..., k, 2)``."""
     level = _check_level(level)
     idx = _indices_of(res, params)
-    inf = inference_of(res, kind)
+    inf = inference_of(res, kind, groups)
     est = np.asarray(_flat_params(res))[..., idx]
     se = np.asarray(inf.stderr)[..., idx]
     z = _normal_quantile(level)
@@ -837,10 +872,12 @@ def profile_confint(res, level: float = 0.95, params=None) -> np.ndarray:
     return out.reshape(len(idx), 2)
 
 
-def confint_of(res, level=0.95, method="wald", params=None, kind="observed") -> np.ndarray:
+def confint_of(
+    res, level=0.95, method="wald", params=None, kind="observed", groups=None
+) -> np.ndarray:
     """``res.confint``: ``(k, 2)`` lower/upper bounds in the order of ``params``."""
     if method == "wald":
-        return wald_confint(res, level, params, kind)
+        return wald_confint(res, level, params, kind, groups)
     if method == "profile":
         return profile_confint(res, level, params)
     raise ValueError(f"method: expected 'wald' or 'profile', got {method!r}")
@@ -920,11 +957,11 @@ def _pvalue(z):
     return np.array([math.erfc(abs(v) / math.sqrt(2.0)) if np.isfinite(v) else np.nan for v in z])
 
 
-def _table(res, kind, level, max_rows):
+def _table(res, kind, level, max_rows, groups=None):
     _require_single(res, "summary")
     names = param_names_of(res)
     est = np.asarray(_flat_params(res), dtype=float)
-    inf = inference_of(res, kind)
+    inf = inference_of(res, kind, groups)
     se = np.asarray(inf.stderr, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = est / se
@@ -993,11 +1030,13 @@ def _explanations(res, inf, status) -> list[str]:
     return out
 
 
-def summary_of(res, kind: str = "observed", level: float = 0.95, max_rows: int = 50) -> str:
+def summary_of(
+    res, kind: str = "observed", level: float = 0.95, max_rows: int = 50, groups=None
+) -> str:
     """``res.summary()``: a text table in the manner of statsmodels and iminuit."""
     _check_kind(kind)
     level = _check_level(level)
-    rows, more, inf = _table(res, kind, level, max_rows)
+    rows, more, inf = _table(res, kind, level, max_rows, groups)
     items, status = _header(res, inf, kind)
     width = 92
     lines = ["mlefit fit result".center(width), "=" * width]
