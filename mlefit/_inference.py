@@ -55,9 +55,15 @@ from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain, jacobian_diag
 from ._likelihood import mean_nll
-from ._robust import LEVERAGE_KINDS, ROBUST_KINDS, CovOptions, cov_options, meat_c
+from ._robust import (
+    LEVERAGE_KINDS,
+    ROBUST_KINDS,
+    CovOptions,
+    cov_options,
+    meat_c,
+    small_sample_factor,
+)
 from ._robust import cache_key as _cache_key
-from ._robust import small_sample_factor
 from ._status import Status
 
 __all__ = [
@@ -326,7 +332,7 @@ def _nan_to_zero(x):
 
 def analyse(
     logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None,
-    options: CovOptions = CovOptions(),
+    options: CovOptions | None = None,
 ):
     """Returns the :class:`Inference` of a fit: covariance, stderr, Hessian and diagnostics.
 
@@ -358,6 +364,7 @@ def analyse(
     """
     if kind not in COVARIANCE_KINDS:
         raise ValueError(f"kind: expected one of {COVARIANCE_KINDS}, got {kind!r}")
+    options = CovOptions() if options is None else options
     _, c_flat, jac, d2, unravel = _flat_pieces(transforms, u)
     g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
     h_u = _chain_rule(h_c, g_c, jac, d2)
