@@ -15,10 +15,10 @@ number of free scalar parameters:
   Hessian of the total NLL with respect to flattened ``u``.
 - ``opg_total(logp, transforms, u, data, weights=None, *, chunk_size=None) -> (p, p)``:
   ``B_u = sum_i v_i s_i s_i^T``, ``s_i`` the score of observation ``i`` in ``u``.
-- ``analyse(logp, transforms, u, data, weights=None, *, kind="observed", chunk_size=None)
-  -> Inference``: covariance (constrained space) of the requested kind, standard errors,
-  Hessian, positive-definiteness flag, per-parameter ``identified``/``at_bound`` masks and
-  the Hessian's condition number.
+- ``analyse(logp, transforms, u, data, weights=None, *, kind="observed", chunk_size=None,
+  options=None) -> Inference``: covariance (constrained space) of the requested kind
+  (robust kinds: :mod:`mlefit._robust`), standard errors, Hessian, positive-definiteness
+  flag, per-parameter ``identified``/``at_bound`` masks and the Hessian's condition number.
 - ``profile_nll(logp, transforms, u, data, weights, index, u_value, *, optimizer, tol,
   max_steps) -> (total_nll, status)``: the total NLL minimised over all flat parameters but
   ``index``, which is held at the unconstrained value ``u_value`` (``index`` may be traced).
@@ -59,6 +59,7 @@ from ._robust import (
     LEVERAGE_KINDS,
     ROBUST_KINDS,
     CovOptions,
+    canonical_kind,
     cov_options,
     meat_c,
     small_sample_factor,
@@ -508,6 +509,7 @@ def compute_inference(
     ``groups``: cluster labels, one per observation (``kind="cluster"`` only).
     """
     _check_kind(kind)
+    kind = canonical_kind(kind)
     options = cov_options(res, kind, groups)
     logp, ts = res.problem.logp, res.transforms
     batch = res.batch_shape
@@ -525,6 +527,7 @@ def compute_inference(
 def inference_of(res, kind: str = "observed", groups=None) -> Inference:
     """The :class:`Inference` of ``res``, computed once per result object, kind and groups."""
     _check_kind(kind)
+    kind = canonical_kind(kind)
     key = _cache_key(kind, cov_options(res, kind, groups))
     cache = _cache_of(res)
     if key not in cache:

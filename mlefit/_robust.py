@@ -49,6 +49,7 @@ __all__ = [
     "LEVERAGE_KINDS",
     "ROBUST_KINDS",
     "CovOptions",
+    "canonical_kind",
     "cov_options",
     "meat_c",
     "small_sample_factor",
@@ -201,6 +202,11 @@ def cov_options(res, kind: str, groups=None) -> CovOptions:
         res.weights_kind, mean_mask_of(res), jnp.asarray(codes), int(codes.max()) + 1,
         jnp.asarray(n_clusters, dtype),
     )
+
+
+def canonical_kind(kind: str) -> str:
+    """``"HC0"`` for its alias ``"sandwich"`` (one compilation and cache entry for both)."""
+    return "HC0" if kind == "sandwich" else kind
 
 
 def cache_key(kind: str, options: CovOptions):

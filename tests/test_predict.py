@@ -18,37 +18,28 @@ import statsmodels.api as sm
 import mlefit
 from mlefit import models
 
+from . import glm_problems as gp
 from .helpers import rel_err
 
 RTOL = 1e-6  # both fits converge to ~1e-10; the delta method is an exact formula here
 
 
-def new_design(rng, m=7):
-    return rng.normal(size=(m, 2))
+X_NEW = np.random.default_rng(31).normal(size=(7, 2))  # rows not in the fits' data
 
 
-@pytest.fixture(scope="module")
-def poisson():
-    rng = np.random.default_rng(31)
-    X = rng.normal(size=(80, 2))
-    y = rng.poisson(np.exp(0.2 + X @ np.array([0.6, -0.4])))
-    return mlefit.fit(models.PoissonRegression(), (X, y)), X, y, new_design(rng)
+def glm_of(problem: str):
+    """``(res, X, y, statsmodels family)``."""
+    if problem == "poisson":
+        (X, y, *_), res = gp.poisson()
+        return res, X, y, sm.families.Poisson()
+    (X, y, _), res = gp.logistic()
+    return res, X, y, sm.families.Binomial()
 
 
-@pytest.fixture(scope="module")
-def logistic():
-    rng = np.random.default_rng(32)
-    X = rng.normal(size=(150, 2))
-    y = rng.binomial(1, 1.0 / (1.0 + np.exp(-(0.3 + X @ np.array([1.2, -0.8])))))
-    return mlefit.fit(models.Logistic(), (X, y)), X, y, new_design(rng)
-
-
-@pytest.mark.parametrize("problem,family", [
-    ("poisson", sm.families.Poisson()),
-    ("logistic", sm.families.Binomial()),
-])
-def test_glm_prediction_matches_statsmodels(problem, family, request):
-    res, X, y, X_new = request.getfixturevalue(problem)
+@pytest.mark.parametrize("problem", ["poisson", "logistic"])
+def test_glm_prediction_matches_statsmodels(problem):
+    res, X, y, family = glm_of(problem)
+    X_new = X_NEW
     ref = sm.GLM(y, sm.add_constant(X), family=family).fit(tol=1e-13)
     frame = ref.get_prediction(sm.add_constant(X_new)).summary_frame(alpha=0.1)
     pred = res.predict(X_new)
@@ -64,12 +55,8 @@ def test_glm_prediction_matches_statsmodels(problem, family, request):
 
 
 def test_linear_prediction_matches_ols():
-    rng = np.random.default_rng(33)
-    n, k = 40, 3
-    X = rng.normal(size=(n, 2))
-    y = 1.0 + X @ np.array([0.5, 2.0]) + rng.normal(size=n)
-    X_new = new_design(rng)
-    res = mlefit.fit(models.LinearGaussian(), (X, y))
+    (X, y, *_), res = gp.linear()
+    (n, k), X_new = (X.shape[0], 3), X_NEW
     ref = sm.OLS(y, sm.add_constant(X)).fit().get_prediction(sm.add_constant(X_new))
     pred = res.predict(X_new)
     assert pred.scale == "identity"
@@ -80,9 +67,10 @@ def test_linear_prediction_matches_ols():
     assert rel_err(ci[:, 1], pred.mean + z * pred.se) < 1e-12
 
 
-def test_robust_prediction_errors_use_that_covariance(poisson):
+def test_robust_prediction_errors_use_that_covariance():
     # Poisson: d mu / d (intercept, coef) = mu (1, x); se^2 = g^T C g for C of kind HC1.
-    res, _, _, X_new = poisson
+    _, res = gp.poisson()
+    X_new = X_NEW
     pred = res.predict(X_new, kind="HC1")
     names = res.param_names
     G = np.zeros((X_new.shape[0], len(names)))
@@ -102,7 +90,7 @@ def test_softmax_probabilities_and_errors():
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     y = np.array([rng.choice(K, p=row) for row in p])
     res = mlefit.fit(models.Softmax(K), (X, y))
-    X_new = new_design(rng, 4)
+    X_new = X_NEW[:4]
     pred = res.predict(X_new)
     ref = sm.MNLogit(y, sm.add_constant(X)).fit(method="newton", tol=1e-12, disp=0)
     assert pred.mean.shape == pred.se.shape == (4, K)
@@ -133,8 +121,8 @@ def test_mlp_predict_is_predict_proba():
         model.predict(params, X[:, :2])
 
 
-def test_predict_bad_input(poisson):
-    res, X, y, _ = poisson
+def test_predict_bad_input():
+    (X, *_), res = gp.poisson()
     with pytest.raises(ValueError, match=r"X: expected shape \(n, 2\) \(PoissonRegression was "
                        r"fitted with 2 column\(s\)\), got shape \(4, 3\)"):
         res.predict(np.ones((4, 3)))
@@ -142,11 +130,11 @@ def test_predict_bad_input(poisson):
         res.predict(np.ones(2))
     with pytest.raises(ValueError, match="X: expected a numeric array"):
         res.predict(np.array([["a", "b"]]))
-    normal = mlefit.fit(models.Normal(), y.astype(float) + 0.5)
+    normal = mlefit.fit(models.Normal(), gp.normal_sample())
     with pytest.raises(TypeError, match="predict: Normal is an unconditional model"):
         normal.predict(X)
     user = mlefit.fit(
-        lambda p, x: jst.norm.logpdf(x, p["m"], 1.0), jnp.asarray(y, float), {"m": 0.0}
+        lambda p, x: jst.norm.logpdf(x, p["m"], 1.0), jnp.asarray(gp.normal_sample()), {"m": 0.0}
     )
     with pytest.raises(TypeError, match="user function or Module without predict"):
         user.predict(X)

@@ -7,6 +7,8 @@ cluster from statsmodels directly, HC1 = statsmodels' HC0 x n / (n - k), and HC2
 built from statsmodels' own pieces (``score_obs``, ``hessian``, the IRLS hat values
 ``get_hat_matrix_diag``) with R ``sandwich::vcovHC``'s definitions. For linear
 regression statsmodels' ``OLS``/``WLS`` implement all four, and are used as they are.
+Each covariance kind compiles once per model and shape (about 1 s): every kind is checked
+on the linear model, a subset of them elsewhere.
 """
 
 from __future__ import annotations
@@ -15,29 +17,9 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
-import mlefit
-from mlefit import models
-
-from .helpers import rel_err
+from . import glm_problems as gp
 
 RTOL = 1e-6  # both fits converge to ~1e-10; the covariances are exact formulas
-# Each covariance kind compiles once per model and shape (about 1 s): the tests below
-# check every kind on the Poisson GLM and the linear model, and a subset elsewhere.
-SM_ORDER = ["intercept", "coef[0]", "coef[1]"]  # statsmodels' [const, x1, x2]
-N_CLUSTERS = 17
-
-
-def cov_err(a, b) -> float:
-    """``max|a - b| / max|b|``: relative to the largest entry (a near-zero covariance
-    carries the absolute error of the estimates, not a relative one)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
-def in_sm_order(res, cov):
-    """The (intercept, coef) block of ``cov`` in statsmodels' column order."""
-    idx = [res.param_names.index(name) for name in SM_ORDER]
-    return np.asarray(cov)[np.ix_(idx, idx)]
 
 
 def hc_reference(glm_res, power: int) -> np.ndarray:
@@ -49,53 +31,27 @@ def hc_reference(glm_res, power: int) -> np.ndarray:
     return bread @ ((s / (1.0 - h)[:, None] ** power).T @ s) @ bread
 
 
-def make_groups(n: int, rng) -> np.ndarray:
-    """Cluster labels of unequal sizes (strings, to test non-integer labels)."""
-    return np.array([f"g{k}" for k in rng.integers(0, N_CLUSTERS, n)])
+def codes(labels):
+    return np.unique(labels, return_inverse=True)[1]
 
 
-@pytest.fixture(scope="module")
-def poisson():
-    rng = np.random.default_rng(11)
-    n = 90
-    X = rng.normal(size=(n, 2))
-    y = rng.poisson(np.exp(0.3 + X @ np.array([0.5, -0.3])))
-    groups = make_groups(n, rng)
-    res = mlefit.fit(models.PoissonRegression(), (X, y))
-    glm = sm.GLM(y, sm.add_constant(X), family=sm.families.Poisson())
-    return res, glm, groups
-
-
-@pytest.fixture(scope="module")
-def logistic():
-    rng = np.random.default_rng(12)
-    n = 140
-    X = rng.normal(size=(n, 2))
-    y = rng.binomial(1, 1.0 / (1.0 + np.exp(-(0.2 + X @ np.array([1.0, -0.7])))))
-    groups = make_groups(n, rng)
-    res = mlefit.fit(models.Logistic(), (X, y))
-    glm = sm.GLM(y, sm.add_constant(X), family=sm.families.Binomial())
-    return res, glm, groups
-
-
-@pytest.fixture(scope="module")
-def linear():
-    rng = np.random.default_rng(13)
-    n = 70
-    X = rng.normal(size=(n, 2))
-    # Heteroskedastic noise, so that the robust kinds differ from the model-based one.
-    y = 1.0 + X @ np.array([2.0, -1.0]) + rng.normal(size=n) * (0.5 + np.abs(X[:, 0]))
-    groups = make_groups(n, rng)
-    res = mlefit.fit(models.LinearGaussian(), (X, y))
-    return res, sm.OLS(y, sm.add_constant(X)), groups
+def glm_of(problem: str):
+    """``(res, statsmodels GLM, groups)``."""
+    if problem == "poisson":
+        (X, y, groups, _, _), res = gp.poisson()
+        family = sm.families.Poisson()
+    else:
+        (X, y, groups), res = gp.logistic()
+        family = sm.families.Binomial()
+    return res, sm.GLM(y, sm.add_constant(X), family=family), groups
 
 
 @pytest.mark.parametrize("problem,kinds", [
-    ("poisson", ("HC0", "HC1", "HC2", "HC3")),
+    ("poisson", ("HC0", "HC2", "HC3")),
     ("logistic", ("HC1", "HC3")),
 ])
-def test_glm_hc_kinds_match_statsmodels(problem, kinds, request):
-    res, glm, _ = request.getfixturevalue(problem)
+def test_glm_hc_kinds_match_statsmodels(problem, kinds):
+    res, glm, _ = glm_of(problem)
     ref = glm.fit(tol=1e-13)
     hc0 = glm.fit(tol=1e-13, cov_type="HC0").cov_params()
     n, k = glm.exog.shape
@@ -106,81 +62,70 @@ def test_glm_hc_kinds_match_statsmodels(problem, kinds, request):
         "HC3": hc_reference(ref, 2),
     }
     for kind in kinds:
-        assert cov_err(in_sm_order(res, res.covariance(kind)), expect[kind]) < RTOL, kind
+        assert gp.cov_err(gp.in_sm_order(res, res.covariance(kind)), expect[kind]) < RTOL, kind
     if "HC0" in kinds:  # "sandwich" is the HC0 of before
-        assert cov_err(res.covariance("sandwich"), res.covariance("HC0")) < 1e-14
+        assert gp.cov_err(res.covariance("sandwich"), res.covariance("HC0")) < 1e-14
 
 
 @pytest.mark.parametrize("problem", ["poisson", "logistic"])
-def test_glm_cluster_matches_statsmodels(problem, request):
-    res, glm, groups = request.getfixturevalue(problem)
+def test_glm_cluster_matches_statsmodels(problem):
+    res, glm, groups = glm_of(problem)
     # statsmodels' default: use_correction=True, c = G/(G-1) (n-1)/(n-k).
-    ref = glm.fit(tol=1e-13, cov_type="cluster", cov_kwds={"groups": np.unique(
-        groups, return_inverse=True)[1]})
+    ref = glm.fit(tol=1e-13, cov_type="cluster", cov_kwds={"groups": codes(groups)})
     cov = res.covariance("cluster", groups=groups)
-    assert cov_err(in_sm_order(res, cov), ref.cov_params()) < RTOL
+    assert gp.cov_err(gp.in_sm_order(res, cov), ref.cov_params()) < RTOL
     # The interval and the summary use it too.
     ci = res.confint(0.95, kind="cluster", groups=groups, params=["coef[0]"])[0]
     j = res.param_names.index("coef[0]")
     half = 1.959963984540054 * np.sqrt(np.asarray(cov)[j, j])
-    assert rel_err(ci, float(res.params["coef"][0]) + np.array([-half, half])) < 1e-12
+    assert np.allclose(ci, float(res.params["coef"][0]) + np.array([-half, half]), rtol=1e-12)
     assert "Covariance:     cluster" in res.summary(kind="cluster", groups=groups)
 
 
-def test_linear_regression_matches_ols_hc_and_cluster(linear):
-    res, ols, groups = linear
+def test_linear_regression_matches_ols_hc_and_cluster():
+    (X, y, groups, _), res = gp.linear()
+    ols = sm.OLS(y, sm.add_constant(X))
     ref = ols.fit()
     for kind in ("HC0", "HC1", "HC2", "HC3"):
-        expect = getattr(ref, f"cov_{kind}")
         # The scale is a nuisance parameter: the coefficient block equals OLS's, with
         # k = 3 coefficients in HC1 and leverages from the coefficients only.
-        assert cov_err(in_sm_order(res, res.covariance(kind)), expect) < RTOL, kind
-    codes = np.unique(groups, return_inverse=True)[1]
-    cl = ols.fit(cov_type="cluster", cov_kwds={"groups": codes}).cov_params()
-    assert cov_err(in_sm_order(res, res.covariance("cluster", groups=groups)), cl) < RTOL
+        got = gp.in_sm_order(res, res.covariance(kind))
+        assert gp.cov_err(got, getattr(ref, f"cov_{kind}")) < RTOL, kind
+    cl = ols.fit(cov_type="cluster", cov_kwds={"groups": codes(groups)}).cov_params()
+    assert gp.cov_err(gp.in_sm_order(res, res.covariance("cluster", groups=groups)), cl) < RTOL
     assert "HC3" in res.summary(kind="HC3")
 
 
 def test_frequency_weights_are_repeated_rows():
-    # Frequency weights: every robust kind equals statsmodels on the expanded data.
-    rng = np.random.default_rng(14)
-    n = 50
-    X = rng.normal(size=(n, 2))
-    y = rng.poisson(np.exp(0.2 + X @ np.array([0.4, 0.3])))
-    f = rng.integers(1, 4, n)
-    groups = rng.integers(0, 9, n)
-    res = mlefit.fit(models.PoissonRegression(), (X, y), weights=f)
-    Xe, ye, ge = np.repeat(X, f, axis=0), np.repeat(y, f), np.repeat(groups, f)
+    # Frequency weights: the robust kinds equal statsmodels' on the expanded data.
+    (X, y, _, f, _), _ = gp.poisson()
+    res = gp.poisson_weighted("frequency")
+    Xe, ye = np.repeat(X, f, axis=0), np.repeat(y, f)
     glm = sm.GLM(ye, sm.add_constant(Xe), family=sm.families.Poisson())
     ref = glm.fit(tol=1e-13)
     m, k = glm.exog.shape
     hc0 = glm.fit(tol=1e-13, cov_type="HC0").cov_params()
     assert float(res.n_obs) == m
-    assert cov_err(in_sm_order(res, res.covariance("HC1")), hc0 * m / (m - k)) < RTOL
-    assert cov_err(in_sm_order(res, res.covariance("HC3")), hc_reference(ref, 2)) < RTOL
-    cl = glm.fit(tol=1e-13, cov_type="cluster", cov_kwds={"groups": ge}).cov_params()
-    assert cov_err(in_sm_order(res, res.covariance("cluster", groups=groups)), cl) < RTOL
+    assert gp.cov_err(gp.in_sm_order(res, res.covariance("HC1")), hc0 * m / (m - k)) < RTOL
+    assert gp.cov_err(gp.in_sm_order(res, res.covariance("HC3")), hc_reference(ref, 2)) < RTOL
+    # (The cluster sums S_g = sum_i v_i s_i are the same code for both kinds of weights:
+    # checked with variance weights below.)
 
 
 def test_variance_weights_match_wls():
     # Variance weights: WLS's HC kinds (wexog = sqrt(w) X) and its cluster covariance.
-    rng = np.random.default_rng(15)
-    n = 60
-    X = rng.normal(size=(n, 2))
-    v = rng.uniform(0.2, 3.0, n)
-    y = 1.0 - X @ np.array([1.0, 0.5]) + rng.normal(size=n) * (0.3 + X[:, 1] ** 2) / np.sqrt(v)
-    groups = rng.integers(0, 8, n)
-    res = mlefit.fit(models.LinearGaussian(), (X, y), weights=v, weights_kind="variance")
-    wls = sm.WLS(y, sm.add_constant(X), weights=v).fit()
-    for kind in ("HC1", "HC3"):
-        assert cov_err(in_sm_order(res, res.covariance(kind)), getattr(wls, f"cov_{kind}")) < RTOL
-    cl = sm.WLS(y, sm.add_constant(X), weights=v).fit(
-        cov_type="cluster", cov_kwds={"groups": groups}).cov_params()
-    assert cov_err(in_sm_order(res, res.covariance("cluster", groups=groups)), cl) < RTOL
+    (X, y, groups, v), _ = gp.linear()
+    res = gp.linear_weighted("variance")
+    wls = sm.WLS(y, sm.add_constant(X), weights=v)
+    ref = wls.fit()
+    got = gp.in_sm_order(res, res.covariance("HC3"))
+    assert gp.cov_err(got, ref.cov_HC3) < RTOL
+    cl = wls.fit(cov_type="cluster", cov_kwds={"groups": codes(groups)}).cov_params()
+    assert gp.cov_err(gp.in_sm_order(res, res.covariance("cluster", groups=groups)), cl) < RTOL
 
 
-def test_robust_kinds_bad_input(poisson):
-    res, _, groups = poisson
+def test_robust_kinds_bad_input():
+    (_, _, groups, _, _), res = gp.poisson()
     with pytest.raises(ValueError, match=r"kind: expected one of .*'HC3'.*got 'HC4'"):
         res.covariance("HC4")
     with pytest.raises(ValueError, match=r"groups: expected one cluster label per observation, "

@@ -6,7 +6,7 @@ statsmodels' ``freq_weights`` and ``var_weights`` are the peers. Conventions com
 - variance: ``n_obs`` = the number of observations (statsmodels' ``nobs``), ``BIC =
   bic_llf = -2 llf + k log(n)``. mlefit rescales variance weights to sum to ``n``;
   statsmodels takes them as absolute for Poisson, so the Poisson comparison uses weights
-  that already sum to ``n`` (and a separate test shows mlefit ignores their scale).
+  that already sum to ``n`` (the same test shows mlefit ignores their scale).
 - Gaussian: mlefit's ``scale`` is the MLE (``RSS_w / n``), statsmodels' GLM scale is
   ``RSS_w / (n - k)``; statsmodels is given mlefit's scale (``fit(scale=...)``) so that
   the coefficient covariances are comparable.
@@ -23,73 +23,46 @@ import statsmodels.api as sm
 import mlefit
 from mlefit import models
 
+from . import glm_problems as gp
 from .helpers import rel_err
 
 RTOL = 1e-6  # both fits converge to ~1e-10; covariances and log-likelihoods are exact
-SM_ORDER = ["intercept", "coef[0]", "coef[1]"]  # statsmodels' [const, x1, x2]
 
 
-def cov_err(a, b) -> float:
-    """``max|a - b| / max|b|`` (relative to the largest entry)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
-def in_sm_order(res, cov):
-    idx = [res.param_names.index(name) for name in SM_ORDER]
-    return np.asarray(cov)[np.ix_(idx, idx)]
-
-
-def coefs(res):
-    return np.concatenate([[float(res.params["intercept"])], np.asarray(res.params["coef"])])
-
-
-@pytest.fixture(scope="module")
-def poisson_data():
-    rng = np.random.default_rng(21)
-    n = 60
-    X = rng.normal(size=(n, 2))
-    y = rng.poisson(np.exp(0.3 + X @ np.array([0.5, -0.3])))
-    return X, y, rng
-
-
-def test_poisson_frequency_weights_match_statsmodels(poisson_data):
-    X, y, rng = poisson_data
-    f = rng.integers(1, 5, X.shape[0])
-    res = mlefit.fit(models.PoissonRegression(), (X, y), weights=f)
+def test_poisson_frequency_weights_match_statsmodels():
+    (X, y, _, f, _), _ = gp.poisson()
+    res = gp.poisson_weighted("frequency")
     ref = sm.GLM(y, sm.add_constant(X), family=sm.families.Poisson(), freq_weights=f).fit(
         tol=1e-13)
     assert res.weights_kind == "frequency"
     assert float(res.n_obs) == f.sum() == ref.model.wnobs
-    assert rel_err(coefs(res), ref.params) < RTOL
-    assert cov_err(in_sm_order(res, res.cov), ref.cov_params()) < RTOL
+    assert rel_err(gp.coefs(res), ref.params) < RTOL
+    assert gp.cov_err(gp.in_sm_order(res, res.cov), ref.cov_params()) < RTOL
     assert rel_err(res.loglik, ref.llf) < RTOL
     assert rel_err(res.aic, ref.aic) < RTOL
     assert rel_err(res.bic, ref.bic_llf) < RTOL
 
 
-def test_poisson_variance_weights_match_statsmodels(poisson_data):
-    X, y, rng = poisson_data
-    n = X.shape[0]
-    v = rng.uniform(0.2, 3.0, n)
-    v[:4] = 0.0  # zero weights remove observations: statsmodels is given the others
+def test_poisson_variance_weights_match_statsmodels():
+    (X, y, _, _, v), _ = gp.poisson()
+    res = gp.poisson_weighted("variance")
+    # Zero weights remove observations: statsmodels is given the others. It reads Poisson
+    # var_weights as absolute; these sum to m, the number of positive weights.
     keep = v > 0
     m = int(keep.sum())
-    v_m = v * m / v.sum()  # statsmodels reads Poisson var_weights as absolute: sum to m
-    res = mlefit.fit(models.PoissonRegression(), (X, y), weights=v_m, weights_kind="variance")
     glm = sm.GLM(y[keep], sm.add_constant(X[keep]), family=sm.families.Poisson(),
-                 var_weights=v_m[keep])
+                 var_weights=v[keep])
     ref = glm.fit(tol=1e-13)
     assert res.weights_kind == "variance"
     assert float(res.n_obs) == m == ref.nobs
-    assert rel_err(coefs(res), ref.params) < RTOL
-    assert cov_err(in_sm_order(res, res.cov), ref.cov_params()) < RTOL
+    assert rel_err(gp.coefs(res), ref.params) < RTOL
+    assert gp.cov_err(gp.in_sm_order(res, res.cov), ref.cov_params()) < RTOL
     assert rel_err(res.loglik, ref.llf) < RTOL
     assert rel_err(res.bic, ref.bic_llf) < RTOL
     # Robust covariances take the scores as v_i s_i (statsmodels' HC0 with var_weights,
     # which does not depend on the weights' scale).
     hc0 = glm.fit(tol=1e-13, cov_type="HC0").cov_params()
-    assert cov_err(in_sm_order(res, res.covariance("HC0")), hc0) < RTOL
+    assert gp.cov_err(gp.in_sm_order(res, res.covariance("HC0")), hc0) < RTOL
     # Only the ratios of variance weights matter: weights normalised to sum to 1 give
     # the same n_obs, covariance and log-likelihood (and no warning: the kind is given).
     with warnings.catch_warnings():
@@ -97,50 +70,42 @@ def test_poisson_variance_weights_match_statsmodels(poisson_data):
         res1 = mlefit.fit(models.PoissonRegression(), (X, y), weights=v / v.sum(),
                           weights_kind="variance")
     assert float(res1.n_obs) == m
-    assert cov_err(res1.cov, res.cov) < RTOL
+    assert gp.cov_err(res1.cov, res.cov) < RTOL
     assert rel_err(res1.loglik, res.loglik) < RTOL
 
 
 def test_gaussian_variance_and_frequency_weights_match_statsmodels():
-    rng = np.random.default_rng(22)
-    n = 50
-    X = rng.normal(size=(n, 2))
-    v = rng.uniform(0.3, 3.0, n)
-    y = 1.0 + X @ np.array([2.0, -1.0]) + rng.normal(size=n) / np.sqrt(v)
+    (X, y, _, v), _ = gp.linear()
+    n = X.shape[0]
     Xc = sm.add_constant(X)
-    res = mlefit.fit(models.LinearGaussian(), (X, y), weights=v, weights_kind="variance")
+    res = gp.linear_weighted("variance")
     s2 = float(res.params["scale"]) ** 2  # MLE: sum v' r^2 / n with v' = n v / sum v
     # statsmodels' dispersion for var_weights v is phi = sum v r^2 / (n - k); the model
     # Var(y_i) = phi / v_i is mlefit's Var(y_i) = scale^2 / v'_i: phi_MLE = s2 sum v / n.
     ref = sm.GLM(y, Xc, var_weights=v).fit(tol=1e-13, scale=s2 * v.sum() / n)
     assert float(res.n_obs) == n
-    assert rel_err(coefs(res), ref.params) < RTOL
-    assert cov_err(in_sm_order(res, res.cov), ref.cov_params()) < RTOL
+    assert rel_err(gp.coefs(res), ref.params) < RTOL
+    assert gp.cov_err(gp.in_sm_order(res, res.cov), ref.cov_params()) < RTOL
     # statsmodels' llf is the heteroskedastic Gaussian log-likelihood
     # sum_i log N(y_i; mu_i, phi / v_i); mlefit's is sum_i v'_i log N(y_i; mu_i, scale),
     # which differs by the parameter-free (1/2) sum_i log v'_i.
     v_eff = v * n / v.sum()
     assert rel_err(res.loglik + 0.5 * np.log(v_eff).sum(), ref.llf) < RTOL
 
-    f = rng.integers(1, 4, n)
-    resf = mlefit.fit(models.LinearGaussian(), (X, y), weights=f)
+    f = np.round(2 * v) + 1
+    resf = gp.linear_weighted("frequency")
     s2f = float(resf.params["scale"]) ** 2  # sum f r^2 / sum f, statsmodels: / (sum f - k)
     reff = sm.GLM(y, Xc, freq_weights=f).fit(tol=1e-13, scale=s2f)
     assert float(resf.n_obs) == f.sum()
-    assert rel_err(coefs(resf), reff.params) < RTOL
-    assert cov_err(in_sm_order(resf, resf.cov), reff.cov_params()) < RTOL
+    assert rel_err(gp.coefs(resf), reff.params) < RTOL
+    assert gp.cov_err(gp.in_sm_order(resf, resf.cov), reff.cov_params()) < RTOL
     assert rel_err(resf.loglik, reff.llf) < RTOL
 
 
-@pytest.fixture(scope="module")
-def normal_sample():
-    return np.random.default_rng(23).normal(1.0, 2.0, 5)
-
-
-def test_normalised_weights_warn_as_frequency_and_are_right_as_variance(normal_sample):
+def test_normalised_weights_warn_as_frequency_and_are_right_as_variance():
     # The issue's example: 5 weights normalised to sum to 1, read as counts, give n_obs = 1
     # and standard errors sqrt(5) times too large. Silently no longer.
-    x = normal_sample
+    x = gp.normal_sample()
     w = np.full(5, 0.2)
     plain = mlefit.fit(models.Normal(), x)
     with pytest.warns(UserWarning, match=r"weights: read as frequency weights .*weights\[0\] "
@@ -158,8 +123,8 @@ def test_normalised_weights_warn_as_frequency_and_are_right_as_variance(normal_s
         mlefit.fit(models.Normal(), x, weights=w, weights_kind="frequency")
 
 
-def test_weights_kind_bad_input(normal_sample):
-    x = normal_sample
+def test_weights_kind_bad_input():
+    x = gp.normal_sample()
     with pytest.raises(ValueError, match=r"weights_kind: expected one of 'frequency', "
                        r"'variance' \(or None\), got 'analytic'"):
         mlefit.fit(models.Normal(), x, weights=np.ones(5), weights_kind="analytic")
