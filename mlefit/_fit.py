@@ -22,7 +22,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ._checkpoint import check_checkpoint_options, run_minibatch
-from ._checks import check_data, check_model_output, check_weights, float_dtype, host_view
+from ._checks import check_data, check_model_output, check_weights, float_dtype
 from ._compiled import compiled_call, model_fingerprint
 from ._constraints import constrain, split_init
 from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
@@ -41,6 +41,7 @@ from ._result import FitResult
 from ._solver_optax import OptaxSolver, default_optimizer
 from ._status import Status
 from ._stream import fit_source, is_source
+from ._weights import check_weights_kind, effective_weights, resolve_weights_kind, weighted_n_obs
 
 __all__ = ["fit", "choose_solver", "fit_fingerprint"]
 
@@ -56,6 +57,7 @@ def fit(
     init=None,
     *,
     weights=None,
+    weights_kind: str | None = None,
     optimizer: optax.GradientTransformation | str | None = None,
     batch_size: int | None = None,
     epochs: int | None = None,
@@ -83,7 +85,19 @@ def fit(
         init: starting parameters (any pytree; ``Positive``/``Interval`` leaves declare
             constraints). Required for a plain function.
         weights: optional non-negative weight per observation (weighted mean NLL; a
-            zero weight removes an observation exactly).
+            zero weight removes an observation exactly). What they mean for ``n_obs``,
+            the covariance, AIC/BIC and LR tests is ``weights_kind``'s.
+        weights_kind: ``"frequency"`` (the default): ``v_i`` counts repeats of
+            observation ``i``; ``n_obs = sum_i v_i``, ``loglik = sum_i v_i log p_i``,
+            the covariance is the inverse Hessian of ``-sum_i v_i log p_i`` (as if row
+            ``i`` were repeated ``v_i`` times; statsmodels' ``freq_weights``). Left
+            unset, weights that are not whole numbers give a warning.
+            ``"variance"``: analytic/precision weights, only their ratios matter
+            (statsmodels' ``var_weights``, Stata's ``aweight``); they are rescaled to
+            ``v'_i = m v_i / sum_j v_j``, ``m`` the number of positive weights;
+            ``n_obs = m``, ``loglik = sum_i v'_i log p_i``, the covariance is the inverse
+            Hessian of ``-sum_i v'_i log p_i`` and robust covariances take the scores
+            as ``v'_i s_i``. AIC and BIC use ``n_obs``. See :mod:`mlefit._weights`.
         optimizer: ``None`` (default): chosen from the problem's size before compiling,
             exact-Hessian Newton where a Hessian is cheap (``p <= 64`` free parameters
             and ``n_obs * p^2 <= 2e7``; ``n_obs`` counts 1 for a fit from sufficient
@@ -146,6 +160,7 @@ def fit(
         >>> round(float(res.params["mu"]), 4)
         2.3333
     """
+    check_weights_kind(weights_kind, weights, stream=is_source(data))
     newton = check_named_optimizer(optimizer, batch_size, is_source(data))
     if newton:
         optimizer = None
@@ -169,6 +184,9 @@ def fit(
                              resume_check)
     check_model_output(problem.logp, u0, data)  # abstract: constrained params have u's shapes
     weights = check_weights(weights, data[0].shape[0], dtype)
+    weights_kind = resolve_weights_kind(weights_kind, weights)
+    # the fit is the same for weights of any scale; inference needs the effective ones
+    weights = effective_weights(weights, weights_kind)
     tol_arr = np.asarray(opts.tol, dtype)
     inference = None
     if opts.batch_size is None:
@@ -195,9 +213,11 @@ def fit(
     if int(status) == Status.INIT_NOT_FINITE:
         raise ValueError(_init_not_finite_message(problem, init, u0, transforms, data))
     res = FitResult(
-        params=problem.finalize(params), u=u, nll=value, n_obs=n_obs(n, weights, dtype),
+        params=problem.finalize(params), u=u, nll=value,
+        n_obs=weighted_n_obs(n, weights, dtype, weights_kind),
         status_code=status, steps=steps, grad_norm=grad_norm, history_buffer=hist,
-        data=data, weights=weights, problem=problem, transforms=transforms,
+        data=data, weights=weights, weights_kind=weights_kind, problem=problem,
+        transforms=transforms,
         minibatch=opts.batch_size is not None, tol=float(opts.tol),
     )
     if inference is not None:
@@ -409,14 +429,6 @@ def with_summary(transforms, out):
 def _fit_minibatch_compiled(logp, transforms, opt, u0, data, weights, key, tol, batch_size, epochs):
     out = minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size, epochs, tol)
     return with_summary(transforms, out)
-
-
-def n_obs(n: int, weights, dtype) -> jax.Array:
-    """``n``, or the sum of the weights: computed on the host where the weights are."""
-    if weights is None:
-        return jax.device_put(np.asarray(n, dtype))
-    host = host_view(weights)
-    return jnp.sum(weights) if host is None else jax.device_put(host.sum(dtype=dtype))
 
 
 def _init_not_finite_message(problem, init, u0, transforms, data) -> str:

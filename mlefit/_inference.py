@@ -15,10 +15,10 @@ number of free scalar parameters:
   Hessian of the total NLL with respect to flattened ``u``.
 - ``opg_total(logp, transforms, u, data, weights=None, *, chunk_size=None) -> (p, p)``:
   ``B_u = sum_i v_i s_i s_i^T``, ``s_i`` the score of observation ``i`` in ``u``.
-- ``analyse(logp, transforms, u, data, weights=None, *, kind="observed", chunk_size=None)
-  -> Inference``: covariance (constrained space) of the requested kind, standard errors,
-  Hessian, positive-definiteness flag, per-parameter ``identified``/``at_bound`` masks and
-  the Hessian's condition number.
+- ``analyse(logp, transforms, u, data, weights=None, *, kind="observed", chunk_size=None,
+  options=None) -> Inference``: covariance (constrained space) of the requested kind
+  (robust kinds: :mod:`mlefit._robust`), standard errors, Hessian, positive-definiteness
+  flag, per-parameter ``identified``/``at_bound`` masks and the Hessian's condition number.
 - ``profile_nll(logp, transforms, u, data, weights, index, u_value, *, optimizer, tol,
   max_steps) -> (total_nll, status)``: the total NLL minimised over all flat parameters but
   ``index``, which is held at the unconstrained value ``u_value`` (``index`` may be traced).
@@ -57,6 +57,16 @@ from ._constraints import constrain, jacobian_diag
 from ._defaults import DEFAULT_MAX_STEPS, default_tol
 from ._iterate import iterate
 from ._likelihood import mean_nll
+from ._robust import (
+    LEVERAGE_KINDS,
+    ROBUST_KINDS,
+    CovOptions,
+    canonical_kind,
+    cov_options,
+    meat_c,
+    small_sample_factor,
+)
+from ._robust import cache_key as _cache_key
 from ._solver_optax import OptaxSolver, default_optimizer
 from ._status import Status
 
@@ -73,7 +83,8 @@ __all__ = [
     "COVARIANCE_KINDS",
 ]
 
-COVARIANCE_KINDS = ("observed", "opg", "sandwich")
+# "sandwich" is HC0 (its name before HC1-HC3 and cluster were added); see _robust.py.
+COVARIANCE_KINDS = ("observed", "opg", "sandwich") + ROBUST_KINDS
 # Elements (observations x parameters) per Hessian chunk: 2048-8192 observations at
 # p = 33 were the fastest chunks on the 2-core CPU, 32768 and up twice as slow.
 _CHUNK_ELEMENTS = 2**18
@@ -187,17 +198,6 @@ def _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size):
         return g, hess
 
     return _chunked_sum(piece, data, weights, chunk, c_flat.dtype)
-
-
-def _grad_hessian_of(fn, x):
-    """Gradient and Hessian of ``fn`` at ``x`` (forward-over-reverse)."""
-
-    def grad_twice(x):
-        g = jax.grad(fn)(x)
-        return g, g
-
-    hess, g = jax.jacfwd(grad_twice, has_aux=True)(x)
-    return g, hess
 
 
 def _opg_c(logp, c_flat, unravel, data, weights, chunk_size):
@@ -335,13 +335,18 @@ def _nan_to_zero(x):
     return jnp.where(jnp.isnan(x), 0.0, x)
 
 
-def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None,
-            total_nll=None):
+def analyse(
+    logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None,
+    options: CovOptions | None = None,
+):
     """Returns the :class:`Inference` of a fit: covariance, stderr, Hessian and diagnostics.
 
     - observed: ``cov_u = H_u^-1`` (inverse Hessian of the total NLL);
     - opg: ``cov_u = B_u^-1``, ``B_u = sum_i v_i s_i s_i^T`` (outer product of scores);
-    - sandwich: ``cov_u = H_u^-1 B_u H_u^-1`` (robust, statsmodels' HC0);
+    - sandwich, HC0: ``cov_u = H_u^-1 B_u H_u^-1`` (robust, statsmodels' HC0);
+    - HC1, HC2, HC3, cluster: the same with the meat and small-sample factor of
+      :mod:`mlefit._robust` (``options`` carries the weights' kind, the mean
+      parameters and the cluster codes; ``B_u`` takes variance weights squared);
 
     then ``cov = J cov_u J`` (delta method), ``stderr = sqrt(diag(cov))``. Parameters at
     a bound, or not identified by the Hessian, have NaN rows and columns. Pure and
@@ -349,10 +354,10 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
 
     Args:
         logp, transforms, u, data, weights, chunk_size: as :func:`hessian_total`.
-        kind: ``"observed"`` (default), ``"opg"`` or ``"sandwich"`` (static).
-        total_nll: optional ``params -> total NLL`` giving the same value as the data's
-            (e.g. from sufficient statistics): the observed Hessian and gradient are then
-            taken from it instead of a pass over the observations.
+        kind: ``"observed"`` (default), ``"opg"``, ``"sandwich"``, ``"HC0"``-``"HC3"``
+            or ``"cluster"`` (static).
+        options: :class:`mlefit._robust.CovOptions` (default: frequency weights, all
+            parameters in the mean, no clusters).
 
     Example:
         >>> import jax.numpy as jnp, jax.scipy.stats as st
@@ -364,11 +369,9 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
     """
     if kind not in COVARIANCE_KINDS:
         raise ValueError(f"kind: expected one of {COVARIANCE_KINDS}, got {kind!r}")
+    options = CovOptions() if options is None else options
     _, c_flat, jac, d2, unravel = _flat_pieces(transforms, u)
-    if total_nll is None:
-        g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
-    else:
-        g_c, h_c = _grad_hessian_of(lambda cf: total_nll(unravel(cf)), c_flat)
+    g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
     h_u = _chain_rule(h_c, g_c, jac, d2)
     low, high = _flat_bounds(transforms, u, c_flat.dtype)
     at_bound = _at_bound(c_flat, g_c, jnp.diag(h_c), low, high)
@@ -376,14 +379,21 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
     if kind == "observed":
         cov_u = h_inv
     else:
-        b_c = _opg_c(logp, c_flat, unravel, data, weights, chunk_size)
+        hz = _nan_to_zero(h_inv)
+        robust = "HC0" if kind in ("opg", "sandwich") else kind
+        n, p = data[0].shape[0], c_flat.size
+        chunk = chunk_size or default_chunk_size(n, p * p if robust in LEVERAGE_KINDS else p)
+        b_c = meat_c(
+            logp, c_flat, unravel, data, weights, robust, options,
+            jac[:, None] * hz * jac[None, :], chunk, _chunked_sum,
+        )
         b_u = jac[:, None] * b_c * jac[None, :]
         if kind == "opg":
             cov_u, _, ok = _regularised_inverse(b_u, ~at_bound)
         else:
             ok = identified
-            hz = _nan_to_zero(h_inv)
-            cov_u = hz @ b_u @ hz
+            n_obs = _weight_total(data, weights, c_flat.dtype)
+            cov_u = small_sample_factor(robust, n_obs, options, p) * (hz @ b_u @ hz)
         ok = ok & identified
         cov_u = jnp.where(ok[:, None] & ok[None, :], cov_u, jnp.nan)
     cov = jac[:, None] * cov_u * jac[None, :]
@@ -478,14 +488,18 @@ def profile_nll(
 # Compiled entry points and the per-result cache
 # ---------------------------------------------------------------------------------------
 @eqx.filter_jit
-def _analyse_compiled(logp, transforms, u, data, weights, kind, chunk_size):
-    return analyse(logp, transforms, u, data, weights, kind=kind, chunk_size=chunk_size)
+def _analyse_compiled(logp, transforms, u, data, weights, kind, chunk_size, options):
+    return analyse(
+        logp, transforms, u, data, weights, kind=kind, chunk_size=chunk_size, options=options
+    )
 
 
 @eqx.filter_jit
-def _analyse_batched(logp, transforms, u, data, weights, kind, chunk_size):
+def _analyse_batched(logp, transforms, u, data, weights, kind, chunk_size, options):
     return jax.vmap(
-        lambda u, d, w: analyse(logp, transforms, u, d, w, kind=kind, chunk_size=chunk_size)
+        lambda u, d, w: analyse(
+            logp, transforms, u, d, w, kind=kind, chunk_size=chunk_size, options=options
+        )
     )(u, data, weights)
 
 
@@ -520,32 +534,43 @@ def _check_kind(kind):
         raise ValueError(f"kind: expected one of {kinds}, got {kind!r}")
 
 
-def compute_inference(res, kind: str = "observed", chunk_size: int | None = None) -> Inference:
-    """Runs the compiled :func:`analyse` on a result (no cache); batched results are vmapped."""
+def compute_inference(
+    res, kind: str = "observed", chunk_size: int | None = None, groups=None
+) -> Inference:
+    """Runs the compiled :func:`analyse` on a result (no cache); batched results are vmapped.
+
+    ``groups``: cluster labels, one per observation (``kind="cluster"`` only).
+    """
     _check_kind(kind)
+    kind = canonical_kind(kind)
+    options = cov_options(res, kind, groups)
     logp, ts = res.problem.logp, res.transforms
     batch = res.batch_shape
     if not batch:
-        return _analyse_compiled(logp, ts, res.u, res.data, res.weights, kind, chunk_size)
+        return _analyse_compiled(
+            logp, ts, res.u, res.data, res.weights, kind, chunk_size, options
+        )
     size = math.prod(batch)
     flat = lambda x: x.reshape((size,) + x.shape[len(batch):])  # noqa: E731
     u, data, weights = jax.tree.map(flat, (res.u, res.data, res.weights))
-    out = _analyse_batched(logp, ts, u, data, weights, kind, chunk_size)
+    out = _analyse_batched(logp, ts, u, data, weights, kind, chunk_size, options)
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), out)
 
 
 def seed_inference(res, inference: Inference, kind: str = "observed") -> None:
     """Stores an :class:`Inference` computed with the fit (in its program) for ``res``."""
-    _cache_of(res)[kind] = inference
+    _cache_of(res)[_cache_key(kind, cov_options(res, kind, None))] = inference
 
 
-def inference_of(res, kind: str = "observed") -> Inference:
-    """The :class:`Inference` of ``res``, computed once per result object and kind."""
+def inference_of(res, kind: str = "observed", groups=None) -> Inference:
+    """The :class:`Inference` of ``res``, computed once per result object, kind and groups."""
     _check_kind(kind)
+    kind = canonical_kind(kind)
+    key = _cache_key(kind, cov_options(res, kind, groups))
     cache = _cache_of(res)
-    if kind not in cache:
-        cache[kind] = compute_inference(res, kind)
-    return cache[kind]
+    if key not in cache:
+        cache[key] = compute_inference(res, kind, groups=groups)
+    return cache[key]
 
 
 def stderr_of(res, kind: str = "observed"):
@@ -700,11 +725,13 @@ def _indices_of(res, params) -> list[int]:
     return out
 
 
-def wald_confint(res, level: float = 0.95, params=None, kind: str = "observed") -> np.ndarray:
+def wald_confint(
+    res, level: float = 0.95, params=None, kind: str = "observed", groups=None
+) -> np.ndarray:
     """``estimate -/+ z_{(1+level)/2} * stderr`` per flat parameter, shape ``(..., k, 2)``."""
     level = _check_level(level)
     idx = _indices_of(res, params)
-    inf = inference_of(res, kind)
+    inf = inference_of(res, kind, groups)
     est = np.asarray(_flat_params(res))[..., idx]
     se = np.asarray(inf.stderr)[..., idx]
     z = _normal_quantile(level)
@@ -893,10 +920,12 @@ def profile_confint(res, level: float = 0.95, params=None) -> np.ndarray:
     return out.reshape(len(idx), 2)
 
 
-def confint_of(res, level=0.95, method="wald", params=None, kind="observed") -> np.ndarray:
+def confint_of(
+    res, level=0.95, method="wald", params=None, kind="observed", groups=None
+) -> np.ndarray:
     """``res.confint``: ``(k, 2)`` lower/upper bounds in the order of ``params``."""
     if method == "wald":
-        return wald_confint(res, level, params, kind)
+        return wald_confint(res, level, params, kind, groups)
     if method == "profile":
         return profile_confint(res, level, params)
     raise ValueError(f"method: expected 'wald' or 'profile', got {method!r}")
@@ -976,11 +1005,11 @@ def _pvalue(z):
     return np.array([math.erfc(abs(v) / math.sqrt(2.0)) if np.isfinite(v) else np.nan for v in z])
 
 
-def _table(res, kind, level, max_rows):
+def _table(res, kind, level, max_rows, groups=None):
     _require_single(res, "summary")
     names = param_names_of(res)
     est = np.asarray(_flat_params(res), dtype=float)
-    inf = inference_of(res, kind)
+    inf = inference_of(res, kind, groups)
     se = np.asarray(inf.stderr, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = est / se
@@ -1049,11 +1078,13 @@ def _explanations(res, inf, status) -> list[str]:
     return out
 
 
-def summary_of(res, kind: str = "observed", level: float = 0.95, max_rows: int = 50) -> str:
+def summary_of(
+    res, kind: str = "observed", level: float = 0.95, max_rows: int = 50, groups=None
+) -> str:
     """``res.summary()``: a text table in the manner of statsmodels and iminuit."""
     _check_kind(kind)
     level = _check_level(level)
-    rows, more, inf = _table(res, kind, level, max_rows)
+    rows, more, inf = _table(res, kind, level, max_rows, groups)
     items, status = _header(res, inf, kind)
     width = 92
     lines = ["mlefit fit result".center(width), "=" * width]

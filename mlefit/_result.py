@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._model import Problem
+from ._predict import predict_of
 from ._status import Status
 
 __all__ = ["FitResult"]
@@ -25,7 +26,8 @@ class FitResult(eqx.Module):
         params: the estimate, same structure as ``init`` (constrained values), or the
             fitted equinox Module.
         nll: mean negative log-likelihood at ``params``.
-        n_obs: number of observations (sum of the weights when weights are given).
+        n_obs: number of observations: the sum of the weights for frequency weights,
+            the number of positive weights for variance weights (``weights_kind``).
         status_code: integer code of :class:`Status` (``res.status`` gives the enum).
         steps: optimiser steps taken.
         grad_norm: max-norm of the gradient of the mean NLL (unconstrained
@@ -34,6 +36,9 @@ class FitResult(eqx.Module):
             per epoch for minibatch fits. ``res.history`` trims it.
         u: the estimate in the unconstrained parametrisation the optimiser used.
         tol: the gradient tolerance the fit used (``None``: the dtype's default).
+        weights: the observation weights inference uses (variance weights rescaled to
+            sum to ``n_obs``; see :mod:`mlefit._weights`), or ``None``.
+        weights_kind: ``"frequency"`` or ``"variance"``: what the weights mean.
     """
 
     params: Any
@@ -50,6 +55,7 @@ class FitResult(eqx.Module):
     transforms: tuple = eqx.field(static=True)
     minibatch: bool = eqx.field(static=True, default=False)
     tol: float | None = eqx.field(static=True, default=None)
+    weights_kind: str = eqx.field(static=True, default="frequency")
 
     # -- outcome -----------------------------------------------------------------
     @property
@@ -129,12 +135,20 @@ class FitResult(eqx.Module):
 
         return param_names_of(self)
 
-    def covariance(self, kind: str = "observed") -> jax.Array:
+    def covariance(self, kind: str = "observed", groups=None) -> jax.Array:
         """Returns the ``(p, p)`` covariance of the flat parameters (rows: ``param_names``).
 
         - ``"observed"``: inverse Hessian of the TOTAL NLL (observed Fisher information);
         - ``"opg"``: inverse of ``sum_i s_i s_i^T`` (outer product of per-observation scores);
-        - ``"sandwich"``: ``H^-1 (sum_i s_i s_i^T) H^-1`` (robust; statsmodels' HC0).
+        - ``"HC0"`` (alias ``"sandwich"``): ``H^-1 (sum_i s_i s_i^T) H^-1`` (robust);
+        - ``"HC1"``: HC0 times ``n / (n - k)``;
+        - ``"HC2"``, ``"HC3"``: scores weighted by ``1 / (1 - h_i)``, ``1 / (1 - h_i)^2``
+          with leverages ``h_i`` (hat values for (generalised) linear models);
+        - ``"cluster"``: ``G/(G-1) (n-1)/(n-k) H^-1 (sum_g S_g S_g^T) H^-1``, ``S_g`` the
+          summed scores of cluster ``g`` (``groups``: one label per observation).
+
+        Weights enter the scores as ``weights_kind`` says (:mod:`mlefit._weights`);
+        definitions and peers (statsmodels, R's sandwich) in :mod:`mlefit._robust`.
 
         Taken in the unconstrained parametrisation and mapped to constrained parameters
         by the delta method, ``J cov_u J``, ``J = diag(dc/du)``. Rows and columns of a
@@ -142,11 +156,11 @@ class FitResult(eqx.Module):
         are NaN. Computed full-batch, in observation chunks, on first request; cached.
 
         Example:
-            >>> res.covariance("sandwich")  # doctest: +SKIP
+            >>> res.covariance("cluster", groups=firm)  # doctest: +SKIP
         """
         from ._inference import inference_of
 
-        return inference_of(self, kind).cov
+        return inference_of(self, kind, groups).cov
 
     @property
     def cov(self) -> jax.Array:
@@ -203,7 +217,7 @@ class FitResult(eqx.Module):
         return self.n_params * xp.log(xp.asarray(self.n_obs)) - 2.0 * self.loglik
 
     def confint(self, level: float = 0.95, method: str = "wald", params=None,
-                kind: str = "observed"):
+                kind: str = "observed", groups=None):
         """Returns confidence intervals as an array ``(k, 2)`` of ``(lower, upper)`` rows.
 
         - ``"wald"``: ``estimate -/+ z_{(1+level)/2} * stderr`` (``kind`` picks the
@@ -218,13 +232,14 @@ class FitResult(eqx.Module):
             method: ``"wald"`` or ``"profile"``.
             params: parameter names (``param_names``) to report; default all, in order.
             kind: covariance for Wald intervals (see ``covariance``).
+            groups: cluster labels for ``kind="cluster"``.
 
         Example:
             >>> lo, hi = res.confint(0.95, method="profile", params=["sigma"])[0]  # doctest: +SKIP
         """
         from ._inference import confint_of
 
-        return confint_of(self, level, method, params, kind)
+        return confint_of(self, level, method, params, kind, groups)
 
     def profile(self, name: str, values) -> np.ndarray:
         """Returns the profile total NLL ``min_{others} N(name = v)`` at each ``v`` in ``values``.
@@ -239,13 +254,30 @@ class FitResult(eqx.Module):
 
         return profile_of(self, name, values)
 
-    def summary(self, kind: str = "observed", level: float = 0.95, max_rows: int = 50) -> str:
+    def summary(self, kind: str = "observed", level: float = 0.95, max_rows: int = 50,
+                groups=None) -> str:
         """Returns a text table of the fit: header (model, n_obs, log-likelihood, AIC, BIC,
         converged, status, steps, gradient norm, Hessian condition number) and per parameter
-        estimate, std err, z, P>|z| and the Wald interval; notes say why a std err is NaN."""
+        estimate, std err, z, P>|z| and the Wald interval; notes say why a std err is NaN.
+        ``kind`` (and ``groups``) pick the covariance, as in ``covariance``."""
         from ._inference import summary_of
 
-        return summary_of(self, kind, level, max_rows)
+        return summary_of(self, kind, level, max_rows, groups)
+
+    def predict(self, X, kind: str = "observed", groups=None):
+        """Returns the model's predictions at the rows of ``X`` with delta-method errors.
+
+        ``mean = model.predict(params, X)`` (conditional ready-made models: the mean of
+        ``y``, class probabilities for classifiers) and
+        ``se_i = sqrt(g_i^T C g_i)``, ``g_i = d mean_i / d params``, ``C`` the covariance
+        of ``kind`` (and ``groups``). A :class:`~mlefit._predict.Prediction` with
+        ``mean``, ``se`` and ``confint(level)``. See :func:`mlefit._predict.predict_of`.
+
+        Example:
+            >>> pred = res.predict(X_new)  # doctest: +SKIP
+            >>> pred.mean, pred.se, pred.confint(0.95)  # doctest: +SKIP
+        """
+        return predict_of(self, X, kind, groups)
 
     def gof(self, statistics=("ks", "cvm", "ad"), n_boot: int = 1000, *, key, **fit_options):
         """Returns KS, Cramer-von Mises and Anderson-Darling statistics with p-values by

@@ -17,6 +17,7 @@ documents its parameters, their constraints and its log-density.
 """
 
 from ._censored import Censored as Censored
+from ._conditional import AbstractConditionalModel as AbstractConditionalModel
 from ._conditional import LinearGaussian as LinearGaussian
 from ._conditional import Logistic as Logistic
 from ._conditional import MLPClassifier as MLPClassifier

@@ -7,11 +7,16 @@ another ``p(y | x; w)``: :class:`MLPClassifier` is fitted by the same engine.
 Sampling: ``sample(key, params, n=None, X=None)`` draws ``y`` given the design ``X``
 (required: the models describe ``y`` only) and returns ``(X, y)``, the layout ``fit``
 takes; ``n``, if given, must equal ``len(X)``.
+
+Prediction: ``predict(params, X)`` gives ``E[y | x]`` for each row of ``X`` (class
+probabilities for the classifiers); ``res.predict(X)`` adds delta-method standard errors.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -39,7 +44,14 @@ from ._discrete import (
     with_reference,
 )
 
-__all__ = ["LinearGaussian", "Logistic", "Softmax", "PoissonRegression", "MLPClassifier"]
+__all__ = [
+    "AbstractConditionalModel",
+    "LinearGaussian",
+    "Logistic",
+    "Softmax",
+    "PoissonRegression",
+    "MLPClassifier",
+]
 
 
 def _eta(params, x):
@@ -61,12 +73,60 @@ def _sample_design(model: str, n, X):
     return X
 
 
+class AbstractConditionalModel(AbstractModel):
+    """A model ``p(y | x; w)`` of a response given a design row ``x``, with ``predict``.
+
+    Subclasses implement ``predict(params, X)``: ``E[y | x]`` for each row of ``X``
+    (``(n,)``; ``(n, K)`` class probabilities for classifiers), through
+    :meth:`design`, which checks ``X``. Class attributes:
+
+    - ``prediction_scale``: the scale on which Wald intervals of predictions are
+      symmetric, ``"identity"``, ``"log"`` (positive means) or ``"logit"``
+      (probabilities): for a GLM the scale of its linear predictor.
+    - ``nuisance_params``: top-level parameter names that do not enter the mean (a
+      dispersion, e.g. ``("scale",)``); left out of the leverages of the HC2/HC3
+      covariances and of ``k`` in the HC1 and cluster corrections.
+    """
+
+    prediction_scale: ClassVar[str] = "identity"
+    nuisance_params: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def predict(self, params, X) -> jax.Array:
+        raise NotImplementedError
+
+    def n_features(self, params) -> int:
+        """``d``, the number of columns of ``X`` the model takes (``coef``'s rows)."""
+        return int(jnp.shape(params["coef"])[0])
+
+    def design(self, params, X) -> jax.Array:
+        """``X`` as a float array of shape ``(n, d)``; ``ValueError`` naming ``X`` otherwise.
+
+        Accepts anything ``np.asarray`` takes (a pandas DataFrame of numbers included).
+        """
+        d = self.n_features(params)
+        if not isinstance(X, jax.Array):
+            X = np.asarray(X)
+            if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+                raise ValueError(
+                    f"X: expected a numeric array of shape (n, {d}), got dtype {X.dtype}."
+                )
+        if X.ndim != 2 or X.shape[1] != d:
+            hint = " (one row: X.reshape(1, -1))" if X.ndim == 1 and X.shape[0] == d else ""
+            raise ValueError(
+                f"X: expected shape (n, {d}) ({self.name} was fitted with {d} column(s)), "
+                f"got shape {tuple(X.shape)}{hint}."
+            )
+        dtype = jnp.result_type(*jax.tree_util.tree_leaves(params), float)
+        return jnp.asarray(X, dtype=dtype)
+
+
 def _start(xp, intercept: bool, d: int, b0, coef_shape=None) -> dict:
     coef = xp.zeros(coef_shape if coef_shape is not None else (d,))
     return {"intercept": b0, "coef": coef} if intercept else {"coef": coef}
 
 
-class LinearGaussian(AbstractModel):
+class LinearGaussian(AbstractConditionalModel):
     """Linear regression with Gaussian noise, ``y | x ~ N(intercept + x @ coef, scale^2)``.
 
     Params ``{"intercept": real, "coef": (d,) real, "scale": > 0}`` (no ``intercept``
@@ -75,14 +135,22 @@ class LinearGaussian(AbstractModel):
     ordinary least squares and ``scale^2 = RSS / n``. Start: that closed form
     (least squares on the host), so the fit confirms it.
 
+    ``predict(params, X) = intercept + X @ coef``. The ``scale`` is a nuisance
+    parameter of the robust covariances (``nuisance_params``).
+
     Args:
         intercept: fit an intercept (static, default ``True``).
     """
 
     intercept: bool = eqx.field(static=True, default=True)
+    nuisance_params: ClassVar[tuple[str, ...]] = ("scale",)
 
     def log_prob(self, params, x, y):
         return jstats.norm.logpdf(y, _eta(params, x), params["scale"])
+
+    def predict(self, params, X) -> jax.Array:
+        """``E[y | x] = intercept + x @ coef`` for each row of ``X``: ``(n,)``."""
+        return _eta(params, self.design(params, X))
 
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
@@ -111,7 +179,7 @@ class LinearGaussian(AbstractModel):
         return X, eta + params["scale"] * jax.random.normal(key, eta.shape, eta.dtype)
 
 
-class Logistic(AbstractModel):
+class Logistic(AbstractConditionalModel):
     """Logistic regression, ``P(y = 1 | x) = sigmoid(intercept + x @ coef)``, ``y`` in {0, 1}.
 
     Params ``{"intercept": real, "coef": (d,) real}``.
@@ -126,9 +194,14 @@ class Logistic(AbstractModel):
     """
 
     intercept: bool = eqx.field(static=True, default=True)
+    prediction_scale: ClassVar[str] = "logit"
 
     def log_prob(self, params, x, y):
         return bernoulli_log_prob(_eta(params, x), y)
+
+    def predict(self, params, X) -> jax.Array:
+        """``P(y = 1 | x) = sigmoid(intercept + x @ coef)`` for each row of ``X``: ``(n,)``."""
+        return jax.nn.sigmoid(_eta(params, self.design(params, X)))
 
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
@@ -146,7 +219,7 @@ class Logistic(AbstractModel):
         return X, jax.random.bernoulli(key, jax.nn.sigmoid(eta)).astype(int)
 
 
-class Softmax(AbstractModel):
+class Softmax(AbstractConditionalModel):
     """Multinomial (softmax) regression of labels ``0 .. num_classes - 1``.
 
     Params ``{"intercept": (K - 1,), "coef": (d, K - 1)}``: class 0 is the reference
@@ -162,6 +235,7 @@ class Softmax(AbstractModel):
 
     num_classes: int = eqx.field(static=True)
     intercept: bool = eqx.field(static=True, default=True)
+    prediction_scale: ClassVar[str] = "logit"
 
     def __check_init__(self):
         if not (isinstance(self.num_classes, (int, np.integer)) and self.num_classes >= 2):
@@ -173,6 +247,10 @@ class Softmax(AbstractModel):
 
     def log_prob(self, params, x, y):
         return categorical_log_prob(self.logits(params, x), y)
+
+    def predict(self, params, X) -> jax.Array:
+        """Class probabilities ``softmax([0, intercept + x @ coef])`` per row: ``(n, K)``."""
+        return jax.nn.softmax(self.logits(params, self.design(params, X)), axis=-1)
 
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
@@ -193,7 +271,7 @@ class Softmax(AbstractModel):
         return X, jax.random.categorical(key, self.logits(params, X), axis=-1)
 
 
-class PoissonRegression(AbstractModel):
+class PoissonRegression(AbstractConditionalModel):
     """Poisson regression with log link, ``y | x ~ Poisson(exp(intercept + x @ coef))``.
 
     Params ``{"intercept": real, "coef": (d,) real}``.
@@ -205,9 +283,14 @@ class PoissonRegression(AbstractModel):
     """
 
     intercept: bool = eqx.field(static=True, default=True)
+    prediction_scale: ClassVar[str] = "log"
 
     def log_prob(self, params, x, y):
         return jstats.poisson.logpmf(y, jnp.exp(_eta(params, x)))
+
+    def predict(self, params, X) -> jax.Array:
+        """``E[y | x] = exp(intercept + x @ coef)`` for each row of ``X``: ``(n,)``."""
+        return jnp.exp(_eta(params, self.design(params, X)))
 
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
@@ -235,7 +318,7 @@ def _key_data(key) -> tuple:
     return tuple(int(v) for v in np.asarray(jax.random.key_data(key)).ravel())
 
 
-class MLPClassifier(AbstractModel):
+class MLPClassifier(AbstractConditionalModel):
     """A neural classifier ``p(y | x; w) = softmax(mlp(x; w))[y]`` with an ``eqx.nn.MLP``.
 
     ``log p(y | x) = log_softmax(mlp(x))[y]``: the categorical cross-entropy, so the
@@ -263,6 +346,7 @@ class MLPClassifier(AbstractModel):
     depth: int = eqx.field(static=True)
     activation: Callable = eqx.field(static=True)
     key_data: tuple = eqx.field(static=True)
+    prediction_scale: ClassVar[str] = "logit"
 
     def __init__(
         self,
@@ -310,6 +394,14 @@ class MLPClassifier(AbstractModel):
     def predict_proba(self, params, X) -> jax.Array:
         """Class probabilities ``softmax(mlp(x))`` for each row of ``X``: ``(n, K)``."""
         return jax.nn.softmax(jax.vmap(self.network(params))(jnp.asarray(X)), axis=-1)
+
+    def predict(self, params, X) -> jax.Array:
+        """Class probabilities ``softmax(mlp(x))`` for each row of ``X``: ``(n, K)``."""
+        return self.predict_proba(params, self.design(params, X))
+
+    def n_features(self, params) -> int:
+        """``in_size``."""
+        return self.in_size
 
     def log_prob(self, params, x, y):
         return categorical_log_prob(self.network(params)(x), y)
