@@ -21,7 +21,8 @@ import optax
 
 from ._checks import check_data, check_model_output, check_weights, float_dtype, host_view
 from ._constraints import constrain, split_init
-from ._likelihood import logpdfs, mean_nll
+from ._diagnose import _init_not_finite_message
+from ._likelihood import mean_nll
 from ._linesearch import scale_by_wolfe_linesearch
 from ._model import as_problem
 from ._newton import NEWTON, newton_loop
@@ -1037,35 +1038,3 @@ def n_obs(n: int, weights, dtype) -> jax.Array:
         return jax.device_put(np.asarray(n, dtype))
     host = host_view(weights)
     return jnp.sum(weights) if host is None else jax.device_put(host.sum(dtype=dtype))
-
-
-def _init_not_finite_message(problem, init, u0, transforms, data) -> str:
-    params = constrain(u0, transforms)
-    lp = np.asarray(jax.jit(logpdfs, static_argnums=0)(problem.logp, params, data))
-    bad = ~np.isfinite(lp)
-    where = (
-        f"log p is not finite for {int(bad.sum())} of {bad.size} observations "
-        f"(first at index {int(np.argmax(bad))})"
-        if bad.any()
-        else "the gradient is not finite"
-    )
-    named = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = jax.tree_util.keystr(path, simple=True, separator=".") or "<root>"
-        v = np.asarray(leaf)
-        named.append(f"{name}={v.tolist() if v.size <= 4 else f'<array {v.shape}>'}")
-    hint = ""
-    nonpos = [
-        s
-        for s, t in zip(named, transforms, strict=True)
-        if type(t).__name__ == "Identity" and "=-" in s or s.endswith("=0.0")
-    ]
-    if nonpos:
-        hint = (
-            f" Suspects: {', '.join(nonpos)} (a scale must be > 0: declare it as "
-            "mlefit.Positive(value))."
-        )
-    return (
-        f"init: the NLL of model {problem.name!r} at the starting point is not finite: "
-        f"{where}. Starting parameters: {', '.join(named)}.{hint}"
-    )

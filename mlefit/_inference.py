@@ -343,10 +343,34 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
         >>> float(inf.stderr[0])  # sigma / sqrt(n)
         0.5
     """
+    return inference_from_sums(
+        transforms, u, *information_sums(logp, transforms, u, data, weights, kind=kind,
+                                         chunk_size=chunk_size), kind=kind,
+    )
+
+
+def information_sums(logp, transforms, u, data: tuple, weights=None, *, kind="observed",
+                     chunk_size=None):
+    """Returns ``(g_c, h_c, b_c)``: the sums over observations that inference needs.
+
+    ``g_c = dN/dc`` and ``h_c = d^2N/dc^2`` of the total NLL ``N`` in the flat constrained
+    parameters ``c``, and ``b_c = sum_i v_i s_i s_i^T`` (``None`` for ``kind="observed"``).
+    Each is a sum over observations, so sums over pieces of the data (chunks of a stream)
+    add up to the sums over all of it. Arguments as :func:`analyse`.
+    """
     if kind not in COVARIANCE_KINDS:
         raise ValueError(f"kind: expected one of {COVARIANCE_KINDS}, got {kind!r}")
-    _, c_flat, jac, d2, unravel = _flat_pieces(transforms, u)
+    _, c_flat, _, _, unravel = _flat_pieces(transforms, u)
     g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
+    b_c = None if kind == "observed" else _opg_c(logp, c_flat, unravel, data, weights,
+                                                 chunk_size)
+    return g_c, h_c, b_c
+
+
+def inference_from_sums(transforms, u, g_c, h_c, b_c, *, kind="observed") -> Inference:
+    """Returns the :class:`Inference` from the sums of :func:`information_sums` (see
+    :func:`analyse` for the formulas)."""
+    _, c_flat, jac, d2, _ = _flat_pieces(transforms, u)
     h_u = _chain_rule(h_c, g_c, jac, d2)
     low, high = _flat_bounds(transforms, u, c_flat.dtype)
     at_bound = _at_bound(c_flat, g_c, jnp.diag(h_c), low, high)
@@ -354,7 +378,6 @@ def analyse(logp, transforms, u, data: tuple, weights=None, *, kind="observed", 
     if kind == "observed":
         cov_u = h_inv
     else:
-        b_c = _opg_c(logp, c_flat, unravel, data, weights, chunk_size)
         b_u = jac[:, None] * b_c * jac[None, :]
         if kind == "opg":
             cov_u, _, ok = _regularised_inverse(b_u, ~at_bound)
@@ -473,6 +496,8 @@ def compute_inference(res, kind: str = "observed", chunk_size: int | None = None
     """Runs the compiled :func:`analyse` on a result (no cache); batched results are vmapped."""
     _check_kind(kind)
     logp, ts = res.problem.logp, res.transforms
+    if res.source is not None:  # a streamed fit: the sums come from a pass over the stream
+        return res.source.analyse(logp, ts, res.u, kind)
     batch = res.batch_shape
     if not batch:
         return _analyse_compiled(logp, ts, res.u, res.data, res.weights, kind, chunk_size)
@@ -666,6 +691,15 @@ def _flat_params(res):
     return flat.reshape(batch + flat.shape[1:])
 
 
+def _require_data(res, what: str):
+    if res.data is None:
+        raise ValueError(
+            f"{what}: needs the data in memory, and this fit read a stream: a profile "
+            "re-fits the model many times. Use Wald intervals (method='wald', one pass over "
+            "the stream), or fit the data in memory to profile them."
+        )
+
+
 def _require_single(res, what: str):
     if res.batch_shape:
         raise TypeError(f"{what}: works on a single fit; index the batched result first (res[i])")
@@ -714,6 +748,7 @@ def _nll_min(res) -> float:
 def profile_of(res, name: str, values) -> np.ndarray:
     """``res.profile``: the profile total-NLL curve of one parameter (see FitResult)."""
     _require_single(res, "profile")
+    _require_data(res, "profile")
     if not isinstance(name, str):
         raise TypeError(f"name: expected a parameter name (str), got {type(name).__name__}")
     (index,) = _indices_of(res, [name])
@@ -760,6 +795,7 @@ def profile_confint(res, level: float = 0.95, params=None) -> np.ndarray:
     """
     level = _check_level(level)
     _require_single(res, "confint(method='profile')")
+    _require_data(res, "confint(method='profile')")
     idx = _indices_of(res, params)
     z = _normal_quantile(level)  # the chi2_1 quantile is z^2
     inf = inference_of(res)

@@ -34,6 +34,10 @@ class FitResult(eqx.Module):
             per epoch for minibatch fits. ``res.history`` trims it.
         u: the estimate in the unconstrained parametrisation the optimiser used.
         tol: the gradient tolerance the fit used (``None``: the dtype's default).
+        source: for a fit over a stream (``data`` is then ``None``), the stream, with
+            the method ``analyse(logp, transforms, u, kind)`` that computes the
+            inference (covariance, standard errors) by one pass over it; ``None`` for
+            data in memory.
     """
 
     params: Any
@@ -50,6 +54,7 @@ class FitResult(eqx.Module):
     transforms: tuple = eqx.field(static=True)
     minibatch: bool = eqx.field(static=True, default=False)
     tol: float | None = eqx.field(static=True, default=None)
+    source: Any = eqx.field(static=True, default=None)
 
     # -- outcome -----------------------------------------------------------------
     @property

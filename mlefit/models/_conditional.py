@@ -30,6 +30,7 @@ from ._base import (
     check_integers,
     check_labels,
     checked,
+    data_driven_start,
 )
 from ._discrete import (
     bernoulli_log_prob,
@@ -91,6 +92,7 @@ class LinearGaussian(AbstractModel):
                 f"{self.name}: y must be 1-D (one response per row), got shape {np.shape(y)}."
             )
 
+    @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
         X, y = as_float(xp, X), as_float(xp, y)
@@ -134,6 +136,7 @@ class Logistic(AbstractModel):
         check_design(self.name, X)
         check_binary(self.name, y)
 
+    @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
         m = clipped_mean(xp, as_float(xp, y))
@@ -178,6 +181,7 @@ class Softmax(AbstractModel):
         check_design(self.name, X)
         check_labels(self.name, y, self.num_classes)
 
+    @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
         f = class_frequencies(xp, xp.asarray(y), self.num_classes)
@@ -213,6 +217,7 @@ class PoissonRegression(AbstractModel):
         check_design(self.name, X)
         check_integers(self.name, y, arg="y")
 
+    @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
         yy = as_float(xp, y)
@@ -320,6 +325,7 @@ class MLPClassifier(AbstractModel):
             raise ValueError(f"{self.name}: X has {a.shape[1]} columns but in_size={self.in_size}.")
         check_labels(self.name, y, self.num_classes)
 
+    @data_driven_start
     def init(self, X, y):
         return eqx.filter(self._build(self._key()), eqx.is_inexact_array)
 

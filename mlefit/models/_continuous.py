@@ -21,6 +21,7 @@ from ._base import (
     as_float,
     check_support,
     checked,
+    data_driven_start,
     require_spread,
     sample_shape,
     spread,
@@ -80,6 +81,7 @@ class Normal(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -120,6 +122,7 @@ class LogNormal(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         logx = xp.log(as_float(xp, x))
@@ -159,6 +162,7 @@ class Exponential(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0, low_open=False)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         m = as_float(xp, x).mean()
@@ -191,6 +195,7 @@ class Gamma(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -239,6 +244,7 @@ class Weibull(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         logx = xp.log(as_float(xp, x))
@@ -272,6 +278,7 @@ class Beta(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0, high=1.0)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -305,6 +312,7 @@ class StudentT(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -359,6 +367,7 @@ class Laplace(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -414,6 +423,7 @@ class MultivariateNormal(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, ndim=2)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
