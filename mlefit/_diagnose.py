@@ -145,7 +145,7 @@ def _explain_observations(logp, params, transforms, names, data, lp) -> str:
     first = int(np.argmax(bad))
     where = (
         f"log p is not finite for {int(bad.sum())} of {bad.size} observations "
-        f"({_kinds(lp[bad])}); the first is observation {first} "
+        f"({_kinds(lp[bad])}); the first at index {first} "
         f"({_observation(data, first)}: log p = {lp[first]})"
     )
     idx = np.flatnonzero(bad)[:_MAX_REEVALUATED]

@@ -880,7 +880,7 @@ def _stream_init_message(problem, u0, transforms, src) -> str:
         if not bool(_all_finite(value, grad)):
             obs = tuple(a[:ch.m] for a in ch.obs)
             where = (f" in chunk {c} of the stream (rows {start} to {start + ch.m - 1}; "
-                     "observation numbers below count from the chunk's first row)")
+                     "indices below count from the chunk's first row)")
             return init_not_finite_message(problem, u0, transforms, obs, where=where)
         start += ch.m
     return (f"init: the NLL of model {problem.name!r} at the starting point is not finite "

@@ -145,7 +145,8 @@ def test_stream_nan_in_a_file_is_named_at_its_chunk(tmp_path):
 
 
 def test_stream_nan_in_a_batch_of_an_iterable():
-    batches = [(XD[i:i + 100], YD[i:i + 100]) for i in range(0, 300, 100)]
+    y = YD.copy()
+    batches = [(XD[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100)]
     batches[2][1][7] = np.nan  # row 207 of the stream
     with pytest.raises(ValueError, match=r"data\[1\]: row 207 is nan \(batch 2 of epoch 0, "
                                          r"its row 7"):
@@ -215,9 +216,19 @@ def test_nan_for_some_observations_names_no_suspect():
         mlefit.fit(nan_above_3, X, {"mu": 0.0, "sigma": mlefit.Positive(1.0)})
     msg = str(e.value)
     assert f"log p is not finite for {count} of {N} observations ({count} NaN)" in msg
-    assert f"the first is observation {first}" in msg
+    assert f"the first at index {first} (data[{first}] = " in msg
     assert "Suspects" not in msg and "scale must be" not in msg
     assert "No sign change of a parameter makes it finite" in msg
+
+
+def test_nan_for_some_observations_of_a_stream_names_the_chunk():
+    first = int(np.argmax(X > 3.0))
+    chunk, row = divmod(first, 64)
+    with pytest.raises(ValueError, match=rf"not finite in chunk {chunk} of the stream \(rows "
+                                         rf"{64 * chunk} to .* the first at index {row} ") as e:
+        mlefit.fit(nan_above_3, mlefit.ArrayStream(X, chunk_size=64),
+                   {"mu": 0.0, "sigma": mlefit.Positive(1.0)})
+    assert "Suspects" not in str(e.value)
 
 
 def test_inf_for_some_observations_is_an_infinite_density():
