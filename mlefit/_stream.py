@@ -145,11 +145,12 @@ def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
 class _ArrayColumn:
     """Rows of an array in memory (anything NumPy can slice)."""
 
-    in_memory = True
-
     def __init__(self, a):
         self.a = a
         self.shape, self.dtype = tuple(a.shape), np.dtype(a.dtype)
+        # A NumPy array in RAM is checked whole up front; a partial memory map (or another
+        # sliceable object) block by block as it is read, like a file.
+        self.in_memory = isinstance(a, np.ndarray) and not isinstance(a, np.memmap)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.ascontiguousarray(self.a[start:stop])
@@ -306,7 +307,7 @@ class ArrayStream:
         self._checked: set = set()
         for col, nm in zip(self._columns, names, strict=True):
             if col.in_memory:
-                _raise_non_finite(nm, np.asarray(col.a), lambda i: i, self._chunk_of)
+                _raise_non_finite(nm, col.a, lambda i: i, self._chunk_of)
 
     def _chunk_of(self, row: int) -> str:
         return f"chunk {row // self.chunk_size} of chunk_size {self.chunk_size}"

@@ -143,10 +143,15 @@ def sample_shape(n) -> tuple:
         raise TypeError(f"n: expected an int or a shape tuple, got {n!r}") from e
 
 
+class NoStartError(ValueError):
+    """The data cannot identify the model (e.g. all observations equal): no start."""
+
+
 def require_spread(model: str, ok: bool, what: str) -> None:
-    """Raises when the data cannot identify the model (e.g. all observations equal)."""
+    """Raises :class:`NoStartError` when the data cannot identify the model (e.g. all
+    observations equal)."""
     if not ok:
-        raise ValueError(f"{model}: cannot start a fit: {what}.")
+        raise NoStartError(f"{model}: cannot start a fit: {what}.")
 
 
 def array_namespace(*arrays):
@@ -192,13 +197,14 @@ def _has_spread(data) -> bool:
 
 
 def data_driven_start(init):
-    """Decorates a ready-made model's ``init(self, *data)``: on the host (NumPy), a start
-    that is not finite or not inside its constraint although the data are finite, or a
-    "no spread" failure on data that do spread, is blamed on the data's magnitude when
-    float64 cannot hold their moments (``x**2`` overflows, e.g. data of order 1e300, or
-    underflows, order 1e-300): ``ValueError`` saying to rescale the data. A traced call
-    (``fit_many``'s vmapped start) is unchanged: it reports a NaN start per data set, and
-    ``fit_many`` then asks the host version why.
+    """Decorates a ready-made model's ``init(self, *data)`` to blame the data's magnitude.
+
+    On the host (NumPy): a start that is not finite or not inside its constraint although
+    the data are finite, or a "no spread" failure (:class:`NoStartError`) on data that do
+    spread, is a ``ValueError`` saying to rescale the data when float64 cannot hold their
+    moments (``x**2`` overflows, e.g. data of order 1e300, or underflows, order 1e-300).
+    A traced call (``fit_many``'s vmapped start) is unchanged: it reports a NaN start per
+    data set, and ``fit_many`` then asks the host version why.
     """
 
     @functools.wraps(init)
@@ -209,7 +215,7 @@ def data_driven_start(init):
         try:
             with np.errstate(over="ignore", under="ignore"):  # diagnosed below
                 out = init(self, *data)
-        except ValueError as e:
+        except NoStartError as e:  # "no spread", where the spread may have underflowed
             msg = magnitude_problem(data, what) if _has_spread(data) else None
             if msg is None:
                 raise
