@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_data", "check_weights", "check_model_output", "float_dtype"]
+__all__ = [
+    "check_data",
+    "check_real",
+    "check_weights",
+    "check_model_output",
+    "float_dtype",
+    "model_name",
+]
 
 
 def _is_global_array(a) -> bool:
@@ -87,8 +94,20 @@ def numeric_arrays(data, expected: str) -> list:
             np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
         ):
             raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
+        check_real(a.dtype, name)
         out.append((name, a))
     return out
+
+
+def check_real(dtype, name: str) -> None:
+    """Raises ``TypeError`` naming ``name`` when ``dtype`` is complex (a log-likelihood
+    of complex observations is not a real number, and JAX would only say so after tracing)."""
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(
+            f"{name}: got complex numbers (dtype {np.dtype(dtype)}); expected real numbers. "
+            "Pass the real part (x.real) if the imaginary parts are 0, or the real and "
+            "imaginary parts as two columns."
+        )
 
 
 def check_data(data, *, check_finite: bool = True) -> tuple:
@@ -123,6 +142,7 @@ def check_weights(weights, n: int, dtype):
     if weights is None:
         return None
     w = weights if isinstance(weights, (jax.Array, np.ndarray)) else np.asarray(weights)
+    check_real(w.dtype, "weights")
     if w.shape != (n,):
         raise ValueError(f"weights: expected shape ({n},) (one per observation), got {w.shape}")
     if not _is_global_array(w):
@@ -150,17 +170,63 @@ def float_dtype(data: tuple):
     return jnp.dtype(jnp.result_type(float))
 
 
+# Errors JAX raises when Python control flow or a conversion meets a traced value.
+_TRACED_VALUE_ERRORS = (
+    jax.errors.ConcretizationTypeError,  # includes TracerBoolConversionError (if, while, bool)
+    jax.errors.TracerIntegerConversionError,  # int(x), range(x), x as an index
+    jax.errors.TracerArrayConversionError,  # np.asarray(x), np.* functions on x
+    jax.errors.NonConcreteBooleanIndexError,  # x[x > 0]
+)
+# Exception types whose constructor takes one message: re-raised with the model's context.
+_PLAIN_ERRORS = (
+    TypeError, ValueError, KeyError, IndexError, AttributeError, NameError,
+    ZeroDivisionError, NotImplementedError, AssertionError, RuntimeError,
+)
+
+
+def model_name(logp) -> str:
+    """A readable name of a log-density: ``f`` for a function, ``Normal.log_prob`` for a
+    ready-made model's method, the class for an equinox Module's."""
+    owner = getattr(logp, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__name__}.{getattr(logp, '__name__', 'log_prob')}"
+    static = getattr(logp, "static", None)  # _ModuleLogProb: the Module's static part
+    if static is not None:
+        return f"{type(static).__name__}.log_prob"
+    return getattr(logp, "__name__", type(logp).__name__)
+
+
+def _model_call_error(logp, e: Exception, shapes: str) -> Exception:
+    """The exception to raise ``from e`` when ``logp`` fails on abstract inputs.
+
+    JAX's own errors are never rebuilt with ``type(e)(msg)`` (their constructors take
+    other arguments): tracer errors become a ``TypeError`` that says what to write
+    instead; other JAX or user exception types a ``TypeError`` with the original message.
+    """
+    name = model_name(logp)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, _TRACED_VALUE_ERRORS):
+        return TypeError(
+            f"model: {name!r} uses a traced value in Python control flow or a conversion "
+            f"({type(e).__name__}: {first}). mlefit traces log_prob (params and observations "
+            "are JAX tracers): use jnp.where (or lax.cond) instead of a Python if on traced "
+            "values, lax.while_loop instead of while, and jnp functions instead of bool(), "
+            "float(), int() or NumPy on them."
+        )
+    msg = (f"model: calling {name}(params, *obs) on one observation (shapes {shapes}) "
+           f"failed: {e}")
+    return type(e)(msg) if type(e) in _PLAIN_ERRORS else TypeError(msg)
+
+
 def check_model_output(logp, params, data: tuple) -> None:
-    """Checks that ``logp(params, *obs)`` returns a scalar for one observation (no compile)."""
+    """Checks that ``logp(params, *obs)`` returns a real scalar for one observation
+    (abstract evaluation: nothing compiles)."""
     obs = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
     try:
         out = jax.eval_shape(logp, params, *obs)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - re-raised with the model's name, from e
         shapes = ", ".join(str(a.shape[1:]) for a in data)
-        raise type(e)(
-            f"model: calling log_prob(params, *obs) on one observation (shapes {shapes}) "
-            f"failed: {e}"
-        ) from e
+        raise _model_call_error(logp, e, shapes) from e
     leaves = jax.tree_util.tree_leaves(out)
     if len(leaves) != 1 or leaves[0].shape != ():
         got = leaves[0].shape if len(leaves) == 1 else jax.tree.map(lambda x: x.shape, out)

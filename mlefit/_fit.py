@@ -26,10 +26,10 @@ from ._checks import check_data, check_model_output, check_weights, float_dtype
 from ._compiled import compiled_call, model_fingerprint
 from ._constraints import constrain, split_init
 from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
+from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
 from ._inference import analyse_hessian, seed_inference
 from ._iterate import iterate_finish, iterate_init, iterate_run
-from ._likelihood import logpdfs
 from ._minibatch import minibatch_loop
 from ._model import as_problem
 from ._newton import Newton
@@ -429,35 +429,3 @@ def with_summary(transforms, out):
 def _fit_minibatch_compiled(logp, transforms, opt, u0, data, weights, key, tol, batch_size, epochs):
     out = minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size, epochs, tol)
     return with_summary(transforms, out)
-
-
-def _init_not_finite_message(problem, init, u0, transforms, data) -> str:
-    params = constrain(u0, transforms)
-    lp = np.asarray(jax.jit(logpdfs, static_argnums=0)(problem.logp, params, data))
-    bad = ~np.isfinite(lp)
-    where = (
-        f"log p is not finite for {int(bad.sum())} of {bad.size} observations "
-        f"(first at index {int(np.argmax(bad))})"
-        if bad.any()
-        else "the gradient is not finite"
-    )
-    named = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = jax.tree_util.keystr(path, simple=True, separator=".") or "<root>"
-        v = np.asarray(leaf)
-        named.append(f"{name}={v.tolist() if v.size <= 4 else f'<array {v.shape}>'}")
-    hint = ""
-    nonpos = [
-        s
-        for s, t in zip(named, transforms, strict=True)
-        if type(t).__name__ == "Identity" and "=-" in s or s.endswith("=0.0")
-    ]
-    if nonpos:
-        hint = (
-            f" Suspects: {', '.join(nonpos)} (a scale must be > 0: declare it as "
-            "mlefit.Positive(value))."
-        )
-    return (
-        f"init: the NLL of model {problem.name!r} at the starting point is not finite: "
-        f"{where}. Starting parameters: {', '.join(named)}.{hint}"
-    )

@@ -370,8 +370,52 @@ def analyse(
     if kind not in COVARIANCE_KINDS:
         raise ValueError(f"kind: expected one of {COVARIANCE_KINDS}, got {kind!r}")
     options = CovOptions() if options is None else options
-    _, c_flat, jac, d2, unravel = _flat_pieces(transforms, u)
+    _, c_flat, _, _, unravel = _flat_pieces(transforms, u)
     g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
+    meat = None
+    if kind != "observed":
+        robust = "HC0" if kind in ("opg", "sandwich") else kind
+        n, p = data[0].shape[0], c_flat.size
+        chunk = chunk_size or default_chunk_size(n, p * p if robust in LEVERAGE_KINDS else p)
+
+        def meat(cov_c):
+            return meat_c(logp, c_flat, unravel, data, weights, robust, options, cov_c, chunk,
+                          _chunked_sum)
+
+    return inference_from_sums(transforms, u, g_c, h_c, meat, kind=kind, options=options,
+                               n_obs=_weight_total(data, weights, c_flat.dtype))
+
+
+def information_sums(logp, transforms, u, data: tuple, weights=None, *, kind="observed",
+                     chunk_size=None):
+    """Returns ``(g_c, h_c, b_c)``: the sums over observations that inference needs.
+
+    ``g_c = dN/dc`` and ``h_c = d^2N/dc^2`` of the total NLL ``N`` in the flat constrained
+    parameters ``c``, and ``b_c = sum_i v_i s_i s_i^T`` (``None`` for ``kind="observed"``).
+    Each is a sum over observations, so sums over pieces of the data (chunks of a stream)
+    add up to the sums over all of it (kinds observed, opg, sandwich/HC0). Arguments as
+    :func:`analyse`.
+    """
+    if kind not in ("observed", "opg", "sandwich", "HC0"):
+        raise ValueError(
+            f"kind: {kind!r} needs the data in memory (leverages or clusters); by a pass "
+            "over a stream: 'observed', 'opg' or 'sandwich'"
+        )
+    _, c_flat, _, _, unravel = _flat_pieces(transforms, u)
+    g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
+    b_c = None if kind == "observed" else _opg_c(logp, c_flat, unravel, data, weights,
+                                                 chunk_size)
+    return g_c, h_c, b_c
+
+
+def inference_from_sums(transforms, u, g_c, h_c, b_c, *, kind="observed", options=None,
+                        n_obs=None) -> Inference:
+    """Returns the :class:`Inference` from the sums of :func:`information_sums` (see
+    :func:`analyse` for the formulas). ``b_c`` may also be a function of the observed
+    covariance of the constrained parameters (the HC2/HC3 meat needs it); ``n_obs``
+    is needed by the HC1 and cluster small-sample factors."""
+    options = CovOptions() if options is None else options
+    _, c_flat, jac, d2, _ = _flat_pieces(transforms, u)
     h_u = _chain_rule(h_c, g_c, jac, d2)
     low, high = _flat_bounds(transforms, u, c_flat.dtype)
     at_bound = _at_bound(c_flat, g_c, jnp.diag(h_c), low, high)
@@ -381,19 +425,16 @@ def analyse(
     else:
         hz = _nan_to_zero(h_inv)
         robust = "HC0" if kind in ("opg", "sandwich") else kind
-        n, p = data[0].shape[0], c_flat.size
-        chunk = chunk_size or default_chunk_size(n, p * p if robust in LEVERAGE_KINDS else p)
-        b_c = meat_c(
-            logp, c_flat, unravel, data, weights, robust, options,
-            jac[:, None] * hz * jac[None, :], chunk, _chunked_sum,
-        )
+        if callable(b_c):
+            b_c = b_c(jac[:, None] * hz * jac[None, :])
         b_u = jac[:, None] * b_c * jac[None, :]
         if kind == "opg":
             cov_u, _, ok = _regularised_inverse(b_u, ~at_bound)
         else:
             ok = identified
-            n_obs = _weight_total(data, weights, c_flat.dtype)
-            cov_u = small_sample_factor(robust, n_obs, options, p) * (hz @ b_u @ hz)
+            cov_u = hz @ b_u @ hz
+            if robust != "HC0":
+                cov_u = small_sample_factor(robust, n_obs, options, c_flat.size) * cov_u
         ok = ok & identified
         cov_u = jnp.where(ok[:, None] & ok[None, :], cov_u, jnp.nan)
     cov = jac[:, None] * cov_u * jac[None, :]
@@ -545,6 +586,8 @@ def compute_inference(
     kind = canonical_kind(kind)
     options = cov_options(res, kind, groups)
     logp, ts = res.problem.logp, res.transforms
+    if res.source is not None:  # a streamed fit: the sums come from a pass over the stream
+        return res.source.analyse(logp, ts, res.u, kind)
     batch = res.batch_shape
     if not batch:
         return _analyse_compiled(
@@ -751,6 +794,15 @@ def _flat_params(res):
     return flat.reshape(batch + flat.shape[1:])
 
 
+def _require_data(res, what: str):
+    if res.data is None:
+        raise ValueError(
+            f"{what}: needs the data in memory, and this fit read a stream: a profile "
+            "re-fits the model many times. Use Wald intervals (method='wald', one pass over "
+            "the stream), or fit the data in memory to profile them."
+        )
+
+
 def _require_single(res, what: str):
     if res.batch_shape:
         raise TypeError(f"{what}: works on a single fit; index the batched result first (res[i])")
@@ -797,6 +849,7 @@ def _nll_min(res) -> float:
 def profile_of(res, name: str, values) -> np.ndarray:
     """``res.profile``: the profile total-NLL curve of one parameter (see FitResult)."""
     _require_single(res, "profile")
+    _require_data(res, "profile")
     if not isinstance(name, str):
         raise TypeError(f"name: expected a parameter name (str), got {type(name).__name__}")
     (index,) = _indices_of(res, [name])
@@ -843,6 +896,7 @@ def profile_confint(res, level: float = 0.95, params=None) -> np.ndarray:
     """
     level = _check_level(level)
     _require_single(res, "confint(method='profile')")
+    _require_data(res, "confint(method='profile')")
     idx = _indices_of(res, params)
     z = _normal_quantile(level)  # the chi2_1 quantile is z^2
     inf = inference_of(res)

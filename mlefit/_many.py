@@ -23,7 +23,8 @@ from ._checks import check_model_output, float_dtype, numeric_arrays
 from ._compiled import compiled_call
 from ._constraints import constrain, is_constraint, split_init
 from ._defaults import DEFAULT_MAX_STEPS_MANY, DEFAULT_MAX_STEPS_MANY_NEWTON, use_newton
-from ._fit import _init_not_finite_message, fit_fingerprint
+from ._diagnose import _init_not_finite_message
+from ._fit import fit_fingerprint
 from ._iterate import iterate
 from ._model import AbstractModel, Problem, as_problem
 from ._newton import NEWTON, Newton

@@ -39,6 +39,10 @@ class FitResult(eqx.Module):
         weights: the observation weights inference uses (variance weights rescaled to
             sum to ``n_obs``; see :mod:`mlefit._weights`), or ``None``.
         weights_kind: ``"frequency"`` or ``"variance"``: what the weights mean.
+        source: for a fit over a stream (``data`` is then ``None``), the stream, with
+            the method ``analyse(logp, transforms, u, kind)`` that computes the
+            inference (covariance, standard errors) by one pass over it; ``None`` for
+            data in memory.
     """
 
     params: Any
@@ -56,6 +60,7 @@ class FitResult(eqx.Module):
     minibatch: bool = eqx.field(static=True, default=False)
     tol: float | None = eqx.field(static=True, default=None)
     weights_kind: str = eqx.field(static=True, default="frequency")
+    source: Any = eqx.field(static=True, default=None)
 
     # -- outcome -----------------------------------------------------------------
     @property

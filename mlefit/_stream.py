@@ -38,8 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import check_data, check_model_output, float_dtype
+from ._checks import _bad_rows, check_data, check_model_output, check_real, float_dtype
 from ._constraints import Identity, constrain, split_init
+from ._diagnose import init_not_finite_message
+from ._inference import Inference, hessian_total, inference_from_sums, information_sums
 from ._likelihood import _resolve, total_loglik
 from ._minibatch import MinibatchState, epoch_batches, sgd_step
 from ._model import as_problem
@@ -72,6 +74,8 @@ _STALL_TOL_FACTOR = 100.0
 # -- columns: where the rows come from -------------------------------------------------
 class _FileColumn:
     """Rows of a C-ordered ``.npy`` file (or raw file at ``offset``), read with ``pread``."""
+
+    in_memory = False
 
     def __init__(self, path, offset: int, shape: tuple, dtype):
         self.path, self.offset = str(path), int(offset)
@@ -141,6 +145,9 @@ class _ArrayColumn:
     def __init__(self, a):
         self.a = a
         self.shape, self.dtype = tuple(a.shape), np.dtype(a.dtype)
+        # A NumPy array in RAM is checked whole up front; a partial memory map (or another
+        # sliceable object) block by block as it is read, like a file.
+        self.in_memory = isinstance(a, np.ndarray) and not isinstance(a, np.memmap)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.ascontiguousarray(self.a[start:stop])
@@ -150,6 +157,12 @@ class _ArrayColumn:
 
 
 def _column(x, name: str):
+    col = _open_column(x, name)
+    check_real(col.dtype, name)
+    return col
+
+
+def _open_column(x, name: str):
     if isinstance(x, (str, os.PathLike)):
         return _FileColumn.from_npy(x, name)
     if isinstance(x, np.memmap) and isinstance(x.base, mmap.mmap) and x.filename \
@@ -163,6 +176,37 @@ def _column(x, name: str):
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise TypeError(f"{name}: expected a numeric array or a .npy path, got dtype {x.dtype}")
     return _ArrayColumn(x)
+
+
+def _first_non_finite(a: np.ndarray):
+    """``(i, what, value, count)`` for the first row ``i`` of ``a`` holding NaN or inf
+    (``what`` names its column or element), or ``None``. One BLAS pass (``_bad_rows``)."""
+    if not np.issubdtype(a.dtype, np.inexact):
+        return None
+    flat = a.reshape(a.shape[0], -1)
+    bad = _bad_rows(flat)
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    j = int(np.argmax(~np.isfinite(flat[i])))
+    what = ("" if a.ndim == 1 else f", column {j}" if a.ndim == 2
+            else f", element {tuple(int(k) for k in np.unravel_index(j, a.shape[1:]))}")
+    return i, what, flat[i, j], int(bad.sum())
+
+
+def _raise_non_finite(name: str, a: np.ndarray, row_of, where_of) -> None:
+    """Raises ``ValueError`` naming the first NaN/inf of ``a``: its global row ``row_of(i)``,
+    column, and the chunk or batch ``where_of(row)`` it is in."""
+    found = _first_non_finite(a)
+    if found is None:
+        return
+    i, what, value, count = found
+    row = int(row_of(i))
+    raise ValueError(
+        f"{name}: row {row}{what} is {value} ({where_of(row)}; {count} of the {a.shape[0]} "
+        "rows checked with it hold NaN or inf); remove or impute NaN and inf values before "
+        "fitting (a stream is checked as it is read)."
+    )
 
 
 class _Chunk(NamedTuple):
@@ -216,6 +260,8 @@ class ArrayStream:
         [4, 4, 2]
     """
 
+    one_shot = False  # a re-readable source (see _IterableSource)
+
     def __init__(self, data, *, weights=None, chunk_size: int | None = None,
                  shuffle: str = "chunks"):
         items = tuple(data) if isinstance(data, (tuple, list)) else (data,)
@@ -252,6 +298,21 @@ class ArrayStream:
         self.chunk_size = int(min(chunk_size, self.n_obs))
         floats = [c.dtype for c in self._columns if np.issubdtype(c.dtype, np.floating)]
         self._float = floats[0] if floats else np.dtype(jnp.result_type(float))
+        self._names = names
+        # NaN/inf: arrays in memory are checked whole now (a few ms per 100 MB); file
+        # columns as each block of rows is first read (``_checked``: blocks already seen).
+        self._checked: set = set()
+        for col, nm in zip(self._columns, names, strict=True):
+            if col.in_memory:
+                _raise_non_finite(nm, col.a, lambda i: i, self._chunk_of)
+
+    def _chunk_of(self, row: int) -> str:
+        return f"chunk {row // self.chunk_size} of chunk_size {self.chunk_size}"
+
+    def _check_rows(self, obs: tuple, row_of, where_of) -> None:
+        for col, nm, a in zip(self._columns, self._names, obs, strict=True):
+            if not col.in_memory:
+                _raise_non_finite(nm, a, row_of, where_of)
 
     @property
     def shapes(self) -> list:
@@ -268,14 +329,22 @@ class ArrayStream:
                              f"observation {where(int(np.argmax(bad)))} is {float(w[bad][0])!r}")
         return w
 
-    def read(self, start: int, stop: int) -> tuple[tuple, np.ndarray]:
-        """Rows ``start:stop`` of every column and their weights (host arrays)."""
+    def read(self, start: int, stop: int, where=None) -> tuple[tuple, np.ndarray]:
+        """Rows ``start:stop`` of every column and their weights (host arrays).
+
+        ``ValueError`` naming the row, column and chunk (``where(row)``, default: the
+        chunk of ``chunk_size``) of the first NaN or inf in the rows.
+        """
         obs = tuple(c.read(start, stop) for c in self._columns)
+        if (start, stop) not in self._checked:
+            self._check_rows(obs, lambda i: start + i, where or self._chunk_of)
+            self._checked.add((start, stop))
         return obs, self._weights_of(lambda c: c.read(start, stop), stop - start,
                                      lambda i: start + i)
 
-    def take(self, rows: np.ndarray) -> tuple[tuple, np.ndarray]:
+    def take(self, rows: np.ndarray, where=None) -> tuple[tuple, np.ndarray]:
         obs = tuple(c.take(rows) for c in self._columns)
+        self._check_rows(obs, lambda i: rows[i], where or self._chunk_of)
         return obs, self._weights_of(lambda c: c.take(rows), len(rows), lambda i: rows[i])
 
     def __iter__(self):
@@ -298,7 +367,7 @@ class ArrayStream:
             perm = np.asarray(idx).reshape(-1)[:n]
             for c in range(n_chunks):
                 sel = perm[c * rows:(c + 1) * rows]
-                obs, w = self.take(sel)
+                obs, w = self.take(sel, lambda _, c=c: f"shuffled chunk {c} of epoch {epoch}")
                 yield _pad_chunk(obs, w, rows)
             return
         seq = range(n_chunks)
@@ -306,7 +375,8 @@ class ArrayStream:
             seq = _rng(key, epoch).permutation(n_chunks)
         for c in seq:
             c = int(c)
-            obs, w = self.read(c * rows, min((c + 1) * rows, n))
+            obs, w = self.read(c * rows, min((c + 1) * rows, n),
+                               lambda _, c=c: f"chunk {c} of {n_chunks}, {rows} rows each")
             chunk = _pad_chunk(obs, w, rows)
             if order == "chunks":
                 # Rows permuted within the chunk (on the host: a device argsort of 1e5
@@ -352,7 +422,7 @@ class _IterableSource:
             first = next(it)
         except StopIteration:
             raise ValueError("data: the source yielded no batch.") from None
-        batch = check_data(first)
+        batch = _checked_batch(first, 0, 0, 0)
         if self.one_shot:
             self._first = first
         self.shapes = [(a.shape[1:], np.dtype(a.dtype)) for a in batch]
@@ -360,8 +430,9 @@ class _IterableSource:
         return batch
 
     def chunks(self, rows: int, order: str = "none", key=None, epoch: int = 0):
+        start = 0
         for i, b in enumerate(self._batches()):
-            obs = tuple(np.asarray(a) for a in check_data(b))
+            obs = tuple(np.asarray(a) for a in _checked_batch(b, i, epoch, start))
             got = [(a.shape[1:], a.dtype) for a in obs]
             if got != self.shapes:
                 raise ValueError(
@@ -375,7 +446,19 @@ class _IterableSource:
                     f"first batch ({rows} rows with padding), which sets the compiled shape; "
                     "yield the largest batch first, or batches of one size."
                 )
+            start += m
             yield _pad_chunk(obs, np.ones((m,), np.dtype(jnp.result_type(float))), rows)
+
+
+def _checked_batch(batch, i: int, epoch: int, start: int) -> tuple:
+    """``check_data`` of batch ``i`` of a user's iterable, whose first row is row ``start``
+    of the epoch: a NaN or inf is named by its row in the stream, column and batch."""
+    arrays = check_data(batch, check_finite=False)
+    names = ["data"] if len(arrays) == 1 else [f"data[{k}]" for k in range(len(arrays))]
+    for name, a in zip(names, arrays, strict=True):
+        _raise_non_finite(name, np.asarray(a), lambda r: start + r,
+                          lambda row: f"batch {i} of epoch {epoch}, its row {row - start}")
+    return arrays
 
 
 def is_source(data) -> bool:
@@ -433,10 +516,56 @@ def _sum_chunk(logp, transforms, u, obs, w, acc, order: int):
 
 @eqx.filter_jit
 def _hessian_chunk(logp, transforms, u, obs, w, acc):
-    from ._inference import hessian_total
-
     h = hessian_total(logp, transforms, u, obs, w, chunk_size=w.shape[0])
     return acc + h
+
+
+@eqx.filter_jit
+def _information_chunk(logp, transforms, u, obs, w, acc, kind: str):
+    """``acc +`` the chunk's ``(g_c, h_c, b_c)`` (:func:`mlefit._inference.information_sums`)."""
+    part = information_sums(logp, transforms, u, obs, w, kind=kind)
+    return jax.tree.map(jnp.add, acc, part)
+
+
+@eqx.filter_jit
+def _inference_compiled(transforms, u, sums, kind: str) -> Inference:
+    return inference_from_sums(transforms, u, *sums, kind=kind)
+
+
+class StreamedData:
+    """What a streamed :class:`~mlefit.FitResult` keeps of its data (``res.source``): the
+    stream, read again for inference.
+
+    ``analyse`` sums ``g_c``, ``h_c`` (and ``b_c`` for ``"opg"``/``"sandwich"``) chunk by
+    chunk, the sums :func:`mlefit._inference.analyse` takes over data in memory, then
+    finishes as it does: the same covariances, standard errors and diagnostics, with
+    memory for a few chunks plus ``p x p``.
+    """
+
+    def __init__(self, src):
+        self.src = src
+
+    def analyse(self, logp, transforms, u, kind: str = "observed") -> Inference:
+        """Returns the :class:`~mlefit._inference.Inference` at ``u`` by one pass."""
+        if self.src.one_shot:
+            raise ValueError(
+                "data: this fit read a one-shot iterator, which cannot be read again for the "
+                "Hessian that standard errors need; fit a re-iterable (a list of batches, a "
+                "class with __iter__, or mlefit.ArrayStream), or call "
+                "mlefit.stream_hessian(model, res.params, source) on a fresh source."
+            )
+        p = sum(np.size(x) for x in jax.tree_util.tree_leaves(u))
+        dtype = jnp.result_type(*jax.tree_util.tree_leaves(u))
+        zeros = jnp.zeros((p, p), dtype)
+        acc = (jnp.zeros((p,), dtype), zeros, None if kind == "observed" else zeros)
+        prev = None
+        for ch in self.src.chunks(_rows_for(self.src, None)):
+            acc = _information_chunk(logp, transforms, u, ch.obs, ch.w, acc, kind)
+            prev = _in_flight(prev, acc[1])
+        return _inference_compiled(transforms, u, acc, kind)
+
+    def __repr__(self) -> str:
+        return f"StreamedData({type(self.src).__name__}, n_obs={self.src.n_obs})"
 
 
 def _in_flight(prev, new):
@@ -699,10 +828,7 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
         u, value, grad, steps, status, hist = lbfgs_host(value_and_grad, u0, opts.tol,
                                                          opts.max_steps)
         if status == Status.INIT_NOT_FINITE:
-            raise ValueError(
-                f"init: the NLL of model {problem.name!r} at the starting point is not finite "
-                "over the streamed data."
-            )
+            raise ValueError(_stream_init_message(problem, u0, transforms, src))
         hist = jnp.asarray(hist, dtype) if opts.history else None
         n_obs = last["wsum"]
     else:
@@ -736,7 +862,28 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
         transforms=transforms,
         minibatch=opts.batch_size is not None,
         tol=float(opts.tol),
+        source=StreamedData(src),
     )
+
+
+def _stream_init_message(problem, u0, transforms, src) -> str:
+    """The ``init:`` message of a streamed fit whose NLL is not finite at the start: the
+    diagnosis of :mod:`mlefit._diagnose` on the first chunk where the NLL or its gradient
+    is not finite (the data are finite: every chunk read was checked)."""
+    rows, start = _rows_for(src, None), 0
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(u0))
+    zero = jnp.zeros((), dtype)
+    for c, ch in enumerate(src.chunks(rows)):
+        acc = (zero, zero, jax.tree.map(jnp.zeros_like, u0))
+        value, _, grad = _sum_chunk(problem.logp, transforms, u0, ch.obs, ch.w, acc, 1)
+        if not bool(_all_finite(value, grad)):
+            obs = tuple(a[:ch.m] for a in ch.obs)
+            where = (f" in chunk {c} of the stream (rows {start} to {start + ch.m - 1}; "
+                     "indices below count from the chunk's first row)")
+            return init_not_finite_message(problem, u0, transforms, obs, where=where)
+        start += ch.m
+    return (f"init: the NLL of model {problem.name!r} at the starting point is not finite "
+            "over the streamed data, but finite in every chunk: the sum overflows.")
 
 
 def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, resume_from,

@@ -8,11 +8,17 @@ compiled call instead of a Python loop).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._constraints import split_init
+from .._diagnose import magnitude_problem
+
 __all__ = [
+    "data_driven_start",
     "host",
     "raise_first_bad",
     "require_ndim",
@@ -137,10 +143,15 @@ def sample_shape(n) -> tuple:
         raise TypeError(f"n: expected an int or a shape tuple, got {n!r}") from e
 
 
+class NoStartError(ValueError):
+    """The data cannot identify the model (e.g. all observations equal): no start."""
+
+
 def require_spread(model: str, ok: bool, what: str) -> None:
-    """Raises when the data cannot identify the model (e.g. all observations equal)."""
+    """Raises :class:`NoStartError` when the data cannot identify the model (e.g. all
+    observations equal)."""
     if not ok:
-        raise ValueError(f"{model}: cannot start a fit: {what}.")
+        raise NoStartError(f"{model}: cannot start a fit: {what}.")
 
 
 def array_namespace(*arrays):
@@ -168,3 +179,51 @@ def checked(xp, model: str, ok, value, what: str):
         require_spread(model, bool(np.all(ok)), what)
         return np.asarray(value)[()]  # a NumPy scalar, not a 0-d array
     return jnp.where(ok, value, jnp.nan)
+
+
+def _valid_start(start) -> bool:
+    try:
+        u, _ = split_init(start, np.float64)  # the host start, before any cast
+    except ValueError:  # not finite, or outside its constraint (e.g. a scale of 0)
+        return False
+    return all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(u))
+
+
+def _has_spread(data) -> bool:
+    return any(
+        a is not None and a.size > 1 and np.issubdtype(a.dtype, np.number) and spread(a)
+        for a in map(host, data)
+    )
+
+
+def data_driven_start(init):
+    """Decorates a ready-made model's ``init(self, *data)`` to blame the data's magnitude.
+
+    On the host (NumPy): a start that is not finite or not inside its constraint although
+    the data are finite, or a "no spread" failure (:class:`NoStartError`) on data that do
+    spread, is a ``ValueError`` saying to rescale the data when float64 cannot hold their
+    moments (``x**2`` overflows, e.g. data of order 1e300, or underflows, order 1e-300).
+    A traced call (``fit_many``'s vmapped start) is unchanged: it reports a NaN start per
+    data set, and ``fit_many`` then asks the host version why.
+    """
+
+    @functools.wraps(init)
+    def start(self, *data):
+        if array_namespace(*data) is not np:
+            return init(self, *data)
+        what = f"the moments the {self.name} start needs"
+        try:
+            with np.errstate(over="ignore", under="ignore"):  # diagnosed below
+                out = init(self, *data)
+        except NoStartError as e:  # "no spread", where the spread may have underflowed
+            msg = magnitude_problem(data, what) if _has_spread(data) else None
+            if msg is None:
+                raise
+            raise ValueError(msg) from e
+        if not _valid_start(out):
+            msg = magnitude_problem(data, what)
+            if msg is not None:
+                raise ValueError(msg)
+        return out
+
+    return start

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from .._model import AbstractModel
-from ._base import host, raise_first_bad, require_ndim, sample_shape
+from ._base import data_driven_start, host, raise_first_bad, require_ndim, sample_shape
 
 __all__ = ["Censored"]
 
@@ -82,6 +82,7 @@ class Censored(AbstractModel):
             self.name, "censor", c, bad, "0 (exact), 1 (right-censored) or -1 (left-censored)"
         )
 
+    @data_driven_start
     def init(self, x, censor):
         return self.model.init(x)
 

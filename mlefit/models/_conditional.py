@@ -35,6 +35,7 @@ from ._base import (
     check_integers,
     check_labels,
     checked,
+    data_driven_start,
 )
 from ._discrete import (
     bernoulli_log_prob,
@@ -159,6 +160,7 @@ class LinearGaussian(AbstractConditionalModel):
                 f"{self.name}: y must be 1-D (one response per row), got shape {np.shape(y)}."
             )
 
+    @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
         X, y = as_float(xp, X), as_float(xp, y)
@@ -207,6 +209,7 @@ class Logistic(AbstractConditionalModel):
         check_design(self.name, X)
         check_binary(self.name, y)
 
+    @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
         m = clipped_mean(xp, as_float(xp, y))
@@ -256,6 +259,7 @@ class Softmax(AbstractConditionalModel):
         check_design(self.name, X)
         check_labels(self.name, y, self.num_classes)
 
+    @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
         f = class_frequencies(xp, xp.asarray(y), self.num_classes)
@@ -296,6 +300,7 @@ class PoissonRegression(AbstractConditionalModel):
         check_design(self.name, X)
         check_integers(self.name, y, arg="y")
 
+    @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
         yy = as_float(xp, y)
@@ -412,6 +417,7 @@ class MLPClassifier(AbstractConditionalModel):
             raise ValueError(f"{self.name}: X has {a.shape[1]} columns but in_size={self.in_size}.")
         check_labels(self.name, y, self.num_classes)
 
+    @data_driven_start
     def init(self, X, y):
         return eqx.filter(self._build(self._key()), eqx.is_inexact_array)
 

@@ -23,6 +23,7 @@ from ._base import (
     as_float,
     check_support,
     checked,
+    data_driven_start,
     require_spread,
     sample_shape,
     spread,
@@ -90,6 +91,7 @@ class Normal(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -138,6 +140,7 @@ class LogNormal(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         logx = xp.log(as_float(xp, x))
@@ -185,6 +188,7 @@ class Exponential(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0, low_open=False)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         m = as_float(xp, x).mean()
@@ -226,6 +230,7 @@ class Gamma(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -282,6 +287,7 @@ class Weibull(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         logx = xp.log(as_float(xp, x))
@@ -324,6 +330,7 @@ class Beta(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, low=0.0, high=1.0)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -373,6 +380,7 @@ class StudentT(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -435,6 +443,7 @@ class Laplace(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)
@@ -490,6 +499,7 @@ class MultivariateNormal(AbstractModel):
     def check_data(self, x) -> None:
         check_support(self.name, x, ndim=2)
 
+    @data_driven_start
     def init(self, x):
         xp = array_namespace(x)
         a = as_float(xp, x)

@@ -23,6 +23,7 @@ from ._base import (
     check_binary,
     check_integers,
     check_labels,
+    data_driven_start,
     sample_shape,
 )
 
@@ -88,6 +89,7 @@ class Bernoulli(AbstractModel):
     def check_data(self, y) -> None:
         check_binary(self.name, y, arg="data")
 
+    @data_driven_start
     def init(self, y):
         xp = array_namespace(y)
         m = clipped_mean(xp, as_float(xp, y))
@@ -135,6 +137,7 @@ class Categorical(AbstractModel):
     def check_data(self, y) -> None:
         check_labels(self.name, y, self.num_classes, arg="data")
 
+    @data_driven_start
     def init(self, y):
         xp = array_namespace(y)
         f = class_frequencies(xp, xp.asarray(y), self.num_classes)
@@ -158,6 +161,7 @@ class Poisson(AbstractModel):
     def check_data(self, k) -> None:
         check_integers(self.name, k)
 
+    @data_driven_start
     def init(self, k):
         xp = array_namespace(k)
         a = as_float(xp, k)
@@ -186,6 +190,7 @@ class NegativeBinomial(AbstractModel):
     def check_data(self, k) -> None:
         check_integers(self.name, k)
 
+    @data_driven_start
     def init(self, k):
         xp = array_namespace(k)
         a = as_float(xp, k)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._model import AbstractModel
-from ._base import host, sample_shape
+from ._base import data_driven_start, host, sample_shape
 from ._discrete import with_reference
 
 __all__ = ["Mixture"]
@@ -79,6 +79,7 @@ class Mixture(AbstractModel):
         for c in self.components:
             c.check_data(x)
 
+    @data_driven_start
     def init(self, x):
         a = host(x)
         k = len(self.components)
