@@ -21,10 +21,11 @@ import optax
 
 from ._checks import check_data, check_model_output, check_weights, float_dtype, host_view
 from ._constraints import constrain, split_init
-from ._likelihood import logpdfs, mean_nll
+from ._likelihood import check_penalty, logpdfs, mean_nll, penalised, penalty_at
 from ._linesearch import scale_by_wolfe_linesearch
 from ._model import as_problem
 from ._newton import NEWTON, newton_loop
+from ._precision import warn_if_float32
 from ._result import FitResult
 from ._status import Status
 from ._trees import all_finite as _all_finite
@@ -763,10 +764,15 @@ def fit(
     checkpoint=None,
     checkpoint_every: int = 1,
     resume_from=None,
+    fixed: dict | None = None,
+    penalty=None,
+    log_prior=None,
 ) -> FitResult:
     """Maximum-likelihood fit: minimises the mean NLL of ``data`` under ``model``.
 
     ``w* = argmin_w  nll(w),  nll(w) = -(sum_i v_i log p(obs_i; w)) / (sum_i v_i)``
+
+    (plus ``penalty(w) / sum_i v_i`` for a penalised or MAP fit, see ``penalty``).
 
     Args:
         model: ``log_prob(params, *obs) -> scalar`` for ONE observation; or an equinox
@@ -816,6 +822,27 @@ def fit(
         checkpoint_every: epochs between checkpoints (default 1).
         resume_from: a checkpoint file of this same fit to continue from; the resumed
             fit ends bitwise where an uninterrupted one ends.
+        fixed: ``{name: value}``: parameters held at a value, not fitted (scipy's
+            ``floc``/``fscale``, iminuit's ``fixed``). A name is a whole leaf of ``init``
+            (or of a ready-made model's parameters) as in ``res.param_names`` without an
+            element index: ``"sigma"``, ``"prior.scale"`` (nested dicts), ``"b"`` for an
+            array ``b`` (fix all of it; split ``b`` in two to fix some elements). The
+            value has the parameter's shape and lies inside its constraint. Fixed
+            parameters appear in ``res.params`` with their value and in ``summary()``
+            marked ``(fixed)``, with std err 0 (they are constants); they are not in
+            ``param_names``, ``cov``, or the parameter count ``k`` of AIC, BIC and
+            ``lr_test``. A new fixed value compiles a new fit. For a ready-made model,
+            ``model.fix(name=value)`` is the same model as an object of its own.
+        penalty: ``f(params) -> scalar`` added to the TOTAL NLL: the fit minimises
+            ``N(w) + f(w)``, i.e. the mean ``nll(w) + f(w) / n_obs`` (ridge:
+            ``f = lam * sum(w**2)``). ``params`` as ``log_prob`` receives them
+            (constrained, fixed values merged). ``res.loglik``, AIC and BIC are of the
+            likelihood alone; ``res.penalty`` is ``f`` at the estimate, ``res.objective``
+            ``N + f``, ``res.nll`` the penalised mean. Standard errors are then the
+            inverse Hessian of the penalised objective: the curvature of the posterior
+            at its mode (Laplace approximation) for a MAP fit, not the sampling
+            covariance of the penalised estimator (which is smaller, and biased).
+        log_prior: ``log pi(params)``, the same as ``penalty = -log_prior`` (MAP).
 
     ``data`` may also be a stream of batches (``mlefit.ArrayStream`` over arrays or
     ``.npy`` files, or any re-iterable of batches): see ``mlefit.ArrayStream``.
@@ -842,6 +869,12 @@ def fit(
         optimizer = None
         max_steps = DEFAULT_MAX_STEPS_NEWTON if max_steps is None else max_steps
 
+    penalty = check_penalty(penalty, log_prior)
+    if is_source(data) and (fixed or penalty is not None):
+        raise ValueError(
+            "fixed, penalty: not available for streams of batches yet; fit data in memory, "
+            "or write the fixed values or the penalty into log_prob."
+        )
     if is_source(data):
         return fit_source(
             model,
@@ -864,7 +897,7 @@ def fit(
     data, weights, layout = as_sharded(data, weights, mesh)
     data = check_data(data)
     n = data[0].shape[0] if layout is None else layout.n_obs
-    problem, init = as_problem(model, init, model_data(model, data, layout))
+    problem, init = as_problem(model, init, model_data(model, data, layout), fixed=fixed)
     dtype = float_dtype(data)
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
@@ -873,6 +906,11 @@ def fit(
     check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None)
     check_model_output(problem.logp, u0, data)  # abstract: constrained params have u's shapes
     weights = check_weights(weights, data[0].shape[0], dtype)
+    problem = penalised(
+        problem, penalty, float(n_obs(n, weights, dtype)),
+        jax.eval_shape(lambda u: constrain(u, transforms), u0),
+    )
+    warn_if_float32(dtype)
     tol_arr = np.asarray(opts.tol, dtype)
     # Full batch on one device: exponential families fit from sufficient statistics.
     full_logp = problem.logp
@@ -962,7 +1000,7 @@ def fit(
                 DEFAULT_MAX_STEPS_NEWTON, opts.history,
             )),
         )
-    return res
+    return penalty_at(res)
 
 
 def _second_opinion(res: FitResult, n: int, polish, refit) -> FitResult:

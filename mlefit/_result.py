@@ -19,12 +19,16 @@ class FitResult(eqx.Module):
     """The outcome of :func:`mlefit.fit`: estimate, objective, status and history.
 
     Conventions (stated once): the objective is the mean NLL
-    ``nll = -(1/n) sum_i log p(obs_i; params)``; ``loglik = -n_obs * nll``.
+    ``nll = -(1/n) sum_i log p(obs_i; params)``; ``loglik = -n_obs * nll``. With a
+    penalty ``f`` (``fit(..., penalty=f)``) the objective is ``nll + f / n_obs``: ``nll``
+    holds that penalised mean, ``penalty`` the value of ``f``, and ``loglik`` (hence AIC,
+    BIC, ``lr_test``) the likelihood alone, ``-n_obs * nll + penalty``.
 
     Attributes:
         params: the estimate, same structure as ``init`` (constrained values), or the
             fitted equinox Module.
-        nll: mean negative log-likelihood at ``params``.
+        nll: mean negative log-likelihood at ``params`` (the mean penalised objective,
+            ``nll + penalty / n_obs``, for a penalised fit).
         n_obs: number of observations (sum of the weights when weights are given).
         status_code: integer code of :class:`Status` (``res.status`` gives the enum).
         steps: optimiser steps taken.
@@ -34,6 +38,8 @@ class FitResult(eqx.Module):
             per epoch for minibatch fits. ``res.history`` trims it.
         u: the estimate in the unconstrained parametrisation the optimiser used.
         tol: the gradient tolerance the fit used (``None``: the dtype's default).
+        penalty: ``f(params)`` of a penalised (MAP) fit, on the total-NLL scale; ``None``
+            without a penalty.
     """
 
     params: Any
@@ -50,6 +56,7 @@ class FitResult(eqx.Module):
     transforms: tuple = eqx.field(static=True)
     minibatch: bool = eqx.field(static=True, default=False)
     tol: float | None = eqx.field(static=True, default=None)
+    penalty: jax.Array | None = None
 
     # -- outcome -----------------------------------------------------------------
     @property
@@ -90,8 +97,16 @@ class FitResult(eqx.Module):
 
     @property
     def loglik(self) -> jax.Array:
-        """Total log-likelihood at the estimate, ``-n_obs * nll``."""
-        return -self.n_obs * self.nll
+        """Total log-likelihood at the estimate, ``-n_obs * nll`` (the penalty excluded:
+        ``-n_obs * nll + penalty`` for a penalised fit)."""
+        if self.penalty is None:
+            return -self.n_obs * self.nll
+        return -self.n_obs * self.nll + self.penalty
+
+    @property
+    def objective(self) -> jax.Array:
+        """The total objective minimised, ``-loglik + penalty`` (``-loglik`` without one)."""
+        return self.n_obs * self.nll
 
     @property
     def history(self):
