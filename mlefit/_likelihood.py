@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from ._constraints import constrain
 
 __all__ = [
-    "logpdfs", "mean_nll", "total_loglik", "nll", "loglik", "penalised", "check_penalty", "penalty_at",
+    "logpdfs", "mean_nll", "total_loglik", "nll", "loglik",
+    "penalised", "check_penalty", "penalty_at",
 ]
 
 
