@@ -43,16 +43,18 @@ _DISPLAY = {"negativebinomial": "negbinomial"}
 # Unconditional models whose observation is a vector, not one number: not for one column.
 _NOT_SCALAR = {"multivariatenormal"}
 
-# Nested pairs (restricted, full) and how the restriction sits in the full model.
-# A restriction on the boundary of the parameter space breaks the chi-square reference
-# of the likelihood-ratio statistic (Self & Liang 1987): say so, report no p-value.
-_NESTED = {  # (restricted, full): (the restriction, whether it is on the boundary)
-    ("exponential", "gamma"): ("shape = 1", False),
-    ("exponential", "weibull"): ("shape = 1", False),
-    ("geometric", "negativebinomial"): ("n = 1", False),
-    ("normal", "studentt"): ("df -> infinity", True),
-    ("poisson", "negativebinomial"): ("n -> infinity, no over-dispersion", True),
-}
+
+
+def _nested() -> dict:
+    """Nested pairs ``(restricted, full)`` by canonical name -> ``(restriction, boundary)``:
+    the table ``mlefit.lr_test`` uses (:mod:`mlefit._nesting`), imported when needed."""
+    from ._nesting import NESTED
+
+    return {
+        (r.__name__.lower(), f.__name__.lower()): (x.what, x.boundary)
+        for (r, f), x in NESTED.items()
+    }
+
 
 BUNDLED_COLUMN = "duration"
 
@@ -123,7 +125,7 @@ examples:
   mlefit compare data.csv --column x --dist normal --dist studentt --dist laplace
 
 Models are ranked by AIC (lower is better). Where one model is nested in another
-(exponential in gamma and weibull, geometric in negbinomial) the likelihood-ratio
+(exponential in gamma and weibull) the likelihood-ratio
 test is shown; where the restriction is on the boundary of the parameter space
 (normal in studentt as df -> infinity, poisson in negbinomial) the chi-square
 p-value would be wrong, so it is not reported.
@@ -529,7 +531,7 @@ def run_fit(args) -> int:
 
 def lr_row(restricted: str, full: str, res_r, res_f) -> dict:
     """The likelihood-ratio test of a nested pair, or why it is not reported."""
-    restriction, boundary = _NESTED[(restricted, full)]
+    restriction, boundary = _nested()[(restricted, full)]
     stat = max(2.0 * (float(res_f.loglik) - float(res_r.loglik)), 0.0)
     row = {
         "restricted": display_name(restricted),
@@ -583,7 +585,7 @@ def run_compare(args) -> int:
     for r in rows:
         r["delta_aic"] = r["aic"] - best
     tests = [
-        lr_row(r, f, fits[r], fits[f]) for (r, f) in _NESTED if r in fits and f in fits
+        lr_row(r, f, fits[r], fits[f]) for (r, f) in _nested() if r in fits and f in fits
     ]
     out = {
         "data": {"source": col.path, "column": col.name, "n_obs": int(col.values.size)},

@@ -28,14 +28,16 @@ from ._constraints import constrain, split_init
 from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
-from ._inference import analyse_hessian, seed_inference
+from ._inference import analyse_hessian, expected_information_of, seed_inference
 from ._iterate import iterate_finish, iterate_init, iterate_run
+from ._likelihood import check_penalty, penalised, penalty_at
 from ._minibatch import minibatch_loop
 from ._model import as_problem
 from ._newton import Newton
 from ._objective import Reduced, objective, reduce_enabled, reduce_logp
 from ._options import check_named_optimizer, check_options
 from ._padding import pad_observations
+from ._precision import warn_if_float32
 from ._progress import progress_bar
 from ._result import FitResult
 from ._solver_optax import OptaxSolver, default_optimizer
@@ -71,10 +73,15 @@ def fit(
     checkpoint_every: int = 1,
     resume_from=None,
     resume_check: str = "all",
+    fixed: dict | None = None,
+    penalty=None,
+    log_prior=None,
 ) -> FitResult:
     """Maximum-likelihood fit: minimises the mean NLL of ``data`` under ``model``.
 
     ``w* = argmin_w  nll(w),  nll(w) = -(sum_i v_i log p(obs_i; w)) / (sum_i v_i)``
+
+    (plus ``penalty(w) / sum_i v_i`` for a penalised or MAP fit, see ``penalty``).
 
     Args:
         model: ``log_prob(params, *obs) -> scalar`` for ONE observation; or an equinox
@@ -136,6 +143,27 @@ def fit(
         resume_check: what must agree with the checkpoint besides the shapes: ``"all"``
             (default: data and model), ``"model"`` (the model only: continue on new
             data on purpose), ``"shapes"`` (neither: new data or an edited model).
+        fixed: ``{name: value}``: parameters held at a value, not fitted (scipy's
+            ``floc``/``fscale``, iminuit's ``fixed``). A name is a whole leaf of ``init``
+            (or of a ready-made model's parameters) as in ``res.param_names`` without an
+            element index: ``"sigma"``, ``"prior.scale"`` (nested dicts), ``"b"`` for an
+            array ``b`` (fix all of it; split ``b`` in two to fix some elements). The
+            value has the parameter's shape and lies inside its constraint. Fixed
+            parameters appear in ``res.params`` with their value and in ``summary()``
+            marked ``(fixed)``, with std err 0 (they are constants); they are not in
+            ``param_names``, ``cov``, or the parameter count ``k`` of AIC, BIC and
+            ``lr_test``. A new fixed value compiles a new fit. For a ready-made model,
+            ``model.fix(name=value)`` is the same model as an object of its own.
+        penalty: ``f(params) -> scalar`` added to the TOTAL NLL: the fit minimises
+            ``N(w) + f(w)``, i.e. the mean ``nll(w) + f(w) / n_obs`` (ridge:
+            ``f = lam * sum(w**2)``). ``params`` as ``log_prob`` receives them
+            (constrained, fixed values merged). ``res.loglik``, AIC and BIC are of the
+            likelihood alone; ``res.penalty`` is ``f`` at the estimate, ``res.objective``
+            ``N + f``, ``res.nll`` the penalised mean. Standard errors are then the
+            inverse Hessian of the penalised objective: the curvature of the posterior
+            at its mode (Laplace approximation) for a MAP fit, not the sampling
+            covariance of the penalised estimator (which is smaller, and biased).
+        log_prior: ``log pi(params)``, the same as ``penalty = -log_prior`` (MAP).
 
     A full-batch fit is one compiled program, shared by fits of the same model on data
     of other lengths (observations are padded with zero weights to a size bucket) and,
@@ -165,6 +193,12 @@ def fit(
     if newton:
         optimizer = None
         max_steps = DEFAULT_MAX_STEPS_NEWTON if max_steps is None else max_steps
+    penalty = check_penalty(penalty, log_prior)
+    if is_source(data) and (fixed or penalty is not None):
+        raise ValueError(
+            "fixed, penalty: not available for streams of batches yet; fit data in memory, "
+            "or write the fixed values or the penalty into log_prob."
+        )
     if is_source(data):
         return fit_source(
             model, data, init, weights=weights, optimizer=optimizer, batch_size=batch_size,
@@ -176,7 +210,7 @@ def fit(
     data, weights, layout = as_sharded(data, weights, mesh)
     data = check_data(data)
     n = data[0].shape[0] if layout is None else layout.n_obs
-    problem, init = as_problem(model, init, model_data(model, data, layout))
+    problem, init = as_problem(model, init, model_data(model, data, layout), fixed=fixed)
     dtype = float_dtype(data)
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)
@@ -187,6 +221,11 @@ def fit(
     weights_kind = resolve_weights_kind(weights_kind, weights)
     # the fit is the same for weights of any scale; inference needs the effective ones
     weights = effective_weights(weights, weights_kind)
+    problem = penalised(
+        problem, penalty, float(weighted_n_obs(n, weights, dtype, weights_kind)),
+        jax.eval_shape(lambda u: constrain(u, transforms), u0),
+    )
+    warn_if_float32(dtype)
     tol_arr = np.asarray(opts.tol, dtype)
     inference = None
     if opts.batch_size is None:
@@ -220,9 +259,9 @@ def fit(
         transforms=transforms,
         minibatch=opts.batch_size is not None, tol=float(opts.tol),
     )
-    if inference is not None:
+    if inference is not None and expected_information_of(problem) is None:
         seed_inference(res, inference)
-    return res
+    return penalty_at(res)
 
 
 def choose_solver(optimizer, newton: bool, logp, u0, transforms, data, weights, layout):

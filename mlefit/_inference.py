@@ -40,6 +40,7 @@ Host-side helpers used by :class:`~mlefit.FitResult` (cached per result object):
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import statistics
@@ -53,10 +54,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ._checks import host_view
 from ._constraints import constrain, jacobian_diag
 from ._defaults import DEFAULT_MAX_STEPS, default_tol
 from ._iterate import iterate
 from ._likelihood import mean_nll
+from ._model import AbstractModel
+from ._nesting import restriction_of
 from ._robust import (
     LEVERAGE_KINDS,
     ROBUST_KINDS,
@@ -115,6 +119,8 @@ class Inference(NamedTuple):
             EDM): the decrease a Newton step predicts. Near 0 at an optimum.
         newton_step: ``(p,)`` that Newton step, ``-H^-1 g``, unconstrained (0 where not
             identified).
+        hessian_finite: ``(p,)`` False for parameters whose row of ``hessian`` holds NaN
+            or inf (then no standard error is given: status ``HESSIAN_NOT_FINITE``).
     """
 
     cov: jax.Array
@@ -126,6 +132,7 @@ class Inference(NamedTuple):
     condition_number: jax.Array
     edm: jax.Array
     newton_step: jax.Array
+    hessian_finite: jax.Array
 
 
 def default_chunk_size(n: int, p: int) -> int:
@@ -196,6 +203,36 @@ def _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size):
 
         hess, g = jax.jacfwd(grad_twice, has_aux=True)(c_flat)
         return g, hess
+
+    return _chunked_sum(piece, data, weights, chunk, c_flat.dtype)
+
+
+def _grad_opg_c(logp, c_flat, unravel, data, weights, chunk_size):
+    """Gradient of the total NLL and ``sum_i v_i s_i s_i^T`` (constrained c), first
+    derivatives only: one ``vmap(grad)`` per chunk, no Hessian."""
+    n, p = data[0].shape[0], c_flat.size
+    chunk = chunk_size or default_chunk_size(n, p)
+    score = jax.grad(lambda cf, *o: logp(unravel(cf), *o))
+
+    def piece(obs, w):
+        s = jax.vmap(score, in_axes=(None,) + (0,) * len(obs))(c_flat, *obs)
+        sw = jnp.where(w[:, None] > 0, w[:, None] * s, 0.0)
+        s = jnp.where(w[:, None] > 0, s, 0.0)
+        return -jnp.sum(sw, axis=0), sw.T @ s
+
+    return _chunked_sum(piece, data, weights, chunk, c_flat.dtype)
+
+
+def _grad_information_c(logp, information, c_flat, unravel, data, weights, chunk_size):
+    """Gradient of the total NLL and the expected information ``sum_i v_i I(obs_i)``."""
+    n, p = data[0].shape[0], c_flat.size
+    chunk = chunk_size or default_chunk_size(n, p)
+    grad = jax.grad(lambda cf, obs, w: _weighted_total_nll(logp, unravel(cf), obs, w))
+
+    def piece(obs, w):
+        info = jax.vmap(lambda *o: information(unravel(c_flat), *o))(*obs)
+        wz = jnp.where(w > 0, w, 0.0)
+        return grad(c_flat, obs, w), jnp.einsum("i,ijk->jk", wz, info)
 
     return _chunked_sum(piece, data, weights, chunk, c_flat.dtype)
 
@@ -337,16 +374,26 @@ def _nan_to_zero(x):
 
 def analyse(
     logp, transforms, u, data: tuple, weights=None, *, kind="observed", chunk_size=None,
-    options: CovOptions | None = None,
+    options: CovOptions | None = None, information=None,
 ):
     """Returns the :class:`Inference` of a fit: covariance, stderr, Hessian and diagnostics.
 
     - observed: ``cov_u = H_u^-1`` (inverse Hessian of the total NLL);
-    - opg: ``cov_u = B_u^-1``, ``B_u = sum_i v_i s_i s_i^T`` (outer product of scores);
+    - opg: ``cov_u = B_u^-1``, ``B_u = sum_i v_i s_i s_i^T`` (outer product of scores),
+      from first derivatives only: no Hessian is formed (``hessian`` holds ``B_u``, which
+      estimates it), so a model JAX differentiates once but not twice gets OPG errors;
     - sandwich, HC0: ``cov_u = H_u^-1 B_u H_u^-1`` (robust, statsmodels' HC0);
     - HC1, HC2, HC3, cluster: the same with the meat and small-sample factor of
       :mod:`mlefit._robust` (``options`` carries the weights' kind, the mean
       parameters and the cluster codes; ``B_u`` takes variance weights squared);
+
+    ``information(params, *obs) -> (p, p)`` (optional, static): the expected (Fisher)
+    information of one observation in the constrained parameters. Given, it replaces
+    the autodiff Hessian, ``H_u = J (sum_i v_i I_i) J`` (a non-smooth likelihood such as
+    the Laplace location, whose observed Hessian is 0 between kinks).
+
+    A Hessian with NaN or inf entries gives no standard errors (NaN) and
+    ``hessian_finite`` False on the rows that hold them.
 
     then ``cov = J cov_u J`` (delta method), ``stderr = sqrt(diag(cov))``. Parameters at
     a bound, or not identified by the Hessian, have NaN rows and columns. Pure and
@@ -371,10 +418,20 @@ def analyse(
         raise ValueError(f"kind: expected one of {COVARIANCE_KINDS}, got {kind!r}")
     options = CovOptions() if options is None else options
     _, c_flat, _, _, unravel = _flat_pieces(transforms, u)
-    g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
+    second_order = True
+    if kind == "opg":  # first derivatives only: B estimates the information
+        g_c, h_c = _grad_opg_c(logp, c_flat, unravel, data, weights, chunk_size)
+        second_order = False
+    elif information is not None:  # expected information: E[score] = 0, no 2nd-order term
+        g_c, h_c = _grad_information_c(
+            logp, information, c_flat, unravel, data, weights, chunk_size
+        )
+        second_order = False
+    else:
+        g_c, h_c = _grad_hessian_c(logp, c_flat, unravel, data, weights, chunk_size)
     meat = None
-    if kind != "observed":
-        robust = "HC0" if kind in ("opg", "sandwich") else kind
+    if kind not in ("observed", "opg"):
+        robust = "HC0" if kind == "sandwich" else kind
         n, p = data[0].shape[0], c_flat.size
         chunk = chunk_size or default_chunk_size(n, p * p if robust in LEVERAGE_KINDS else p)
 
@@ -383,7 +440,8 @@ def analyse(
                           _chunked_sum)
 
     return inference_from_sums(transforms, u, g_c, h_c, meat, kind=kind, options=options,
-                               n_obs=_weight_total(data, weights, c_flat.dtype))
+                               n_obs=_weight_total(data, weights, c_flat.dtype),
+                               second_order=second_order)
 
 
 def information_sums(logp, transforms, u, data: tuple, weights=None, *, kind="observed",
@@ -409,26 +467,27 @@ def information_sums(logp, transforms, u, data: tuple, weights=None, *, kind="ob
 
 
 def inference_from_sums(transforms, u, g_c, h_c, b_c, *, kind="observed", options=None,
-                        n_obs=None) -> Inference:
+                        n_obs=None, second_order: bool = True) -> Inference:
     """Returns the :class:`Inference` from the sums of :func:`information_sums` (see
     :func:`analyse` for the formulas). ``b_c`` may also be a function of the observed
-    covariance of the constrained parameters (the HC2/HC3 meat needs it); ``n_obs``
-    is needed by the HC1 and cluster small-sample factors."""
+    covariance of the constrained parameters (the HC2/HC3 meat needs it), or ``None``
+    for ``kind="opg"`` when ``h_c`` is the outer product of scores itself; ``n_obs`` is
+    needed by the HC1 and cluster small-sample factors; ``second_order=False`` where
+    ``h_c`` is an information matrix (no ``g_c c''`` term in the chain rule)."""
     options = CovOptions() if options is None else options
     _, c_flat, jac, d2, _ = _flat_pieces(transforms, u)
-    h_u = _chain_rule(h_c, g_c, jac, d2)
+    h_u = _chain_rule(h_c, g_c, jac, d2) if second_order else jac[:, None] * h_c * jac[None, :]
     low, high = _flat_bounds(transforms, u, c_flat.dtype)
     at_bound = _at_bound(c_flat, g_c, jnp.diag(h_c), low, high)
     h_inv, positive_definite, identified = _regularised_inverse(h_u, ~at_bound)
-    if kind == "observed":
-        cov_u = h_inv
-    else:
+    cov_u, ok = h_inv, identified
+    if kind != "observed" and not (kind == "opg" and b_c is None):
         hz = _nan_to_zero(h_inv)
         robust = "HC0" if kind in ("opg", "sandwich") else kind
         if callable(b_c):
             b_c = b_c(jac[:, None] * hz * jac[None, :])
         b_u = jac[:, None] * b_c * jac[None, :]
-        if kind == "opg":
+        if kind == "opg":  # a stream's opg: the Hessian's sums came with it
             cov_u, _, ok = _regularised_inverse(b_u, ~at_bound)
         else:
             ok = identified
@@ -436,6 +495,7 @@ def inference_from_sums(transforms, u, g_c, h_c, b_c, *, kind="observed", option
             if robust != "HC0":
                 cov_u = small_sample_factor(robust, n_obs, options, c_flat.size) * cov_u
         ok = ok & identified
+    if kind != "observed":
         cov_u = jnp.where(ok[:, None] & ok[None, :], cov_u, jnp.nan)
     cov = jac[:, None] * cov_u * jac[None, :]
     stderr = jnp.sqrt(jnp.diag(cov))
@@ -451,6 +511,7 @@ def inference_from_sums(transforms, u, g_c, h_c, b_c, *, kind="observed", option
         condition_number=_condition_number(h_u),
         edm=-0.5 * g_u @ step,
         newton_step=step,
+        hessian_finite=jnp.all(jnp.isfinite(h_u), axis=1),
     )
 
 
@@ -484,6 +545,7 @@ def analyse_hessian(transforms, u, grad_u, hess_u) -> Inference:
         condition_number=_condition_number(hess_u),
         edm=-0.5 * grad_u @ step,
         newton_step=step,
+        hessian_finite=jnp.all(jnp.isfinite(hess_u), axis=1),
     )
 
 
@@ -529,17 +591,21 @@ def profile_nll(
 # Compiled entry points and the per-result cache
 # ---------------------------------------------------------------------------------------
 @eqx.filter_jit
-def _analyse_compiled(logp, transforms, u, data, weights, kind, chunk_size, options):
+def _analyse_compiled(logp, transforms, u, data, weights, kind, chunk_size, options,
+                      information=None):
     return analyse(
-        logp, transforms, u, data, weights, kind=kind, chunk_size=chunk_size, options=options
+        logp, transforms, u, data, weights, kind=kind, chunk_size=chunk_size, options=options,
+        information=information,
     )
 
 
 @eqx.filter_jit
-def _analyse_batched(logp, transforms, u, data, weights, kind, chunk_size, options):
+def _analyse_batched(logp, transforms, u, data, weights, kind, chunk_size, options,
+                     information=None):
     return jax.vmap(
         lambda u, d, w: analyse(
-            logp, transforms, u, d, w, kind=kind, chunk_size=chunk_size, options=options
+            logp, transforms, u, d, w, kind=kind, chunk_size=chunk_size, options=options,
+            information=information,
         )
     )(u, data, weights)
 
@@ -588,16 +654,45 @@ def compute_inference(
     logp, ts = res.problem.logp, res.transforms
     if res.source is not None:  # a streamed fit: the sums come from a pass over the stream
         return res.source.analyse(logp, ts, res.u, kind)
+    info = expected_information_of(res.problem)
     batch = res.batch_shape
     if not batch:
         return _analyse_compiled(
-            logp, ts, res.u, res.data, res.weights, kind, chunk_size, options
+            logp, ts, res.u, res.data, res.weights, kind, chunk_size, options, info
         )
     size = math.prod(batch)
     flat = lambda x: x.reshape((size,) + x.shape[len(batch):])  # noqa: E731
     u, data, weights = jax.tree.map(flat, (res.u, res.data, res.weights))
-    out = _analyse_batched(logp, ts, u, data, weights, kind, chunk_size, options)
+    out = _analyse_batched(logp, ts, u, data, weights, kind, chunk_size, options, info)
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), out)
+
+
+def expected_information_of(problem):
+    """The per-observation expected information of a model that declares its likelihood
+    non-smooth (``smooth = False``), else ``None`` (the autodiff Hessian is used).
+
+    With a penalty, the penalty's Hessian (divided over the observations) is added, so
+    the information stays that of the penalised objective."""
+    source = problem.source
+    if not isinstance(source, AbstractModel) or source.smooth:
+        return None
+    if problem.penalty is None:
+        return source.fisher_information
+    return _PenalisedInformation(source.fisher_information, problem.penalty,
+                                 problem.logp.total_weight)
+
+
+class _PenalisedInformation(eqx.Module):
+    """``I(obs) + H_f / W``: expected information of a penalised objective, per observation."""
+
+    information: object = eqx.field(static=True)
+    penalty: object = eqx.field(static=True)
+    total_weight: float = eqx.field(static=True)
+
+    def __call__(self, params, *obs):
+        flat, unravel = ravel_pytree(params)
+        h = jax.hessian(lambda f: self.penalty(unravel(f)))(flat)
+        return self.information(params, *obs) + h / self.total_weight
 
 
 def seed_inference(res, inference: Inference, kind: str = "observed") -> None:
@@ -632,8 +727,9 @@ def n_params(res) -> int:
     return int(sum(math.prod(x.shape[batch:]) for x in jax.tree_util.tree_leaves(res.u)))
 
 
-def _unflatten(res, flat):
-    """A flat ``(..., p)`` array back to the structure of ``res.params``."""
+def _unflatten(res, flat, fill=0.0):
+    """A flat ``(..., p)`` array back to the structure of ``res.params`` (fixed parameters,
+    which have no entry, get ``fill``)."""
     batch = res.batch_shape
     flat = flat if isinstance(flat, jax.core.Tracer) else np.asarray(flat)
     out, off = [], 0
@@ -643,7 +739,7 @@ def _unflatten(res, flat):
         size = math.prod(shape)
         out.append(flat[..., off:off + size].reshape(flat.shape[:-1] + shape))
         off += size
-    return res.problem.finalize(treedef.unflatten(out))
+    return res.problem.finalize(treedef.unflatten(out), fill=fill)
 
 
 # ---------------------------------------------------------------------------------------
@@ -688,12 +784,21 @@ HESSIAN_ERRORS = (NotImplementedError, TypeError, ValueError)
 def refined_status_code(res) -> np.ndarray:
     """The optimiser's status refined by the inference verdict (see ``FitResult.status``).
 
-    CONVERGED or STALLED with a parameter at its bound -> AT_BOUND; otherwise CONVERGED
+    CONVERGED or STALLED with a parameter at its bound -> AT_BOUND; CONVERGED with NaN or
+    inf in the Hessian -> HESSIAN_NOT_FINITE; otherwise CONVERGED
     with a Hessian that is not positive definite -> HESSIAN_NOT_POSITIVE_DEFINITE, and
     CONVERGED with a positive definite one where :func:`short_of_minimum` -> NOT_AT_MINIMUM
     (a small gradient on a flat NLL: an NLL like ``-log(rate)`` or ``exp(-t)`` with no
     minimum at finite parameters has ``EDM = n / 2`` or ``n nll / 2``). Other statuses
     (max_steps, non_finite, ...) are the optimiser's and are kept.
+
+    A model that declares a non-smooth likelihood (``smooth = False``: kinks, where the
+    line search stalls with a one-sided gradient) is CONVERGED from STALLED when the
+    remaining gain a Newton step predicts with the expected information is within what
+    one observation's kink contributes, ``EDM <= k / n_obs`` (an observation's score
+    adds ``s_i^T I^-1 s_i / 2``, ``k / (2 n)`` on average, to the EDM). E.g. the Laplace
+    location at the median of an odd sample: JAX's gradient of ``|x - loc|`` at the
+    middle observation is one-sided, ``EDM = 1 / (2 n)``.
     """
     code = np.asarray(res.status_code).copy()
     check = (code == Status.CONVERGED) | (code == Status.STALLED)
@@ -710,10 +815,18 @@ def refined_status_code(res) -> np.ndarray:
         return code
     at_bound = np.asarray(inf.at_bound).any(axis=-1)
     pd = np.asarray(inf.positive_definite)
+    smooth = expected_information_of(res.problem) is None
+    if not smooth:
+        k = n_params(res)
+        kink = np.asarray(inf.edm, np.float64) <= k / np.asarray(res.n_obs, np.float64)
+        code = np.where((code == Status.STALLED) & kink & pd & ~at_bound,
+                        Status.CONVERGED, code)
+    finite = np.asarray(inf.hessian_finite).all(axis=-1)
     code = np.where(check & at_bound, Status.AT_BOUND, code)
+    code = np.where((code == Status.CONVERGED) & ~finite, Status.HESSIAN_NOT_FINITE, code)
     code = np.where((code == Status.CONVERGED) & ~pd, Status.HESSIAN_NOT_POSITIVE_DEFINITE, code)
-    code = np.where((code == Status.CONVERGED) & short_of_minimum(res, inf),
-                    Status.NOT_AT_MINIMUM, code)
+    short = short_of_minimum(res, inf) if smooth else ~kink
+    code = np.where((code == Status.CONVERGED) & short, Status.NOT_AT_MINIMUM, code)
     return code
 
 
@@ -1000,8 +1113,21 @@ def lr_test(restricted, full) -> LRTest:
     """Returns the likelihood-ratio test of a restricted model nested in a full one.
 
     ``statistic = 2 (loglik_full - loglik_restricted)``, ``df = k_full - k_restricted``
-    (free scalar parameters), ``pvalue = P(chi2_df >= statistic)``. Valid when the
-    restricted model is the full one with ``df`` parameters fixed at interior values.
+    (free scalar parameters; fixed ones do not count), ``pvalue = P(chi2_df >= statistic)``.
+    Valid when the restricted model is the full one with ``df`` parameters fixed at
+    interior values, both fitted by maximum likelihood to the same data.
+
+    Guards (``ValueError`` before any p-value): the fits must be on the same data
+    (:func:`data_fingerprint`: ``n_obs``, the weights, and each data array of equal
+    shape, checked from a strided sample; design matrices with different numbers of
+    columns, as in nested regressions, are not compared); the restricted model must
+    have fewer free parameters and must not fit better than the full one beyond rounding
+    (``loglik_r - loglik_f > sqrt(eps) max(|loglik_f|, 1)``: not nested, or the full
+    fit missed its maximum). Warns (``UserWarning``) for a known pair whose restriction
+    is on the boundary of the parameter space (Normal in StudentT as ``df -> infinity``,
+    Poisson in NegativeBinomial: see :mod:`mlefit._nesting`; the chi2 p-value is then
+    conservative, twice the correct one for one parameter), for penalised fits, and for
+    fits that did not converge.
 
     Args:
         restricted: the ``FitResult`` of the smaller model.
@@ -1034,13 +1160,83 @@ def lr_test(restricted, full) -> LRTest:
             f"full: n_obs={n1:g} differs from restricted n_obs={n0:g}; both models must be "
             "fitted to the same data."
         )
+    _check_same_data(restricted, full)
+    ll0, ll1 = float(restricted.loglik), float(full.loglik)
+    eps = float(np.finfo(np.asarray(full.nll).dtype).eps)
+    if ll0 - ll1 > math.sqrt(eps) * max(abs(ll1), 1.0):
+        raise ValueError(
+            f"restricted: its log-likelihood {ll0:.10g} is higher than the full model's "
+            f"{ll1:.10g}; a model nested in another cannot fit better, so the pair is not "
+            "nested (or the full fit did not reach its maximum: refit it from the "
+            "restricted estimate)."
+        )
     for name, r in (("restricted", restricted), ("full", full)):
         if r.status != Status.CONVERGED:
             warnings.warn(f"lr_test: the {name} fit has status {r.status}", stacklevel=2)
-    stat = float(2.0 * (full.loglik - restricted.loglik))
+        if getattr(r, "penalty", None) is not None:
+            warnings.warn(
+                f"lr_test: the {name} fit is penalised; the chi2 reference assumes maximum-"
+                "likelihood estimates", stacklevel=2,
+            )
+    nested = restriction_of(restricted.problem.source, full.problem.source)
+    if nested is not None and nested.boundary:
+        warnings.warn(
+            f"lr_test: {restricted.model_name} is {full.model_name} with {nested.what}, a "
+            "restriction on the boundary of the parameter space: the chi-square reference "
+            "does not hold (Self & Liang 1987) and the p-value is conservative (for one "
+            "parameter the reference is the 50:50 mixture of chi2_0 and chi2_1, whose "
+            "p-value is half of this one).",
+            stacklevel=2,
+        )
+    stat = 2.0 * (ll1 - ll0)
     df = k1 - k0
     pvalue = float(jax.scipy.stats.chi2.sf(max(stat, 0.0), df))
     return LRTest(stat, df, pvalue)
+
+
+# Elements of each array sampled for the data fingerprint (strided over the array).
+_FINGERPRINT_SAMPLE = 4096
+
+
+def data_fingerprint(a) -> tuple:
+    """``(shape, digest)`` of an array: its shape and a SHA-1 of up to 4096 elements taken
+    at a regular stride (as float64), computed on the host. Two arrays with different
+    fingerprints differ; equal ones agree in shape and in the sampled elements."""
+    shape = tuple(np.shape(a))
+    host = host_view(a) if isinstance(a, jax.Array) else np.asarray(a)
+    size = int(np.prod(shape)) if shape else 1
+    step = max(1, size // _FINGERPRINT_SAMPLE)
+    if host is not None:
+        sample = np.asarray(host).reshape(-1)[::step]
+    else:  # on an accelerator: bring back only the sample
+        sample = np.asarray(jnp.ravel(a)[::step])
+    sample = np.ascontiguousarray(sample, dtype=np.float64)
+    return shape, hashlib.sha1(sample.tobytes()).hexdigest()
+
+
+def _check_same_data(restricted, full) -> None:
+    """``ValueError`` when two fits can be seen to be on different data (see ``lr_test``)."""
+    d0, d1 = tuple(restricted.data or ()), tuple(full.data or ())
+    if not d0 or not d1:
+        return  # streamed fits keep no data
+    pairs = list(zip(d0, d1, strict=True)) if len(d0) == len(d1) else [(d0[-1], d1[-1])]
+    w0, w1 = restricted.weights, full.weights
+    if (w0 is None) != (w1 is None):
+        raise ValueError("full: one fit has observation weights and the other has none; "
+                         "both models must be fitted to the same (weighted) data.")
+    if w0 is not None:
+        pairs.append((w0, w1))
+    for k, (a, b) in enumerate(pairs):
+        if np.shape(a)[1:] != np.shape(b)[1:]:
+            continue  # e.g. design matrices of nested regressions
+        if data_fingerprint(a) != data_fingerprint(b):
+            what = "the weights" if w0 is not None and k == len(pairs) - 1 else (
+                f"data[{k}]" if len(d0) == len(d1) else "the last data array"
+            )
+            raise ValueError(
+                f"full: {what} differs from the restricted fit's (same shape, different "
+                "values); a likelihood-ratio test compares two models on the same data."
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -1072,13 +1268,36 @@ def _table(res, kind, level, max_rows, groups=None):
     notes = []
     at_bound = np.asarray(inf.at_bound)
     ident = np.asarray(inf.identified)
+    finite = np.asarray(inf.hessian_finite)
     for i in range(len(names)):
-        notes.append("at bound" if at_bound[i] else ("not identified" if not ident[i] else ""))
+        notes.append(
+            "at bound" if at_bound[i]
+            else "Hessian not finite" if not finite[i]
+            else "no std err: Hessian not finite" if not finite.all()
+            else "not identified" if not ident[i] else ""
+        )
     rows = [
         (names[i], est[i], se[i], z[i], pv[i], est[i] - q * se[i], est[i] + q * se[i], notes[i])
         for i in range(len(names))
     ]
+    rows += _fixed_rows(res)
     return rows[:max_rows], max(0, len(rows) - max_rows), inf
+
+
+def _fixed_rows(res) -> list:
+    """Summary rows of the fixed parameters: the value, std err 0, no test."""
+    fixed = res.problem.fixed
+    if fixed is None:
+        return []
+    rows = []
+    for name in fixed.names:
+        v = fixed.value(name)
+        labels = [name] if v.ndim == 0 else [
+            f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(*v.shape)
+        ]
+        for label, x in zip(labels, v.ravel(), strict=True):
+            rows.append((label, float(x), 0.0, np.nan, np.nan, float(x), float(x), "fixed"))
+    return rows
 
 
 def _header(res, inf, kind):
@@ -1091,6 +1310,10 @@ def _header(res, inf, kind):
         ("n_obs", _num(res.n_obs)),
         ("Log-likelihood", f"{float(res.loglik):.6g}" if nll_ok else "nan"),
         ("Mean NLL", f"{float(res.nll):.10g}"),
+        *(
+            [("Penalty", f"{float(res.penalty):.6g}"), ("Objective", f"{float(res.objective):.8g}")]
+            if getattr(res, "penalty", None) is not None else []
+        ),
         ("AIC", f"{float(res.aic):.6g}"),
         ("BIC", f"{float(res.bic):.6g}"),
         ("Converged", str(bool(status == _S.CONVERGED))),
@@ -1100,7 +1323,9 @@ def _header(res, inf, kind):
         ("EDM", f"{float(inf.edm):.3g}"),
         ("Hessian cond.", f"{float(inf.condition_number):.3g}"),
         ("Covariance", kind),
-        ("Parameters", str(n_params(res))),
+        ("Parameters", str(n_params(res)) + (
+            f" (+{len(res.problem.fixed.names)} fixed)" if res.problem.fixed is not None else ""
+        )),
     ]
     return items, status
 
@@ -1114,9 +1339,32 @@ def _explanations(res, inf, status) -> list[str]:
     out = [f"Status: {status} ({status.message})."]
     names = param_names_of(res)
     at_bound = np.asarray(inf.at_bound)
-    not_id = [names[i] for i in np.flatnonzero(~np.asarray(inf.identified) & ~at_bound)]
+    nonfinite = [names[i] for i in np.flatnonzero(~np.asarray(inf.hessian_finite))]
+    not_id = [] if nonfinite else [
+        names[i] for i in np.flatnonzero(~np.asarray(inf.identified) & ~at_bound)
+    ]
     bound = [names[i] for i in np.flatnonzero(at_bound)]
-    if not bool(inf.positive_definite) or not_id:
+    if nonfinite:
+        which = ", ".join(nonfinite[:10]) + (" ..." if len(nonfinite) > 10 else "")
+        out.append(
+            f"The Hessian of the NLL has NaN or inf entries in the rows of {which}: no "
+            "standard errors (NaN). The model is not shown to be unidentified; its second "
+            "derivatives are not finite at the estimate (e.g. an infinite constant such as "
+            "+-inf cut points: write them as finite limits or with jnp.where). "
+            "covariance('opg') needs first derivatives only."
+        )
+    if expected_information_of(res.problem) is not None:
+        out.append(
+            f"{res.model_name} has a non-smooth likelihood: standard errors use its expected "
+            "(Fisher) information, not the observed Hessian."
+        )
+    if res.problem.penalty is not None:
+        out.append(
+            "Penalised fit: Log-likelihood, AIC and BIC exclude the penalty; std errs are "
+            "the inverse Hessian of the penalised objective (MAP curvature), not the "
+            "sampling covariance of the penalised estimator."
+        )
+    if (not bool(inf.positive_definite) and not nonfinite) or not_id:
         which = ", ".join(not_id[:10]) + (" ..." if len(not_id) > 10 else "")
         out.append(
             "The Hessian of the NLL is not positive definite"

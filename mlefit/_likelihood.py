@@ -8,14 +8,28 @@ goes through :func:`logpdfs` and :func:`mean_nll`; there is no second implementa
 
 with observation weights ``v_i`` (all ones by default). A zero weight removes an
 observation exactly, even if its log-density is not finite (padding relies on this).
+
+A penalty ``f(w)`` (or a log-prior, ``f = -log pi``) is added to the TOTAL NLL; the
+optimiser minimises its mean, ``nll(w) + f(w) / sum_i v_i``, by the per-observation
+kernel of :func:`penalised` (``log p_i - f / sum_i v_i``), so every fit path (full batch,
+minibatch, sharded) sees the one objective.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-__all__ = ["logpdfs", "mean_nll", "total_loglik", "nll", "loglik"]
+from ._constraints import constrain
+
+__all__ = [
+    "logpdfs", "mean_nll", "total_loglik", "nll", "loglik",
+    "penalised", "check_penalty", "penalty_at",
+]
 
 
 def logpdfs(logp, params, data: tuple) -> jax.Array:
@@ -88,3 +102,106 @@ def _resolve(model, params):
     if callable(model):
         return model, params
     raise TypeError(f"model: expected a log-density function or Module, got {type(model).__name__}")
+
+
+class Penalised(eqx.Module):
+    """``log p(params, *obs) - f(params) / W``: the per-observation kernel of a penalised
+    objective (``W`` the total weight), so that its mean NLL is ``nll + f / W``."""
+
+    logp: Callable = eqx.field(static=True)
+    penalty: Callable = eqx.field(static=True)
+    total_weight: float = eqx.field(static=True)
+
+    def __call__(self, params, *obs):
+        lp = self.logp(params, *obs)
+        return lp - jnp.asarray(self.penalty(params), lp.dtype) / self.total_weight
+
+
+class _NegatedLogPrior(eqx.Module):
+    """``f(w) = -log pi(w)``: a log-prior as a penalty (MAP estimation)."""
+
+    log_prior: Callable = eqx.field(static=True)
+
+    def __call__(self, params):
+        return -self.log_prior(params)
+
+
+class _OnModule(eqx.Module):
+    """A penalty of a Module-as-params model, called on the combined Module."""
+
+    penalty: Callable = eqx.field(static=True)
+    static: object = eqx.field(static=True)
+
+    def __call__(self, dyn):
+        return self.penalty(eqx.combine(dyn, self.static))
+
+
+def check_penalty(penalty, log_prior) -> Callable | None:
+    """The penalty ``f`` from ``penalty=`` or ``log_prior=`` (``f = -log_prior``), or None.
+
+    ``TypeError`` when it is not callable, ``ValueError`` when both are given.
+    """
+    if penalty is not None and log_prior is not None:
+        raise ValueError(
+            "penalty, log_prior: give one of them (penalty = -log_prior), not both."
+        )
+    for name, f in (("penalty", penalty), ("log_prior", log_prior)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{name}: expected a function f(params) -> scalar, got "
+                            f"{type(f).__name__}")
+    if log_prior is not None:
+        return _NegatedLogPrior(log_prior)
+    return penalty
+
+
+def penalised(problem, penalty, total_weight: float, params_aval):
+    """``problem`` whose objective kernel adds ``penalty(params)`` to the TOTAL NLL.
+
+    ``mean objective(w) = nll(w) + penalty(w) / W``, ``W = sum_i v_i`` (``n_obs``). The
+    penalty is called on the parameters ``log_prob`` receives (fixed values merged; the
+    Module for an equinox model). ``problem.density`` keeps the log-density alone.
+    ``ValueError`` (before compiling) when ``penalty`` does not return a scalar.
+    """
+    if penalty is None:
+        return problem
+    fixed = problem.fixed
+    f = penalty
+    if problem.module_static is not None:
+        f = _OnModule(penalty, problem.module_static)
+    elif fixed is not None:
+        f = _Merged(penalty, fixed)
+    try:
+        out = jax.eval_shape(f, params_aval)
+    except Exception as e:
+        raise type(e)(f"penalty: calling it on the parameters failed: {e}") from e
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise ValueError(
+            f"penalty: must return a float scalar f(params), got {jax.tree.map(jnp.shape, out)}"
+        )
+    return dataclasses.replace(
+        problem, logp=Penalised(problem.logp, f, float(total_weight)), density=problem.logp,
+        penalty=f,
+    )
+
+
+@eqx.filter_jit
+def _penalty_value(penalty, transforms, u):
+    return penalty(constrain(u, transforms))
+
+
+def penalty_at(res):
+    """``res`` with ``res.penalty`` set to ``f`` at its estimate (unchanged without one)."""
+    f = res.problem.penalty
+    if f is None:
+        return res
+    return dataclasses.replace(res, penalty=_penalty_value(f, res.transforms, res.u))
+
+
+class _Merged(eqx.Module):
+    """A penalty called on the parameters with the fixed values merged in."""
+
+    penalty: Callable = eqx.field(static=True)
+    fixed: object = eqx.field(static=True)
+
+    def __call__(self, params):
+        return self.penalty(self.fixed.merge(params))

@@ -7,19 +7,28 @@ Three forms are accepted, all reduced to one pure function:
    its inexact-array leaves are fitted and the fitted Module is ``res.params``;
 3. a ready-made model (subclass of :class:`AbstractModel`) with
    ``log_prob(self, params, *obs)`` and a data-driven ``init(*data)``.
+
+Fixed parameters (``fit(..., fixed={"name": value})``, ``model.fix(name=value)``) are a
+partial application: the fitted parameters are the others, the log-density receives
+them merged with the fixed values (:class:`FixedValues`). A penalty is added to the
+objective's per-observation kernel (:func:`mlefit._likelihood.penalised`).
 """
 
 from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["AbstractModel", "Problem", "as_problem"]
+from ._constraints import is_constraint
+
+__all__ = ["AbstractModel", "FixedModel", "FixedValues", "Problem", "as_problem", "leaf_name"]
 
 
 class AbstractModel(eqx.Module):
@@ -29,7 +38,15 @@ class AbstractModel(eqx.Module):
     observation) and ``init(self, *data)`` (a start, with ``Positive``/``Interval``
     leaves where parameters are constrained). Optional: ``check_data(*data)`` raising
     ``ValueError`` for data outside the support, and ``sample(key, params, n)``.
+
+    Non-smooth likelihoods (a kink in a parameter, as the Laplace location): set
+    ``smooth = False`` and implement :meth:`fisher_information`; standard errors then
+    come from the expected information instead of the autodiff Hessian.
     """
+
+    #: ``False`` where ``log_prob`` is not twice differentiable in the parameters at the
+    #: estimate (kinks): inference then uses :meth:`fisher_information`.
+    smooth: ClassVar[bool] = True
 
     @abc.abstractmethod
     def log_prob(self, params, *obs):
@@ -42,9 +59,241 @@ class AbstractModel(eqx.Module):
     def check_data(self, *data) -> None:  # noqa: B027 - optional hook
         """Raises ``ValueError`` naming the first observation outside the support."""
 
+    def fisher_information(self, params, *obs) -> jax.Array:
+        """The expected (Fisher) information of ONE observation, ``(p, p)``.
+
+        ``I(w) = E[s s^T] = -E[d^2 log p / dw dw^T]`` with ``s`` the score, over the
+        parameters flattened in ``jax.flatten_util.ravel_pytree(params)`` order (dict
+        keys sorted), constrained coordinates. ``obs`` is one observation (covariates of
+        a conditional model; unconditional models may ignore it). Required when
+        ``smooth = False``.
+        """
+        raise NotImplementedError(
+            f"{self.name}: smooth = False needs fisher_information(params, *obs)"
+        )
+
+    def fix(self, **values) -> FixedModel:
+        """Returns this model with the named parameters held at the given values.
+
+        ``Gamma().fix(scale=2.0)`` is the one-parameter model ``x ~ Gamma(shape, 2)``
+        (scipy's ``gamma.fit(x, fscale=2.0)``): fitted, compared and resampled as a model
+        of its own; the fixed values appear in ``res.params`` and ``summary()`` marks
+        them ``(fixed)``. Same as ``fit(model, x, fixed={"scale": 2.0})``.
+        """
+        return FixedModel(self, FixedValues.of(values))
+
     @property
     def name(self) -> str:
         return type(self).__name__
+
+
+def leaf_name(path) -> str:
+    """A readable name of a parameter leaf from its pytree path (``"a.b"``, ``"w[0]"``),
+    as in ``res.param_names`` without the element index."""
+    out = ""
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            out += ("." if out else "") + str(k.key)
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            out += ("." if out else "") + k.name
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            out += f"[{k.idx}]"
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            out += f"[{k.key}]"
+        else:
+            out += ("." if out else "") + str(k)
+    return out
+
+
+def _is_slot(x) -> bool:
+    """A leaf of an init or params pytree, where ``None`` marks a fixed parameter's slot."""
+    return x is None or is_constraint(x)
+
+
+class FixedValues(eqx.Module):
+    """Fixed parameters by name: ``((name, shape, values), ...)``, hashable (static).
+
+    A fixed parameter is a whole leaf of the parameter pytree, named by its path as in
+    ``res.param_names`` (``"scale"``, ``"prior.sigma"``, ``"layers[1]"``). In the fitted
+    pytree its slot holds ``None``; :meth:`merge` puts the value back.
+    """
+
+    items: tuple = eqx.field(static=True)
+
+    @classmethod
+    def of(cls, fixed) -> FixedValues:
+        """From a mapping ``{name: value}``; ``TypeError``/``ValueError`` for bad values."""
+        if isinstance(fixed, FixedValues):
+            return fixed
+        if not isinstance(fixed, Mapping):
+            raise TypeError(
+                f"fixed: expected a dict {{name: value}}, got {type(fixed).__name__}"
+            )
+        items = []
+        for name, value in fixed.items():
+            if not isinstance(name, str):
+                raise TypeError(f"fixed: parameter names are strings, got {name!r}")
+            try:
+                v = np.asarray(value, dtype=float)
+            except (TypeError, ValueError) as e:
+                raise TypeError(
+                    f"fixed: {name!r} = {value!r} is not a number or numeric array"
+                ) from e
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"fixed: {name!r} = {value!r} is not finite")
+            items.append((name, v.shape, tuple(v.ravel().tolist())))
+        return cls(tuple(items))
+
+    @property
+    def names(self) -> tuple:
+        return tuple(name for name, _, _ in self.items)
+
+    def value(self, name: str) -> np.ndarray:
+        for n, shape, vals in self.items:
+            if n == name:
+                return np.asarray(vals, dtype=float).reshape(shape)
+        raise KeyError(name)
+
+    def free(self, init):
+        """``init`` with the fixed leaves replaced by ``None`` (their slots), after checks.
+
+        ``ValueError`` for a name that is not a parameter (listing the valid ones), for a
+        value of another shape or outside the parameter's constraint, and when every
+        parameter is fixed. Runs on the host, before anything is compiled.
+        """
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(init, is_leaf=_is_slot)
+        names = [leaf_name(path) for path, _ in leaves]
+        unknown = [n for n in self.names if n not in names]
+        if unknown:
+            raise ValueError(_unknown_message(unknown[0], names, init))
+        out = []
+        for name, leaf in zip(names, (x for _, x in leaves), strict=True):
+            if name not in self.names:
+                out.append(leaf)
+                continue
+            start = leaf.value if is_constraint(leaf) else leaf
+            shape = np.shape(start) if start is not None else None
+            v = self.value(name)
+            if shape is not None and v.shape != shape:
+                raise ValueError(
+                    f"fixed: {name!r} has shape {shape} but its fixed value has shape "
+                    f"{v.shape}; give an array of shape {shape}."
+                )
+            if is_constraint(leaf):
+                lo, hi = leaf.bounds()
+                if not np.all((v > lo) & (v < hi)):
+                    raise ValueError(
+                        f"fixed: {name!r} = {v.tolist()!r} is outside its constraint "
+                        f"{type(leaf).__name__} ({lo}, {hi}); give a value inside it."
+                    )
+            out.append(None)
+        if all(x is None for x in out):
+            raise ValueError(
+                f"fixed: every parameter ({', '.join(names)}) is fixed, so there is nothing "
+                "to fit; evaluate mlefit.loglik(model, params, data) instead."
+            )
+        return treedef.unflatten(out)
+
+    def merge(self, params, fill=None):
+        """``params`` with each fixed slot (``None``) holding its value (or ``fill``).
+
+        Values take the dtype of the fitted leaves. A dict without a fixed top-level key
+        (``{"scale": 2.0}`` for ``Gamma().fix(shape=3.0)``) gets the key added.
+        """
+        if isinstance(params, dict):
+            missing = [n for n in self.names if n not in params and "." not in n and "[" not in n]
+            params = {**params, **dict.fromkeys(missing)}
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(
+            params, is_leaf=lambda x: x is None
+        )
+        free = [x for _, x in leaves if x is not None]
+        dtype = jnp.result_type(*free) if free else jnp.result_type(float)
+        out = []
+        for path, x in leaves:
+            name = leaf_name(path)
+            if x is None and name in self.names:
+                v = self.value(name) if fill is None else np.full(self.value(name).shape, fill)
+                x = jnp.asarray(v, dtype)
+            out.append(x)
+        return treedef.unflatten(out)
+
+
+def _unknown_message(name: str, names: list, init) -> str:
+    valid = ", ".join(map(repr, names))
+    base = name.split("[")[0]
+    hint = ""
+    if base != name and base in names:
+        hint = (
+            f" {name!r} names elements of the array parameter {base!r}; fixed= holds whole "
+            f"parameters: fix {base!r}, or split it into two parameters."
+        )
+    return f"fixed: unknown parameter {name!r}; the parameters are {valid}.{hint}"
+
+
+class FixedModel(AbstractModel):
+    """A ready-made model with some parameters held fixed (see :meth:`AbstractModel.fix`).
+
+    ``log_prob(params, *obs) = model.log_prob(merge(params, fixed), *obs)``: the fitted
+    parameters are the free ones; ``init`` is the model's start without the fixed
+    parameters. Other methods taking ``params`` (``sample``, ``log_cdf``, ...) are the
+    wrapped model's with the fixed values merged in.
+    """
+
+    model: AbstractModel = eqx.field(static=True)
+    fixed: FixedValues = eqx.field(static=True)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def smooth(self) -> bool:  # type: ignore[override]
+        return self.model.smooth
+
+    def log_prob(self, params, *obs):
+        return self.model.log_prob(self.fixed.merge(params), *obs)
+
+    def init(self, *data):
+        return self.fixed.free(self.model.init(*data))
+
+    def check_data(self, *data) -> None:
+        self.model.check_data(*data)
+
+    def fisher_information(self, params, *obs):
+        """The wrapped model's information, rows and columns of the free parameters."""
+        full = self.fixed.merge(params)
+        info = self.model.fisher_information(full, *obs)
+        keep = np.concatenate([
+            np.full(int(np.size(x)), leaf_name(path) not in self.fixed.names)
+            for path, x in jax.tree_util.tree_flatten_with_path(full)[0]
+        ])
+        idx = np.flatnonzero(keep)
+        return info[np.ix_(idx, idx)]
+
+    def fix(self, **values) -> FixedModel:
+        items = {n: self.fixed.value(n) for n in self.fixed.names}
+        items.update(values)
+        return FixedModel(self.model, FixedValues.of(items))
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("model", "fixed"):
+            raise AttributeError(name)
+        attr = getattr(self.model, name)
+        if not callable(attr):
+            return attr
+        try:
+            sig = inspect.signature(attr)
+        except (TypeError, ValueError):
+            return attr
+        if "params" not in sig.parameters:
+            return attr
+
+        def with_fixed(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.arguments["params"] = self.fixed.merge(bound.arguments["params"])
+            return attr(*bound.args, **bound.kwargs)
+
+        return with_fixed
 
 
 class _ModuleLogProb(eqx.Module):
@@ -67,8 +316,21 @@ class Problem(eqx.Module):
     name: str = eqx.field(static=True)
     module_static: Any = eqx.field(static=True, default=None)
     source: Any = eqx.field(static=True, default=None)
+    fixed: FixedValues | None = eqx.field(static=True, default=None)
+    # The log-density alone where ``logp`` is a penalised objective kernel, and the
+    # penalty ``f(params)`` on the fitted params (see mlefit._likelihood.penalised).
+    density: Callable | None = eqx.field(static=True, default=None)
+    penalty: Callable | None = eqx.field(static=True, default=None)
 
-    def finalize(self, params):
+    @property
+    def log_density(self) -> Callable:
+        """``log p(params, *obs)`` without any penalty (what a plot of the fit draws)."""
+        return self.logp if self.density is None else self.density
+
+    def finalize(self, params, fill=None):
+        """The user-facing pytree: the Module rebuilt, fixed values (or ``fill``) merged."""
+        if self.fixed is not None:
+            params = self.fixed.merge(params, fill)
         if self.module_static is None:
             return params
         return eqx.combine(params, self.module_static)
@@ -88,18 +350,46 @@ def _n_positional(fn) -> int | None:
     return n
 
 
-def as_problem(model, init, data: tuple):
+class _MergedLogProb(eqx.Module):
+    """``logp(merge(params, fixed), *obs)``: a plain log-density with fixed parameters."""
+
+    logp: Callable = eqx.field(static=True)
+    fixed: FixedValues = eqx.field(static=True)
+
+    def __call__(self, params, *obs):
+        return self.logp(self.fixed.merge(params), *obs)
+
+
+def as_problem(model, init, data: tuple, fixed=None):
     """Returns ``(problem, init)`` for any accepted model form.
+
+    ``fixed``: ``{name: value}`` of parameters held fixed (whole leaves of ``init``,
+    named as in ``res.param_names``); ``init`` is returned without them (``None`` in
+    their slots) and the problem's ``logp`` merges them back.
 
     Raises ``TypeError``/``ValueError`` naming the problem when the model is not
     usable, or ``init`` is missing for a plain function.
     """
+    fixed = None if fixed is None or (isinstance(fixed, Mapping) and not fixed) else (
+        FixedValues.of(fixed)
+    )
     if isinstance(model, AbstractModel):
+        if fixed is not None:
+            model = model.fix(**{n: fixed.value(n) for n in fixed.names})
         model.check_data(*data)
         if init is None:
             init = model.init(*data)
-        return Problem(logp=model.log_prob, name=model.name, source=model), init
+        elif isinstance(model, FixedModel):
+            init = model.fixed.free(init)
+        own = model.fixed if isinstance(model, FixedModel) else None
+        return Problem(logp=model.log_prob, name=model.name, source=model, fixed=own), init
     if isinstance(model, eqx.Module) and hasattr(model, "log_prob"):
+        if fixed is not None:
+            raise ValueError(
+                "fixed: an equinox Module is its own parameters; fixed= is for a function "
+                "log_prob(params, *obs) with init, or a ready-made model (mark a Module "
+                "field static, or wrap it in jax.lax.stop_gradient, to hold it fixed)."
+            )
         if init is not None:
             raise ValueError(
                 "init: an equinox Module is its own parameters; pass init=None "
@@ -132,7 +422,11 @@ def as_problem(model, init, data: tuple):
                 f"argument(s) but is called as log_prob(params, *obs) with {len(data)} "
                 f"data array(s), i.e. {1 + len(data)} arguments."
             )
-        return Problem(logp=model, name=getattr(model, "__name__", type(model).__name__)), init
+        name = getattr(model, "__name__", type(model).__name__)
+        if fixed is None:
+            return Problem(logp=model, name=name), init
+        init = fixed.free(init)
+        return Problem(logp=_MergedLogProb(model, fixed), name=name, fixed=fixed), init
     raise TypeError(
         f"model: expected a function log_prob(params, *obs), an equinox Module with a "
         f"log_prob(self, *obs) method, or an mlefit model; got {type(model).__name__}."

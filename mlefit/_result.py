@@ -20,12 +20,16 @@ class FitResult(eqx.Module):
     """The outcome of :func:`mlefit.fit`: estimate, objective, status and history.
 
     Conventions (stated once): the objective is the mean NLL
-    ``nll = -(1/n) sum_i log p(obs_i; params)``; ``loglik = -n_obs * nll``.
+    ``nll = -(1/n) sum_i log p(obs_i; params)``; ``loglik = -n_obs * nll``. With a
+    penalty ``f`` (``fit(..., penalty=f)``) the objective is ``nll + f / n_obs``: ``nll``
+    holds that penalised mean, ``penalty`` the value of ``f``, and ``loglik`` (hence AIC,
+    BIC, ``lr_test``) the likelihood alone, ``-n_obs * nll + penalty``.
 
     Attributes:
         params: the estimate, same structure as ``init`` (constrained values), or the
             fitted equinox Module.
-        nll: mean negative log-likelihood at ``params``.
+        nll: mean negative log-likelihood at ``params`` (the mean penalised objective,
+            ``nll + penalty / n_obs``, for a penalised fit).
         n_obs: number of observations: the sum of the weights for frequency weights,
             the number of positive weights for variance weights (``weights_kind``).
         status_code: integer code of :class:`Status` (``res.status`` gives the enum).
@@ -43,6 +47,8 @@ class FitResult(eqx.Module):
             the method ``analyse(logp, transforms, u, kind)`` that computes the
             inference (covariance, standard errors) by one pass over it; ``None`` for
             data in memory.
+        penalty: ``f(params)`` of a penalised (MAP) fit, on the total-NLL scale; ``None``
+            without a penalty.
     """
 
     params: Any
@@ -59,6 +65,7 @@ class FitResult(eqx.Module):
     transforms: tuple = eqx.field(static=True)
     minibatch: bool = eqx.field(static=True, default=False)
     tol: float | None = eqx.field(static=True, default=None)
+    penalty: jax.Array | None = None
     weights_kind: str = eqx.field(static=True, default="frequency")
     source: Any = eqx.field(static=True, default=None)
 
@@ -101,9 +108,17 @@ class FitResult(eqx.Module):
 
     @property
     def loglik(self) -> jax.Array:
-        """Total log-likelihood at the estimate, ``-n_obs * nll``."""
+        """Total log-likelihood at the estimate, ``-n_obs * nll`` (the penalty excluded:
+        ``-n_obs * nll + penalty`` for a penalised fit)."""
         xp = _xp(self.n_obs, self.nll)
-        return -xp.asarray(self.n_obs) * xp.asarray(self.nll)
+        ll = -xp.asarray(self.n_obs) * xp.asarray(self.nll)
+        return ll if self.penalty is None else ll + xp.asarray(self.penalty)
+
+    @property
+    def objective(self) -> jax.Array:
+        """The total objective minimised, ``-loglik + penalty`` (``-loglik`` without one)."""
+        xp = _xp(self.n_obs, self.nll)
+        return xp.asarray(self.n_obs) * xp.asarray(self.nll)
 
     @property
     def history(self):

@@ -36,6 +36,12 @@ class Status(enum.IntEnum):
       classes, ``nll -> 0`` as the coefficients grow). Set by inference. (A default
       ``fit`` of a small problem first tries Newton steps from there: parameters in large
       units end here otherwise.)
+    - ``HESSIAN_NOT_FINITE``: the optimiser converged, but the Hessian of the NLL has NaN
+      or inf entries at the estimate (second derivatives that overflow or are undefined
+      there, e.g. an ordered model written with +-inf end cut points). This does not say
+      the model is unidentified; standard errors from the Hessian are NaN, the summary
+      names the parameters whose rows are not finite, and ``covariance("opg")`` (first
+      derivatives only) may still give them. Set by inference.
     """
 
     CONVERGED = 0
@@ -47,6 +53,7 @@ class Status(enum.IntEnum):
     INTERRUPTED = 6
     INIT_NOT_FINITE = 7
     NOT_AT_MINIMUM = 8
+    HESSIAN_NOT_FINITE = 9
 
     def __str__(self) -> str:
         return self.name.lower()
@@ -75,5 +82,10 @@ _MESSAGES = {
         "g^T H^-1 g / 2 above sqrt(eps) relative): it is flat there, and the likelihood may "
         "have no maximum at finite parameters (e.g. perfectly separated classes, or all "
         "observations on the boundary of the support); params is where the fit stopped"
+    ),
+    Status.HESSIAN_NOT_FINITE: (
+        "the Hessian of the NLL has NaN or inf entries at the estimate (its second "
+        "derivatives are not finite there): standard errors are NaN; covariance('opg') "
+        "needs first derivatives only"
     ),
 }

@@ -357,6 +357,7 @@ def test_module_model_returns_fitted_module():
 
 
 # -- dtypes and compilation ------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:mlefit. this fit runs in float32")
 def test_float32_fit_follows_data_dtype():
     x = RNG.normal(3.0, 2.0, 2000).astype(np.float32)
     res = mlefit.fit(normal, x, init=GAUSS_INIT)

@@ -434,6 +434,7 @@ def test_inference_is_cached_and_batched_results_vmap(gauss_data):
     assert rel_err(stderr_of(r2)["v"], r2.stderr["v"]) < 1e-12
 
 
+@pytest.mark.filterwarnings("ignore:mlefit. this fit runs in float32")
 def test_float32_fit_has_float32_stderr_close_to_closed_form():
     x = np.random.default_rng(11).normal(1.0, 2.0, 300).astype(np.float32)
     res = mlefit.fit(gauss_var, jnp.asarray(x), {"mu": 0.0, "v": Positive(1.0)})

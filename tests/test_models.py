@@ -204,6 +204,7 @@ def test_continuous_model_matches_scipy_fit(name):
             )
 
 
+@pytest.mark.filterwarnings("ignore:mlefit. this fit runs in float32")
 def test_float32_data_fit_in_float32():
     x = RNG.gamma(2.0, 3.0, 50).astype(np.float32)
     res = mlefit.fit(M.Gamma(), x)

@@ -403,14 +403,24 @@ class Laplace(AbstractModel):
     ``log p(x) = -|x - loc| / scale - log(2 scale)``; ``scipy.stats.laplace(loc, scale)``.
     Start: the closed-form MLE ``loc = median``, ``scale = mean |x - median|``. The
     likelihood has a kink at every observation and zero curvature in ``loc`` between
-    them, so the fit keeps the start (the best point it saw) and reports STALLED (odd
-    ``n``: the gradient at the median is a subgradient) or HESSIAN_NOT_POSITIVE_DEFINITE
-    (even ``n``: every point between the middle two observations is an MLE); standard
-    errors from the observed information do not exist for ``loc``.
+    them (even ``n``: every point between the middle two observations is an MLE), so
+    the observed information gives no standard error for ``loc``. The model declares
+    itself non-smooth (``smooth = False``): inference uses the expected (Fisher)
+    information per observation, ``I = diag(1 / scale^2, 1 / scale^2)`` (``loc``,
+    ``scale``), so ``se(loc) = scale / sqrt(n)``, the asymptotic standard error of the
+    sample median of a Laplace sample, ``1 / (2 f(loc) sqrt(n))``.
     """
+
+    smooth = False
 
     def log_prob(self, params, x):
         return jstats.laplace.logpdf(x, params["loc"], params["scale"])
+
+    def fisher_information(self, params, x=None):
+        """``diag(1 / scale^2, 1 / scale^2)`` over ``(loc, scale)``, one observation:
+        ``E[sign(z)^2] = 1`` and ``Var(|z| - 1) = 1`` for ``z ~ Laplace(0, 1)``."""
+        i = 1.0 / jnp.asarray(params["scale"]) ** 2
+        return jnp.diag(jnp.stack([i, i]))
 
     def log_cdf(self, params, x):
         # jax has no laplace.logcdf; both branches are finite everywhere.
