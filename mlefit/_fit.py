@@ -21,6 +21,7 @@ import optax
 
 from ._checks import check_data, check_model_output, check_weights, float_dtype, host_view
 from ._constraints import constrain, split_init
+from ._data import column_names
 from ._likelihood import logpdfs, mean_nll
 from ._linesearch import scale_by_wolfe_linesearch
 from ._model import as_problem
@@ -861,10 +862,11 @@ def fit(
             resume_from=resume_from,
             progress=progress,
         )
+    columns = column_names(data)  # DataFrame/Series names: they name the parameters
     data, weights, layout = as_sharded(data, weights, mesh)
     data = check_data(data)
     n = data[0].shape[0] if layout is None else layout.n_obs
-    problem, init = as_problem(model, init, model_data(model, data, layout))
+    problem, init = as_problem(model, init, model_data(model, data, layout), columns=columns)
     dtype = float_dtype(data)
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)

@@ -61,6 +61,13 @@ def _sample_design(model: str, n, X):
     return X
 
 
+def _coef_labels(X_columns, trailing_axes: int = 0) -> dict:
+    """``coef[age]``: the rows of ``coef`` are named by the columns of ``X`` (when named)."""
+    if X_columns is None:
+        return {}
+    return {"coef": (tuple(X_columns),) + (None,) * trailing_axes}
+
+
 def _start(xp, intercept: bool, d: int, b0, coef_shape=None) -> dict:
     coef = xp.zeros(coef_shape if coef_shape is not None else (d,))
     return {"intercept": b0, "coef": coef} if intercept else {"coef": coef}
@@ -91,6 +98,10 @@ class LinearGaussian(AbstractModel):
                 f"{self.name}: y must be 1-D (one response per row), got shape {np.shape(y)}."
             )
 
+    def param_labels(self, X_columns=None, y_columns=None) -> dict:
+        """``coef`` entries named by the columns of ``X``."""
+        return _coef_labels(X_columns, 0)
+
     def init(self, X, y):
         xp = array_namespace(X, y)
         X, y = as_float(xp, X), as_float(xp, y)
@@ -99,9 +110,9 @@ class LinearGaussian(AbstractModel):
         rss = xp.sum((y - A @ beta) ** 2)
         what = "the fit is exact (zero residuals): the MLE scale is 0"
         scale = checked(xp, self.name, rss > 0, xp.sqrt(rss / len(y)), what)
-        params = {"coef": beta[1:] if self.intercept else beta, "scale": Positive(scale)}
-        if self.intercept:
-            params["intercept"] = beta[0]
+        params = {"intercept": beta[0]} if self.intercept else {}
+        params["coef"] = beta[1:] if self.intercept else beta
+        params["scale"] = Positive(scale)
         return params
 
     def sample(self, key, params, n=None, X=None):
@@ -133,6 +144,10 @@ class Logistic(AbstractModel):
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
         check_binary(self.name, y)
+
+    def param_labels(self, X_columns=None, y_columns=None) -> dict:
+        """``coef`` entries named by the columns of ``X``."""
+        return _coef_labels(X_columns, 0)
 
     def init(self, X, y):
         xp = array_namespace(X, y)
@@ -178,6 +193,10 @@ class Softmax(AbstractModel):
         check_design(self.name, X)
         check_labels(self.name, y, self.num_classes)
 
+    def param_labels(self, X_columns=None, y_columns=None) -> dict:
+        """``coef`` entries named by the columns of ``X`` (the class axis by position)."""
+        return _coef_labels(X_columns, 1)
+
     def init(self, X, y):
         xp = array_namespace(X, y)
         f = class_frequencies(xp, xp.asarray(y), self.num_classes)
@@ -212,6 +231,10 @@ class PoissonRegression(AbstractModel):
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
         check_integers(self.name, y, arg="y")
+
+    def param_labels(self, X_columns=None, y_columns=None) -> dict:
+        """``coef`` entries named by the columns of ``X``."""
+        return _coef_labels(X_columns, 0)
 
     def init(self, X, y):
         xp = array_namespace(X, y)
