@@ -108,12 +108,11 @@ def _xchg_column(col, label: str, name: str) -> np.ndarray:
         vbuf, _ = buffers["validity"]
         if _XCHG_NULLS[null_kind] == "bitmask":
             raw = _xchg_buffer(vbuf, np.dtype(np.uint8), 0, vbuf.bufsize)
-            valid = np.unpackbits(raw, bitorder="little")[offset:offset + size].astype(bool)
+            mask = np.unpackbits(raw, bitorder="little")[offset:offset + size]
         else:
-            valid = _xchg_buffer(vbuf, np.dtype(np.uint8), offset, size).astype(bool)
-        if not int(col.describe_null[1] or 0):  # the mask marks nulls, not valid entries
-            valid = ~valid
-        values = np.where(valid, values.astype(float), np.nan)  # NaN: fit names the rows
+            mask = _xchg_buffer(vbuf, np.dtype(np.uint8), offset, size)
+        missing = mask.astype(bool) == bool(col.describe_null[1])  # the mask value of a null
+        values = np.where(missing, np.nan, values.astype(float))  # NaN: fit names the rows
     return values
 
 

@@ -8,7 +8,9 @@ information) at the estimate. The Hessian is taken in the unconstrained parametr
 
 Pure functions (jit-able, vmappable over data sets; no Python control flow on values, no
 host callbacks). All take the raw pieces of a fit and flatten parameters in
-``jax.flatten_util.ravel_pytree`` order (the order of ``res.param_names``); ``p`` is the
+``jax.flatten_util.ravel_pytree`` order (dict keys sorted); what the user sees
+(``res.param_names``, ``res.cov``, ``confint``, ``summary``, ``to_frame``) is permuted to
+the order written in ``init`` (``param_order_of``, mlefit/_names.py); ``p`` is the
 number of free scalar parameters:
 
 - ``hessian_total(logp, transforms, u, data, weights=None, *, chunk_size=None) -> (p, p)``:
@@ -34,8 +36,8 @@ observations 0.29-0.31 s, 16384 0.33 s, 32768 0.65 s, one ``jax.hessian`` over a
 closed form ``X^T diag(p(1-p)) X`` 5.4 s. Default chunk: 4096 at p = 33.
 
 Host-side helpers used by :class:`~mlefit.FitResult` (cached per result object):
-``inference_of``, ``stderr_of``, ``param_names_of``, ``confint_of``, ``profile_of``,
-``summary_of``, and the public :func:`lr_test`.
+``inference_of``, ``stderr_of``, ``param_names_of``, ``labelled_cov``, ``confint_of``,
+``param_table``, ``profile_of``, ``summary_of``, and the public :func:`lr_test`.
 """
 
 from __future__ import annotations

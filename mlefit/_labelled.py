@@ -205,7 +205,9 @@ class LabelledArray(np.ndarray):
         cells = [[_cell(v) for v in row] for row in values]
         w_name = max(len(r) for r in rows) if rows else 0
         widths = [max([len(c)] + [len(r[j]) for r in cells]) for j, c in enumerate(cols)]
-        lines = [" " * w_name + "".join(f"  {c:>{w}}" for c, w in zip(cols, widths, strict=True))]
+        lines = [] if self.ndim == 1 else [
+            " " * w_name + "".join(f"  {c:>{w}}" for c, w in zip(cols, widths, strict=True))
+        ]
         for name, row in zip(rows, cells, strict=True):
             lines.append(f"{name:<{w_name}}" + "".join(
                 f"  {v:>{w}}" for v, w in zip(row, widths, strict=True)))

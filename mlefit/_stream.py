@@ -566,7 +566,8 @@ def stream_hessian(model, params, source) -> jax.Array:
     """Returns the ``(p, p)`` Hessian of the TOTAL NLL over ``source``, summed chunk by chunk.
 
     ``H = d^2/dw^2 [-sum_i v_i log p(obs_i; w)]`` with ``w`` the parameters flattened by
-    ``jax.flatten_util.ravel_pytree`` (the order of ``res.param_names``); at the MLE its
+    ``jax.flatten_util.ravel_pytree`` (JAX's order: dict keys sorted, which
+    ``res.param_names`` need not follow; it follows ``init``); at the MLE its
     inverse is the covariance (observed Fisher information): ``cov = inv(H)``,
     ``stderr = sqrt(diag(cov))``. Each chunk runs ``mlefit``'s inference kernel; memory is
     a few chunks plus ``p x p``. Arguments as :func:`stream_nll`.
