@@ -86,10 +86,25 @@ class LabelledArray(np.ndarray):
         return obj
 
     def __array_finalize__(self, obj):
-        # Views and copies of the same shape (``copy()``, ``astype``) keep the labels;
-        # ``__getitem__`` sets them for whatever it selects.
+        # Copies and views of the same shape (``copy()``, ``astype``) keep the labels;
+        # ``__getitem__`` and ``transpose`` set them for what they select or permute.
         lab = getattr(obj, "_labels", None)
         self._labels = lab if lab is not None and obj.shape == self.shape else None
+
+    def transpose(self, *axes):
+        out = super().transpose(*axes)
+        order = axes[0] if len(axes) == 1 and (axes[0] is None or isinstance(
+            axes[0], (tuple, list))) else axes
+        order = tuple(order) if order else tuple(range(self.ndim))[::-1]
+        if isinstance(out, LabelledArray):
+            out._labels = None if self._labels is None else tuple(
+                self._labels[a] for a in order
+            )
+        return out
+
+    @property
+    def T(self):
+        return self.transpose()
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
         # ufuncs (arithmetic, reductions) return plain arrays: their labels may not hold.

@@ -327,7 +327,10 @@ def test_labelled_array_is_the_array_it_was():
     assert jnp.asarray(a).shape == (3, 2)
     b = pickle.loads(pickle.dumps(a))
     assert b.names == a.names and b.columns == a.columns
-    assert a.copy().names == a.names
+    assert a.copy().names == a.names and a.astype(np.float32).columns == a.columns
+    assert a.T.names == ["lower", "upper"] and a.T.columns == ["a", "b", "c"]
+    sq = mlefit.LabelledArray(np.eye(2), (("a", "b"), ("lower", "upper")))
+    assert sq.T.names == ["lower", "upper"] and np.transpose(sq).columns == ["a", "b"]
     with pytest.raises(KeyError, match="'d': not a label of axis 0"):
         a["d"]
     assert "lower" in repr(a) and "b" in repr(a)
