@@ -22,6 +22,7 @@ from ._distributed import shard as shard
 from ._distributed import shard_local as shard_local
 from ._fit import fit as fit
 from ._inference import lr_test as lr_test
+from ._labelled import LabelledArray as LabelledArray
 from ._likelihood import loglik as loglik
 from ._likelihood import nll as nll
 from ._many import fit_many as fit_many
@@ -29,6 +30,7 @@ from ._model import AbstractModel as AbstractModel
 from ._result import FitResult as FitResult
 from ._status import Status as Status
 from ._stream import ArrayStream as ArrayStream
+from ._stream import batches as batches
 from ._stream import stream_hessian as stream_hessian
 from ._stream import stream_nll as stream_nll
 from ._stream import stream_value_and_grad as stream_value_and_grad

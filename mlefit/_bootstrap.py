@@ -9,8 +9,11 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain, is_constraint
+from ._inference import CONFINT_COLUMNS, param_order_of
+from ._labelled import LabelledArray, optional_pandas
 from ._many import fit_many
 from ._result import FitResult
 from ._status import Status
@@ -24,30 +27,98 @@ class Bootstrap(NamedTuple):
     Attributes:
         stderr: bootstrap standard errors, the standard deviation (``ddof=1``) of the
             converged replicate estimates, per parameter.
-        confint: percentile intervals, each leaf of shape ``param.shape + (2,)``
-            (``[..., 0]`` lower, ``[..., 1]`` upper).
+        intervals: percentile intervals at ``level``, each leaf of shape
+            ``param.shape + (2,)`` (``[..., 0]`` lower, ``[..., 1]`` upper). Formerly the
+            attribute ``confint``, which is now a method as on :class:`FitResult`.
         estimates: the replicate estimates, a leading axis of size ``n``.
         converged: ``(n,)`` whether each refit converged (only those enter the statistics).
         n_failed: number of refits that did not converge.
-        level: the coverage of ``confint``.
+        level: the coverage of ``intervals`` and the default of ``confint``.
         fits: the batched :class:`FitResult` of the refits.
+        param_names: the names of the scalar parameters, as ``res.param_names``.
+        estimate: ``(p,)`` the original fit's estimate, in ``param_names`` order.
+        order: ``(p,)`` the flat (``ravel_pytree``) index of each of ``param_names``.
     """
 
     stderr: Any
-    confint: Any
+    intervals: Any
     estimates: Any
     converged: np.ndarray
     n_failed: int
     level: float
     fits: FitResult
+    param_names: list
+    estimate: np.ndarray
+    order: np.ndarray
+
+    def replicates(self) -> np.ndarray:
+        """The converged replicate estimates as ``(n_converged, p)``, columns in
+        ``param_names`` order."""
+        flat = [np.asarray(x).reshape(x.shape[0], -1) for x in jax.tree.leaves(self.estimates)]
+        return np.concatenate(flat, axis=1)[self.converged][:, self.order]
+
+    def confint(self, level: float | None = None, params=None) -> LabelledArray:
+        """Returns percentile intervals ``(k, 2)``, one ``(lower, upper)`` row per parameter.
+
+        ``[q_{(1-level)/2}, q_{(1+level)/2}]`` of the converged replicates; a
+        :class:`~mlefit.LabelledArray` like ``FitResult.confint`` (``ci["loc"]``).
+
+        Args:
+            level: coverage in (0, 1); default the ``level`` given to ``bootstrap``.
+            params: parameter names to report; default all, in ``param_names`` order.
+        """
+        level = self.level if level is None else _check_level(level)
+        idx = _param_index(self.param_names, params)
+        reps = self.replicates()[:, idx]
+        if reps.shape[0] < 2:
+            ci = np.full((len(idx), 2), np.nan)
+        else:
+            q = ((1.0 - level) / 2.0, (1.0 + level) / 2.0)
+            ci = np.quantile(reps, q, axis=0).T
+        names = tuple(self.param_names[i] for i in idx)
+        return LabelledArray(ci, (names, CONFINT_COLUMNS))
+
+    def to_frame(self, level: float | None = None):
+        """Returns the table of the bootstrap: one row per parameter (``param_names``).
+
+        Columns ``estimate`` (the original fit), ``stderr`` (bootstrap SD), ``ci_low``,
+        ``ci_high`` (percentile interval at ``level``). A pandas DataFrame when pandas
+        is installed, else a :class:`~mlefit.LabelledArray` with those rows and columns.
+        """
+        reps = self.replicates()
+        se = np.std(reps, axis=0, ddof=1) if reps.shape[0] >= 2 else np.full(reps.shape[1], np.nan)
+        ci = np.asarray(self.confint(level))
+        table = LabelledArray(
+            np.column_stack([self.estimate, se, ci[:, 0], ci[:, 1]]),
+            (tuple(self.param_names), ("estimate", "stderr", "ci_low", "ci_high")),
+        )
+        return table.to_pandas() if optional_pandas() is not None else table
 
     def __repr__(self) -> str:
         se = jax.tree.map(lambda x: np.round(x, 6).tolist(), self.stderr)
-        ci = jax.tree.map(lambda x: np.round(x, 6).tolist(), self.confint)
+        ci = jax.tree.map(lambda x: np.round(x, 6).tolist(), self.intervals)
         return (
             f"Bootstrap(n={self.converged.size}, n_failed={self.n_failed}, stderr={se}, "
             f"confint({self.level:g})={ci})"
         )
+
+
+def _check_level(level) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"level: must be strictly between 0 and 1 (e.g. 0.95), got {level!r}")
+    return float(level)
+
+
+def _param_index(names: list, params) -> list[int]:
+    if params is None:
+        return list(range(len(names)))
+    if isinstance(params, str):
+        params = [params]
+    unknown = [p for p in params if p not in names]
+    if unknown:
+        raise ValueError(f"params: unknown parameter name {unknown[0]!r}; the fit has "
+                         f"{', '.join(map(repr, names[:12]))}")
+    return [names.index(p) for p in params]
 
 
 def _sampler(model, data: tuple, n_obs: int):
@@ -102,8 +173,7 @@ def _check(res, n, level):
         raise TypeError("res: expected a single fit, got a batched result; index it first (res[i])")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n: the number of replicates must be an int >= 2, got {n!r}")
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise ValueError(f"level: must be strictly between 0 and 1 (e.g. 0.95), got {level!r}")
+    _check_level(level)
     if res.status != Status.CONVERGED:
         warnings.warn(f"bootstrap: the original fit has status {res.status}", stacklevel=3)
 
@@ -118,7 +188,9 @@ def bootstrap(
     fit's covariates ``X`` fixed), refits them all with :func:`mlefit.fit_many` in one
     compiled call, starting from ``w_hat``, and summarises the converged replicates
     ``w*_r``: ``stderr = sd(w*_r)`` (``ddof=1``) and the ``(1 -/+ level) / 2``
-    percentiles. Replicates that do not converge are counted in ``n_failed`` and left out.
+    percentiles (``intervals``; ``confint(level)`` as a labelled ``(k, 2)`` array like
+    ``FitResult.confint``, ``to_frame()`` as a table). Replicates that do not converge
+    are counted in ``n_failed`` and left out.
 
     Args:
         res: a single fit (``mlefit.fit``, or ``res_many[i]``) of an unweighted data set.
@@ -177,10 +249,13 @@ def bootstrap(
 
     return Bootstrap(
         stderr=jax.tree.map(sd, estimates),
-        confint=jax.tree.map(interval, estimates),
+        intervals=jax.tree.map(interval, estimates),
         estimates=estimates,
         converged=converged,
         n_failed=n_failed,
         level=float(level),
         fits=fits,
+        param_names=res.param_names,
+        estimate=np.asarray(ravel_pytree(params)[0])[param_order_of(res)],
+        order=param_order_of(res),
     )

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._data import as_arrays
+
 __all__ = [
     "check_data",
     "check_real",
@@ -74,12 +76,13 @@ def _check_finite(a, name: str) -> None:
 
 
 def numeric_arrays(data, expected: str) -> list:
-    """``[(name, array), ...]`` for an array or a tuple/list of arrays (``data[k]`` names).
+    """``[(name, array), ...]`` for an array or a tuple of arrays (``data[k]`` names); what
+    is accepted and how it is converted: :func:`mlefit._data.as_arrays`.
 
     Raises ``ValueError`` for an empty tuple and ``TypeError`` for what is not numeric;
     ``expected`` says what to pass instead.
     """
-    arrays = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    arrays = as_arrays(data).arrays  # the rule of mlefit/_data.py: tuples, lists, frames
     if not arrays:
         raise ValueError(f"data: got an empty tuple; pass {expected}.")
     out = []

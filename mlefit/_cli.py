@@ -412,14 +412,6 @@ def _flat_names_values(tree, names=None):
     return out_names, out_values
 
 
-def _confint_bounds(res, level: float):
-    """Lower and upper Wald bounds per flat parameter (``res.confint`` is ``(k, 2)``)."""
-    import numpy as np
-
-    ci = np.asarray(res.confint(level), dtype=float).reshape(-1, 2)
-    return ci[:, 0].tolist(), ci[:, 1].tolist()
-
-
 def _finite_or_none(v: float):
     return v if math.isfinite(v) else None
 
@@ -428,9 +420,13 @@ def report(res, canonical: str, col, level: float) -> dict:
     """The result of one fit as plain data: what ``fit`` prints as text or JSON."""
     import numpy as np
 
-    names, est = _flat_names_values(res.params, getattr(res, "param_names", None))
-    _, se = _flat_names_values(res.stderr)
-    low, high = _confint_bounds(res, level)
+    from ._inference import param_table  # lazy, as the CLI's other imports (start-up time)
+
+    table = param_table(res, level)  # rows in res.param_names order
+    names = table.names
+    est, se, low, high = (
+        np.asarray(table[:, c]).tolist() for c in ("estimate", "stderr", "ci_low", "ci_high")
+    )
     status = res.status
     params = {
         n: {

@@ -25,6 +25,7 @@ from ._checkpoint import check_checkpoint_options, run_minibatch
 from ._checks import check_data, check_model_output, check_weights, float_dtype
 from ._compiled import compiled_call, model_fingerprint
 from ._constraints import constrain, split_init
+from ._data import column_names
 from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
@@ -206,11 +207,12 @@ def fit(
             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume_from=resume_from,
             progress=progress, resume_check=resume_check,
         )
-    # check
+    columns = column_names(data)  # DataFrame/Series names: they name the parameters
     data, weights, layout = as_sharded(data, weights, mesh)
     data = check_data(data)
     n = data[0].shape[0] if layout is None else layout.n_obs
-    problem, init = as_problem(model, init, model_data(model, data, layout), fixed=fixed)
+    problem, init = as_problem(model, init, model_data(model, data, layout), columns=columns,
+                                fixed=fixed)
     dtype = float_dtype(data)
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history)

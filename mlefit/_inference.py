@@ -8,7 +8,9 @@ information) at the estimate. The Hessian is taken in the unconstrained parametr
 
 Pure functions (jit-able, vmappable over data sets; no Python control flow on values, no
 host callbacks). All take the raw pieces of a fit and flatten parameters in
-``jax.flatten_util.ravel_pytree`` order (the order of ``res.param_names``); ``p`` is the
+``jax.flatten_util.ravel_pytree`` order (dict keys sorted); what the user sees
+(``res.param_names``, ``res.cov``, ``confint``, ``summary``, ``to_frame``) is permuted to
+the order written in ``init`` (``param_order_of``, mlefit/_names.py); ``p`` is the
 number of free scalar parameters:
 
 - ``hessian_total(logp, transforms, u, data, weights=None, *, chunk_size=None) -> (p, p)``:
@@ -34,8 +36,8 @@ observations 0.29-0.31 s, 16384 0.33 s, 32768 0.65 s, one ``jax.hessian`` over a
 closed form ``X^T diag(p(1-p)) X`` 5.4 s. Default chunk: 4096 at p = 33.
 
 Host-side helpers used by :class:`~mlefit.FitResult` (cached per result object):
-``inference_of``, ``stderr_of``, ``param_names_of``, ``confint_of``, ``profile_of``,
-``summary_of``, and the public :func:`lr_test`.
+``inference_of``, ``stderr_of``, ``param_names_of``, ``labelled_cov``, ``confint_of``,
+``param_table``, ``profile_of``, ``summary_of``, and the public :func:`lr_test`.
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ from ._checks import host_view
 from ._constraints import constrain, jacobian_diag
 from ._defaults import DEFAULT_MAX_STEPS, default_tol
 from ._iterate import iterate
+from ._labelled import LabelledArray
 from ._likelihood import mean_nll
 from ._model import AbstractModel
+from ._names import flat_layout, key_name
 from ._nesting import restriction_of
 from ._robust import (
     LEVERAGE_KINDS,
@@ -745,34 +749,56 @@ def _unflatten(res, flat, fill=0.0):
 # ---------------------------------------------------------------------------------------
 # Names, status, intervals
 # ---------------------------------------------------------------------------------------
-def _key_name(path) -> str:
-    out = ""
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            out += ("." if out else "") + str(k.key)
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            out += ("." if out else "") + k.name
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            out += f"[{k.idx}]"
-        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-            out += f"[{k.key}]"
-        else:
-            out += ("." if out else "") + str(k)
-    return out
+_key_name = key_name  # the readable name of a key path (mlefit/_names.py)
+
+
+def _layout_of(res) -> tuple[list[str], np.ndarray]:
+    """``(flat_names, perm)`` of a result (see :func:`mlefit._names.flat_layout`), cached."""
+    cache = _cache_of(res)
+    if "layout" not in cache:
+        batch = len(res.batch_shape)
+        one_set = None if res.data is None else tuple(
+            jax.ShapeDtypeStruct(a.shape[batch:], a.dtype) for a in res.data
+        )
+        order = res.problem.param_order(one_set)
+        cache["layout"] = flat_layout(res.u, batch, order, res.problem.labels)
+    return cache["layout"]
+
+
+def flat_names_of(res) -> list[str]:
+    """Names of the flat parameters in ``ravel_pytree`` order (the library's own order)."""
+    return _layout_of(res)[0]
+
+
+def param_order_of(res) -> np.ndarray:
+    """``perm``: ``param_names[i]`` is flat parameter ``perm[i]`` (rows of ``hessian_total``)."""
+    return _layout_of(res)[1]
 
 
 def param_names_of(res) -> list[str]:
-    """Readable names of the flat parameters, in ``ravel_pytree`` order (rows of ``cov``)."""
-    batch = len(res.batch_shape)
-    names = []
-    for path, x in jax.tree_util.tree_flatten_with_path(res.u)[0]:
-        base = _key_name(path) or "theta"
-        shape = x.shape[batch:]
-        if not shape:
-            names.append(base)
-        else:
-            names.extend(f"{base}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape))
-    return names
+    """Readable names of the flat parameters in the order written in ``init`` (or the
+    model's declared order): the rows of ``res.cov``, ``confint`` and ``summary``."""
+    flat, perm = _layout_of(res)
+    return [flat[i] for i in perm]
+
+
+def labelled_matrix(res, m) -> LabelledArray:
+    """A ``(..., p, p)`` matrix in flat order, as rows and columns in ``param_names`` order."""
+    perm = param_order_of(res)
+    m = np.asarray(m)[..., perm, :][..., :, perm]
+    names = tuple(param_names_of(res))
+    return LabelledArray(m, (None,) * (m.ndim - 2) + (names, names))
+
+
+def labelled_cov(res, kind: str = "observed", groups=None) -> LabelledArray:
+    """``res.covariance(kind)``: the covariance labelled by ``param_names`` (cached)."""
+    if groups is not None:  # cached by inference_of, keyed by the groups' codes
+        return labelled_matrix(res, inference_of(res, kind, groups).cov)
+    cache = _cache_of(res)
+    key = ("labelled_cov", kind)
+    if key not in cache:
+        cache[key] = labelled_matrix(res, inference_of(res, kind, groups).cov)
+    return cache[key]
 
 
 # What JAX raises for a log-density it can differentiate once but not twice: no
@@ -866,15 +892,17 @@ def _check_level(level) -> float:
 
 
 def _indices_of(res, params) -> list[int]:
-    names = param_names_of(res)
+    """Flat indices of ``params`` (names; default all, in ``param_names`` order)."""
+    flat, perm = _layout_of(res)
     if params is None:
-        return list(range(len(names)))
+        return [int(i) for i in perm]
     if isinstance(params, str):
         params = [params]
-    lookup = {n: i for i, n in enumerate(names)}
+    lookup = {n: i for i, n in enumerate(flat)}
     out = []
     for name in params:
         if name not in lookup:
+            names = param_names_of(res)
             shown = ", ".join(map(repr, names[:12])) + (", ..." if len(names) > 12 else "")
             raise ValueError(f"params: unknown parameter name {name!r}; the fit has {shown}")
         out.append(lookup[name])
@@ -1076,7 +1104,7 @@ def profile_confint(res, level: float = 0.95, params=None) -> np.ndarray:
         u_val = u_hat[js[k]] + sides[k] * t_root[k] if has[k] else sides[k] * np.inf
         out[k] = float(t.forward(jnp.asarray(u_val)))
     if (~has).any():
-        names = param_names_of(res)
+        names = flat_names_of(res)
         open_sides = sorted({names[js[k]] for k in np.flatnonzero(~has)})
         warnings.warn(
             f"confint: the profile likelihood of {', '.join(open_sides)} stays below the "
@@ -1087,15 +1115,45 @@ def profile_confint(res, level: float = 0.95, params=None) -> np.ndarray:
     return out.reshape(len(idx), 2)
 
 
-def confint_of(
-    res, level=0.95, method="wald", params=None, kind="observed", groups=None
-) -> np.ndarray:
-    """``res.confint``: ``(k, 2)`` lower/upper bounds in the order of ``params``."""
+CONFINT_COLUMNS = ("lower", "upper")
+
+
+def confint_of(res, level=0.95, method="wald", params=None, kind="observed",
+               groups=None) -> LabelledArray:
+    """``res.confint``: ``(..., k, 2)`` lower/upper bounds in the order of ``params``,
+    rows labelled by parameter name and columns ``("lower", "upper")``."""
     if method == "wald":
-        return wald_confint(res, level, params, kind, groups)
-    if method == "profile":
-        return profile_confint(res, level, params)
-    raise ValueError(f"method: expected 'wald' or 'profile', got {method!r}")
+        ci = wald_confint(res, level, params, kind, groups)
+    elif method == "profile":
+        ci = profile_confint(res, level, params)
+    else:
+        raise ValueError(f"method: expected 'wald' or 'profile', got {method!r}")
+    flat = flat_names_of(res)
+    names = tuple(flat[i] for i in _indices_of(res, params))
+    return LabelledArray(ci, (None,) * (ci.ndim - 2) + (names, CONFINT_COLUMNS))
+
+
+TABLE_COLUMNS = ("estimate", "stderr", "z", "pvalue", "ci_low", "ci_high")
+
+
+def param_table(res, level: float = 0.95, kind: str = "observed", method: str = "wald"):
+    """The parameter table of ``res.to_frame()`` as a :class:`LabelledArray` ``(p, 6)``.
+
+    One row per scalar parameter in ``param_names`` order; columns ``TABLE_COLUMNS``:
+    the estimate, its standard error ``sqrt(cov_jj)`` (``kind``), ``z = estimate /
+    stderr``, the two-sided ``pvalue = 2 (1 - Phi(|z|))`` of ``parameter = 0``, and the
+    interval of ``confint(level, method)``.
+    """
+    _require_single(res, "to_frame")
+    _check_kind(kind)
+    idx = _indices_of(res, None)
+    est = np.asarray(_flat_params(res), dtype=float)[idx]
+    se = np.asarray(inference_of(res, kind).stderr, dtype=float)[idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = est / se
+    ci = np.asarray(confint_of(res, level, method, None, kind), dtype=float)
+    values = np.column_stack([est, se, z, _pvalue(z), ci[:, 0], ci[:, 1]])
+    return LabelledArray(values, (tuple(param_names_of(res)), TABLE_COLUMNS))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1257,7 +1315,7 @@ def _pvalue(z):
 
 def _table(res, kind, level, max_rows, groups=None):
     _require_single(res, "summary")
-    names = param_names_of(res)
+    names = flat_names_of(res)
     est = np.asarray(_flat_params(res), dtype=float)
     inf = inference_of(res, kind, groups)
     se = np.asarray(inf.stderr, dtype=float)
@@ -1278,7 +1336,7 @@ def _table(res, kind, level, max_rows, groups=None):
         )
     rows = [
         (names[i], est[i], se[i], z[i], pv[i], est[i] - q * se[i], est[i] + q * se[i], notes[i])
-        for i in range(len(names))
+        for i in param_order_of(res)  # rows in the order of param_names
     ]
     rows += _fixed_rows(res)
     return rows[:max_rows], max(0, len(rows) - max_rows), inf
@@ -1337,7 +1395,7 @@ def _num(x):
 
 def _explanations(res, inf, status) -> list[str]:
     out = [f"Status: {status} ({status.message})."]
-    names = param_names_of(res)
+    names = flat_names_of(res)
     at_bound = np.asarray(inf.at_bound)
     nonfinite = [names[i] for i in np.flatnonzero(~np.asarray(inf.hessian_finite))]
     not_id = [] if nonfinite else [

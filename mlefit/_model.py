@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._constraints import is_constraint
+from ._names import check_labels, init_order
 
 __all__ = ["AbstractModel", "FixedModel", "FixedValues", "Problem", "as_problem", "leaf_name"]
 
@@ -81,6 +82,24 @@ class AbstractModel(eqx.Module):
         them ``(fixed)``. Same as ``fit(model, x, fixed={"scale": 2.0})``.
         """
         return FixedModel(self, FixedValues.of(values))
+
+    def param_labels(self, *columns) -> dict:
+        """Names for the entries of parameters indexed by data columns (optional hook).
+
+        ``columns[k]`` holds the column names of data argument ``k`` (a tuple of str, from
+        a DataFrame or a named Series) or ``None``. Returns ``{param: axes}``, ``axes``
+        one entry per axis of that parameter: a sequence of labels, or ``None`` to keep
+        positions. A regression whose ``coef`` (shape ``(d,)``) is indexed by the columns
+        of ``X`` returns ``{"coef": (columns[0],)}`` when ``columns[0]`` is not None, and
+        ``res.param_names`` then reads ``coef[age]`` instead of ``coef[0]``. Default: no
+        labels.
+
+        Example:
+            >>> import mlefit
+            >>> mlefit.models.Logistic().param_labels(("age", "dose"), None)
+            {'coef': (('age', 'dose'),)}
+        """
+        return {}
 
     @property
     def name(self) -> str:
@@ -321,6 +340,12 @@ class Problem(eqx.Module):
     # penalty ``f(params)`` on the fitted params (see mlefit._likelihood.penalised).
     density: Callable | None = eqx.field(static=True, default=None)
     penalty: Callable | None = eqx.field(static=True, default=None)
+    # The parameters' key paths in the order written (``init_order``), or None: JAX's.
+    order: tuple | None = eqx.field(static=True, default=None)
+    # ``(param name, per-axis labels)`` pairs from ``param_labels`` (see mlefit/_names.py).
+    labels: tuple = eqx.field(static=True, default=())
+    # Per data argument, its column names (a tuple of str) or None; None when none had any.
+    columns: tuple | None = eqx.field(static=True, default=None)
 
     @property
     def log_density(self) -> Callable:
@@ -334,6 +359,46 @@ class Problem(eqx.Module):
         if self.module_static is None:
             return params
         return eqx.combine(params, self.module_static)
+
+    def param_order(self, one_set: tuple | None) -> tuple | None:
+        """The parameters' key paths in the order to show them, or None (JAX's order).
+
+        ``order`` when known; for a ready-made model fitted without a Python-level start
+        (``fit_many`` traces its ``init``), the key order of ``init`` traced abstractly on
+        one data set's shapes ``one_set`` (no values computed; cached).
+        """
+        if self.order is not None or one_set is None or not isinstance(self.source, AbstractModel):
+            return self.order
+        return _model_init_order(self.source, one_set)
+
+
+_INIT_ORDER: dict = {}
+
+
+def _model_init_order(model: AbstractModel, one_set: tuple) -> tuple | None:
+    key = (model, one_set)
+    try:
+        return _INIT_ORDER[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable model field: no cache
+        key = None
+    captured = {}
+
+    def start(*obs):
+        captured["init"] = model.init(*obs)
+        return 0.0
+
+    try:
+        jax.eval_shape(start, *one_set)
+        order = init_order(captured["init"])
+    except (TypeError, ValueError):  # an init JAX cannot trace: keep JAX's order
+        order = None
+    if key is not None:
+        if len(_INIT_ORDER) > 256:
+            _INIT_ORDER.clear()
+        _INIT_ORDER[key] = order
+    return order
 
 
 def _n_positional(fn) -> int | None:
@@ -360,12 +425,15 @@ class _MergedLogProb(eqx.Module):
         return self.logp(self.fixed.merge(params), *obs)
 
 
-def as_problem(model, init, data: tuple, fixed=None):
+def as_problem(model, init, data: tuple, fixed=None, columns: tuple | None = None):
     """Returns ``(problem, init)`` for any accepted model form.
 
     ``fixed``: ``{name: value}`` of parameters held fixed (whole leaves of ``init``,
     named as in ``res.param_names``); ``init`` is returned without them (``None`` in
-    their slots) and the problem's ``logp`` merges them back.
+    their slots) and the problem's ``logp`` merges them back. ``columns`` (per data
+    argument, its column names or None; see ``mlefit._data.column_names``) name the
+    parameters a ready-made model indexes by them (``AbstractModel.param_labels``). The
+    problem records ``init``'s order.
 
     Raises ``TypeError``/``ValueError`` naming the problem when the model is not
     usable, or ``init`` is missing for a plain function.
@@ -382,7 +450,16 @@ def as_problem(model, init, data: tuple, fixed=None):
         elif isinstance(model, FixedModel):
             init = model.fixed.free(init)
         own = model.fixed if isinstance(model, FixedModel) else None
-        return Problem(logp=model.log_prob, name=model.name, source=model, fixed=own), init
+        labels = model.param_labels(*columns) if columns is not None else {}
+        return Problem(
+            logp=model.log_prob,
+            name=model.name,
+            source=model,
+            fixed=own,
+            order=init_order(init),
+            labels=check_labels(labels, init, f"model {model.name}"),
+            columns=columns,
+        ), init
     if isinstance(model, eqx.Module) and hasattr(model, "log_prob"):
         if fixed is not None:
             raise ValueError(
@@ -406,6 +483,7 @@ def as_problem(model, init, data: tuple, fixed=None):
                 logp=_ModuleLogProb(static),
                 name=type(model).__name__,
                 module_static=static,
+                columns=columns,
             ),
             dyn,
         )
@@ -423,10 +501,12 @@ def as_problem(model, init, data: tuple, fixed=None):
                 f"data array(s), i.e. {1 + len(data)} arguments."
             )
         name = getattr(model, "__name__", type(model).__name__)
+        order = init_order(init)
         if fixed is None:
-            return Problem(logp=model, name=name), init
+            return Problem(logp=model, name=name, order=order, columns=columns), init
         init = fixed.free(init)
-        return Problem(logp=_MergedLogProb(model, fixed), name=name, fixed=fixed), init
+        return Problem(logp=_MergedLogProb(model, fixed), name=name, fixed=fixed,
+                       order=init_order(init), columns=columns), init
     raise TypeError(
         f"model: expected a function log_prob(params, *obs), an equinox Module with a "
         f"log_prob(self, *obs) method, or an mlefit model; got {type(model).__name__}."

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._labelled import optional_pandas
 from ._model import Problem
 from ._predict import predict_of
 from ._status import Status
@@ -27,7 +28,8 @@ class FitResult(eqx.Module):
 
     Attributes:
         params: the estimate, same structure as ``init`` (constrained values), or the
-            fitted equinox Module.
+            fitted equinox Module. For a table (a pandas DataFrame with one row per
+            scalar parameter, not ``pd.DataFrame(res.params)``) use :meth:`to_frame`.
         nll: mean negative log-likelihood at ``params`` (the mean penalised objective,
             ``nll + penalty / n_obs``, for a penalised fit).
         n_obs: number of observations: the sum of the weights for frequency weights,
@@ -149,14 +151,20 @@ class FitResult(eqx.Module):
     # -- inference (mlefit/_inference.py; lazy, compiled, cached per result) ---------
     @property
     def param_names(self) -> list[str]:
-        """Readable names of the flat parameters (``"mu"``, ``"w[3]"``, ``"layer.bias[0]"``,
-        ``"W[1,2]"``), in the order of the rows of ``cov``."""
+        """Readable names of the scalar parameters (``"mu"``, ``"w[3]"``, ``"layer.bias[0]"``,
+        ``"W[1,2]"``; ``"coef[age]"`` where a ready-made model's parameter is indexed by
+        the columns of a DataFrame, see ``AbstractModel.param_labels``), in the order
+        written in ``init`` (a dict's insertion order, not JAX's sorted order; for a
+        ready-made model, the order of its ``init``): the rows of ``cov``, ``confint``,
+        ``summary()`` and ``to_frame()``."""
         from ._inference import param_names_of
 
         return param_names_of(self)
 
-    def covariance(self, kind: str = "observed", groups=None) -> jax.Array:
-        """Returns the ``(p, p)`` covariance of the flat parameters (rows: ``param_names``).
+    def covariance(self, kind: str = "observed", groups=None):
+        """Returns the ``(p, p)`` covariance of the scalar parameters (rows and columns:
+        ``param_names``), a :class:`~mlefit.LabelledArray`: an array that also answers
+        to names, ``cov["mu", "sigma"]``, and converts with ``.to_pandas()``.
 
         - ``"observed"``: inverse Hessian of the TOTAL NLL (observed Fisher information);
         - ``"opg"``: inverse of ``sum_i s_i s_i^T`` (outer product of per-observation scores);
@@ -178,13 +186,14 @@ class FitResult(eqx.Module):
         Example:
             >>> res.covariance("cluster", groups=firm)  # doctest: +SKIP
         """
-        from ._inference import inference_of
+        from ._inference import labelled_cov
 
-        return inference_of(self, kind, groups).cov
+        return labelled_cov(self, kind, groups)
 
     @property
-    def cov(self) -> jax.Array:
-        """The observed-information covariance, ``covariance("observed")``."""
+    def cov(self):
+        """The observed-information covariance, ``covariance("observed")`` (labelled by
+        ``param_names``)."""
         return self.covariance("observed")
 
     @property
@@ -196,11 +205,12 @@ class FitResult(eqx.Module):
         return _unflatten(self, inference_of(self).stderr)
 
     @property
-    def hessian(self) -> jax.Array:
-        """Hessian of the total NLL at the estimate, unconstrained parametrisation, ``(p, p)``."""
-        from ._inference import inference_of
+    def hessian(self):
+        """Hessian of the total NLL at the estimate, unconstrained parametrisation, ``(p, p)``
+        (rows and columns: ``param_names``, a :class:`~mlefit.LabelledArray`)."""
+        from ._inference import inference_of, labelled_matrix
 
-        return inference_of(self).hessian
+        return labelled_matrix(self, inference_of(self).hessian)
 
     @property
     def hessian_cond(self) -> jax.Array:
@@ -238,7 +248,11 @@ class FitResult(eqx.Module):
 
     def confint(self, level: float = 0.95, method: str = "wald", params=None,
                 kind: str = "observed", groups=None):
-        """Returns confidence intervals as an array ``(k, 2)`` of ``(lower, upper)`` rows.
+        """Returns confidence intervals ``(k, 2)``: one ``(lower, upper)`` row per parameter.
+
+        The array is a :class:`~mlefit.LabelledArray`: rows named by parameter, columns
+        ``("lower", "upper")``; ``ci[0, 1]`` as before, ``ci["sigma"]`` the row of
+        ``sigma``, ``ci.to_pandas()`` a DataFrame.
 
         - ``"wald"``: ``estimate -/+ z_{(1+level)/2} * stderr`` (``kind`` picks the
           covariance); a batched result gives ``batch_shape + (k, 2)``.
@@ -250,7 +264,8 @@ class FitResult(eqx.Module):
         Args:
             level: confidence level in (0, 1).
             method: ``"wald"`` or ``"profile"``.
-            params: parameter names (``param_names``) to report; default all, in order.
+            params: parameter names (``param_names``) to report; default all, in the
+                order of ``param_names``.
             kind: covariance for Wald intervals (see ``covariance``).
             groups: cluster labels for ``kind="cluster"``.
 
@@ -260,6 +275,27 @@ class FitResult(eqx.Module):
         from ._inference import confint_of
 
         return confint_of(self, level, method, params, kind, groups)
+
+    def to_frame(self, level: float = 0.95, kind: str = "observed", method: str = "wald"):
+        """Returns the parameter table: one row per scalar parameter (``param_names``).
+
+        Columns: ``estimate``, ``stderr`` (``sqrt(cov_jj)`` of the covariance ``kind``),
+        ``z = estimate / stderr``, ``pvalue = 2 (1 - Phi(|z|))`` (the Wald test of
+        ``parameter = 0``), ``ci_low``, ``ci_high`` (``confint(level, method)``).
+
+        A ``pandas.DataFrame`` indexed by parameter name when pandas is installed; else a
+        :class:`~mlefit.LabelledArray` ``(p, 6)`` with the same rows and columns
+        (``t["mu", "stderr"]``, ``t[:, "pvalue"]``, ``t.to_dict()``). This is the way to a
+        DataFrame of the estimate: ``pd.DataFrame(res.params)`` gives one column per
+        dict entry of (possibly array) values, not a table of scalars.
+
+        Example:
+            >>> res.to_frame().loc["mu", "stderr"]  # doctest: +SKIP
+        """
+        from ._inference import param_table
+
+        table = param_table(self, level, kind, method)
+        return table.to_pandas() if optional_pandas() is not None else table
 
     def profile(self, name: str, values) -> np.ndarray:
         """Returns the profile total NLL ``min_{others} N(name = v)`` at each ``v`` in ``values``.

@@ -1,8 +1,9 @@
 """Data larger than memory: fits and likelihood sums over a stream of chunks.
 
 A *source* is :class:`ArrayStream` (arrays or ``.npy`` files read chunk by chunk, never
-whole) or any re-iterable whose iteration yields batches (an array or a tuple of arrays,
-observations on the leading axis); each pass over it is one epoch.
+whole) or :func:`batches` of an iterable whose iteration yields batches (an array or a
+tuple of arrays, observations on the leading axis); each pass over it is one epoch.
+``fit`` takes only these as streams, never a bare iterable.
 
 - Minibatch SGD, ``fit(model, source, batch_size=B, optimizer=...)``: each chunk goes to
   the device once and one compiled program runs the optimiser steps over its batches
@@ -60,6 +61,7 @@ __all__ = [
     "stream_hessian",
     "fit_source",
     "is_source",
+    "batches",
 ]
 
 # Default chunk: about this many bytes of observations.
@@ -461,25 +463,47 @@ def _checked_batch(batch, i: int, epoch: int, start: int) -> tuple:
     return arrays
 
 
-def is_source(data) -> bool:
-    """True for a stream of batches: an :class:`ArrayStream`, a list of tuples of arrays, or
-    an iterable that is not an array or a tuple of arrays (a generator, a custom class)."""
-    if isinstance(data, ArrayStream):
-        return True
-    if isinstance(data, (tuple, list)):
-        # A list of batches ``[(X0, y0), (X1, y1), ...]``; ``(X, y)`` itself is data.
-        return bool(data) and isinstance(data[0], (tuple, list))
-    if isinstance(data, (np.ndarray, jax.Array, str, bytes, dict)):
-        return False
-    from ._distributed import ShardedData
+def batches(iterable) -> _IterableSource:
+    """Declares ``iterable`` a stream of batches for :func:`mlefit.fit`: returns the source.
 
-    if isinstance(data, ShardedData):
-        return False
-    return isinstance(data, collections.abc.Iterable)
+    Each batch is an array or a tuple of arrays ``(X, y)``, observations on the leading
+    axis, with the same trailing shapes and dtypes; one pass over ``iterable`` is one
+    epoch. A re-iterable (a list of batches, an object with ``__iter__``) serves any
+    number of passes; a one-shot iterator (a generator) serves one: minibatch SGD with
+    ``epochs=1``. ``fit`` never guesses a stream from iterability: a list is one array,
+    a tuple is conditional data, a generator is an error pointing here.
+
+    Example:
+        >>> import numpy as np, mlefit
+        >>> X, y = np.ones((8, 2)), np.zeros(8)
+        >>> src = mlefit.batches([(X[:4], y[:4]), (X[4:], y[4:])])
+        >>> mlefit._stream.is_source(src), mlefit._stream.is_source([1.0, 2.0])
+        (True, False)
+    """
+    if isinstance(iterable, (ArrayStream, _IterableSource)):
+        return iterable
+    if isinstance(iterable, (np.ndarray, jax.Array, str, bytes, dict)) or not isinstance(
+        iterable, collections.abc.Iterable
+    ):
+        raise TypeError(
+            f"batches: expected an iterable of batches (a list of (X, y) tuples, a "
+            f"generator), got {type(iterable).__name__}; pass arrays to fit directly."
+        )
+    return _IterableSource(iterable)
+
+
+def is_source(data) -> bool:
+    """True for a stream of batches: an :class:`ArrayStream` or ``batches(iterable)``.
+
+    Only these; an iterable is not guessed to be a stream (see :func:`batches`).
+    """
+    return isinstance(data, (ArrayStream, _IterableSource))
 
 
 def _as_source(source):
-    return source if isinstance(source, ArrayStream) else _IterableSource(source)
+    """The source of the ``stream_*`` sums: an ``ArrayStream``, ``batches(...)``, or a
+    re-iterable of batches (there the argument is a stream by definition)."""
+    return batches(source)
 
 
 # -- compiled chunk kernels -------------------------------------------------------------
@@ -668,7 +692,8 @@ def stream_hessian(model, params, source) -> jax.Array:
     """Returns the ``(p, p)`` Hessian of the TOTAL NLL over ``source``, summed chunk by chunk.
 
     ``H = d^2/dw^2 [-sum_i v_i log p(obs_i; w)]`` with ``w`` the parameters flattened by
-    ``jax.flatten_util.ravel_pytree`` (the order of ``res.param_names``); at the MLE its
+    ``jax.flatten_util.ravel_pytree`` (JAX's order: dict keys sorted, which
+    ``res.param_names`` need not follow; it follows ``init``); at the MLE its
     inverse is the covariance (observed Fisher information): ``cov = inv(H)``,
     ``stderr = sqrt(diag(cov))``. Each chunk runs ``mlefit``'s inference kernel; memory is
     a few chunks plus ``p x p``. Arguments as :func:`stream_nll`.
@@ -794,12 +819,13 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
     if mesh is not None:
         raise ValueError("mesh: a streamed fit runs on one device; shard in-memory data "
                          "with mesh=, or split the stream across processes yourself.")
-    if isinstance(source, collections.abc.Iterator) and (batch_size is None or (epochs or 10) > 1):
+    one_shot = isinstance(source, _IterableSource) and source.one_shot
+    if one_shot and (batch_size is None or (epochs or 10) > 1):
         raise ValueError(
             "data: a one-shot iterator can be read only once, but this fit needs "
             f"{'several passes (full batch)' if batch_size is None else f'{epochs or 10} epochs'}"
-            "; pass a re-iterable (a list of batches, a class with __iter__, or "
-            "mlefit.ArrayStream), or epochs=1 with batch_size."
+            "; pass a re-iterable (mlefit.batches of a list of batches or of a class with "
+            "__iter__, or mlefit.ArrayStream), or epochs=1 with batch_size."
         )
     src = _as_source(source)
     sample = check_data(src.sample())

@@ -32,6 +32,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain
+from ._inference import flat_names_of
 
 __all__ = ["history", "density", "qq", "ecdf", "profile", "estimates", "fitted_label"]
 
@@ -505,7 +506,7 @@ def profile(res, name: str, ax=None, *, level: float = 0.95, values=None, num: i
     names = list(res.param_names)
     if name not in names:
         raise ValueError(f"name: no parameter {name!r}; the parameters are {names}")
-    i = names.index(name)
+    i = flat_names_of(res).index(name)  # flat position (param_names follow init's order)
     flat = ravel_pytree(constrain(res.u, res.transforms))[0]
     estimate = float(flat[i])
     ((lo, hi),) = np.asarray(res.confint(level, method="profile", params=[name]), dtype=float)

@@ -27,7 +27,7 @@ def boot(fitted):
 
 def test_shapes_and_counts(boot):
     assert boot.estimates["loc"].shape == (N_BOOT,)
-    assert boot.confint["loc"].shape == (2,) and boot.confint["scale"].shape == (2,)
+    assert boot.intervals["loc"].shape == (2,) and boot.intervals["scale"].shape == (2,)
     assert boot.converged.shape == (N_BOOT,) and boot.n_failed == 0
     assert boot.fits.batch_shape == (N_BOOT,)
     assert "n_failed=0" in repr(boot)
@@ -51,7 +51,7 @@ def test_percentile_interval_of_a_gaussian_mean(fitted, boot):
     x, res = fitted
     se = x.std() / np.sqrt(N_OBS)
     z = 1.959963984540054
-    lo, hi = boot.confint["loc"]
+    lo, hi = boot.confint()["loc"]
     # The 2.5% quantile of R = 1000 normal draws has a standard error of
     # sqrt(q (1 - q) / R) / phi(z) = 0.085 SE; 0.4 SE is 4.7 of those.
     assert abs(lo - (float(res.params["loc"]) - z * se)) < 0.4 * se

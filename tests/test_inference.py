@@ -370,14 +370,15 @@ def test_param_names_dict_array_and_module():
     model = lambda p, x, y: jnp.sum(jst.norm.logpdf(y, p["W"] @ x + p["b"], p["s"]))  # noqa: E731
     init = {"s": Positive(1.0), "W": jnp.zeros((2, 3)), "b": jnp.zeros(2)}
     res = mlefit.fit(model, (x, y), init)
-    expect = ["W[0,0]", "W[0,1]", "W[0,2]", "W[1,0]", "W[1,1]", "W[1,2]", "b[0]", "b[1]", "s"]
+    # In the order written in init (not JAX's sorted order W, b, s).
+    expect = ["s", "W[0,0]", "W[0,1]", "W[0,2]", "W[1,0]", "W[1,1]", "W[1,2]", "b[0]", "b[1]"]
     assert res.param_names == expect
     assert np.asarray(res.cov).shape == (9, 9)
-    # The module's attribute paths; stderr comes back as a Module of the same shape.
+    # The module's attribute paths (field order); stderr comes back as a Module.
     mod = Regression(Layer(jnp.zeros((2, 3)), jnp.zeros(2)), jnp.asarray(0.0))
     rm = mlefit.fit(mod, (x, y))
     assert rm.param_names == [n.replace("W", "layer.weight").replace("b[", "layer.bias[")
-                              for n in expect[:-1]] + ["log_sigma"]
+                              for n in expect[1:]] + ["log_sigma"]
     assert isinstance(rm.stderr, Regression)
     # Same model, same data: the weight stderrs agree between the two parametrisations
     # (the scale is profiled out at the MLE either way: cov of W is independent of s).

@@ -187,38 +187,41 @@ def test_ctrl_c_between_chunks_returns_the_last_parameters(capsys):
 def test_list_of_batches():
     cuts = [0, 256, 512, 768, N]  # the last batch (235 rows) is padded to 256
     batches = [(X[a:b], Y[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-    res = mlefit.fit(logistic, batches, init(), optimizer=adam(), batch_size=64, epochs=2)
+    res = mlefit.fit(logistic, mlefit.batches(batches), init(), optimizer=adam(), batch_size=64,
+                     epochs=2)
     assert int(res.steps) == 2 * (4 + 4 + 4 + 4) and float(res.n_obs) == N
     # In file order, batches of 64 within each 256-row batch: the steps of shuffle="none".
     ref = mlefit.fit(logistic, mlefit.ArrayStream((X, Y), chunk_size=256, shuffle="none"),
                      init(), optimizer=adam(), batch_size=64, epochs=2)
     np.testing.assert_array_equal(np.asarray(res.params["b"]), np.asarray(ref.params["b"]))
-    full = mlefit.fit(logistic, batches, init(), tol=1e-10)
+    full = mlefit.fit(logistic, mlefit.batches(batches), init(), tol=1e-10)
     assert full.optimizer_status == mlefit.Status.CONVERGED and float(full.grad_norm) <= 1e-10
 
 
 def test_one_shot_iterator():
     gen = ((X[a:a + 256], Y[a:a + 256]) for a in range(0, N, 256))
-    res = mlefit.fit(logistic, gen, init(), optimizer=adam(), batch_size=64, epochs=1)
+    res = mlefit.fit(logistic, mlefit.batches(gen), init(), optimizer=adam(), batch_size=64,
+                     epochs=1)
     assert int(res.steps) == 16
     gen = ((X[a:a + 256], Y[a:a + 256]) for a in range(0, N, 256))
     with pytest.raises(ValueError, match="one-shot iterator"):
-        mlefit.fit(logistic, gen, init(), optimizer=adam(), batch_size=64, epochs=2)
+        mlefit.fit(logistic, mlefit.batches(gen), init(), optimizer=adam(), batch_size=64,
+                   epochs=2)
 
 
 def test_bad_batches():
     with pytest.raises(ValueError, match="batch 1 of epoch 0 has 300 observations"):
-        mlefit.fit(logistic, [(X[:100], Y[:100]), (X[:300], Y[:300])], init(),
-                   optimizer=adam(), batch_size=64, epochs=1)
+        mlefit.fit(logistic, mlefit.batches([(X[:100], Y[:100]), (X[:300], Y[:300])]),
+                   init(), optimizer=adam(), batch_size=64, epochs=1)
     with pytest.raises(ValueError, match="batch 1 of epoch 0 has"):
-        mlefit.fit(logistic, [(X[:100], Y[:100]), (X[:100, :2], Y[:100])], init(),
-                   optimizer=adam(), batch_size=64, epochs=1)
+        mlefit.fit(logistic, mlefit.batches([(X[:100], Y[:100]), (X[:100, :2], Y[:100])]),
+                   init(), optimizer=adam(), batch_size=64, epochs=1)
     class Empty:
         def __iter__(self):
             return iter(())
 
     with pytest.raises(ValueError, match="source yielded no batch"):
-        mlefit.fit(logistic, Empty(), init())
+        mlefit.fit(logistic, mlefit.batches(Empty()), init())
 
 
 # -- full batch and sums ------------------------------------------------------------------------

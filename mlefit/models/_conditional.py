@@ -122,6 +122,13 @@ class AbstractConditionalModel(AbstractModel):
         return jnp.asarray(X, dtype=dtype)
 
 
+def _coef_labels(X_columns, trailing_axes: int = 0) -> dict:
+    """``coef[age]``: the rows of ``coef`` are named by the columns of ``X`` (when named)."""
+    if X_columns is None:
+        return {}
+    return {"coef": (tuple(X_columns),) + (None,) * trailing_axes}
+
+
 def _start(xp, intercept: bool, d: int, b0, coef_shape=None) -> dict:
     coef = xp.zeros(coef_shape if coef_shape is not None else (d,))
     return {"intercept": b0, "coef": coef} if intercept else {"coef": coef}
@@ -160,6 +167,10 @@ class LinearGaussian(AbstractConditionalModel):
                 f"{self.name}: y must be 1-D (one response per row), got shape {np.shape(y)}."
             )
 
+    def param_labels(self, X_columns=None, y_columns=None) -> dict:
+        """``coef`` entries named by the columns of ``X``."""
+        return _coef_labels(X_columns, 0)
+
     @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
@@ -169,9 +180,9 @@ class LinearGaussian(AbstractConditionalModel):
         rss = xp.sum((y - A @ beta) ** 2)
         what = "the fit is exact (zero residuals): the MLE scale is 0"
         scale = checked(xp, self.name, rss > 0, xp.sqrt(rss / len(y)), what)
-        params = {"coef": beta[1:] if self.intercept else beta, "scale": Positive(scale)}
-        if self.intercept:
-            params["intercept"] = beta[0]
+        params = {"intercept": beta[0]} if self.intercept else {}
+        params["coef"] = beta[1:] if self.intercept else beta
+        params["scale"] = Positive(scale)
         return params
 
     def sample(self, key, params, n=None, X=None):
@@ -208,6 +219,10 @@ class Logistic(AbstractConditionalModel):
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
         check_binary(self.name, y)
+
+    def param_labels(self, X_columns=None, y_columns=None) -> dict:
+        """``coef`` entries named by the columns of ``X``."""
+        return _coef_labels(X_columns, 0)
 
     @data_driven_start
     def init(self, X, y):
@@ -259,6 +274,10 @@ class Softmax(AbstractConditionalModel):
         check_design(self.name, X)
         check_labels(self.name, y, self.num_classes)
 
+    def param_labels(self, X_columns=None, y_columns=None) -> dict:
+        """``coef`` entries named by the columns of ``X`` (the class axis by position)."""
+        return _coef_labels(X_columns, 1)
+
     @data_driven_start
     def init(self, X, y):
         xp = array_namespace(X, y)
@@ -299,6 +318,10 @@ class PoissonRegression(AbstractConditionalModel):
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
         check_integers(self.name, y, arg="y")
+
+    def param_labels(self, X_columns=None, y_columns=None) -> dict:
+        """``coef`` entries named by the columns of ``X``."""
+        return _coef_labels(X_columns, 0)
 
     @data_driven_start
     def init(self, X, y):
