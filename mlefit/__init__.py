@@ -21,10 +21,10 @@ from ._distributed import init_distributed as init_distributed
 from ._distributed import shard as shard
 from ._distributed import shard_local as shard_local
 from ._fit import fit as fit
-from ._inference import lr_test as lr_test
 from ._labelled import LabelledArray as LabelledArray
 from ._likelihood import loglik as loglik
 from ._likelihood import nll as nll
+from ._lrtest import lr_test as lr_test
 from ._many import fit_many as fit_many
 from ._model import AbstractModel as AbstractModel
 from ._result import FitResult as FitResult

@@ -30,12 +30,8 @@ from ._data import column_names
 from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
-from ._inference import (
-    HESSIAN_ERRORS,
-    analyse_hessian,
-    expected_information_of,
-    seed_inference,
-)
+from ._inference import HESSIAN_ERRORS, expected_information_of, seed_inference
+from ._information import analyse_hessian
 from ._iterate import iterate_finish, iterate_init, iterate_run
 from ._likelihood import check_penalty, penalised, penalty_at
 from ._minibatch import minibatch_loop
@@ -438,7 +434,7 @@ def _program_continue(logp, transforms, solver, max_steps, record_history, with_
 
     Returns ``(carry, out, inference)`` with ``out = (u, value, grad, steps, status,
     history, params, grad_norm)`` of the iterate so far (the best one unless converged)
-    and the :class:`~mlefit._inference.Inference` at it (NaN while still running) or
+    and the :class:`~mlefit._information.Inference` at it (NaN while still running) or
     ``None`` (``with_inference`` False).
     """
     f = objective(logp, transforms, data, weights)

@@ -9,9 +9,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._inference import (
+    _unflatten,
+    inference_of,
+    labelled_cov,
+    labelled_matrix,
+    n_params,
+    param_names_of,
+    refined_status_code,
+)
 from ._labelled import optional_pandas
 from ._model import Problem
 from ._predict import predict_of
+from ._profile import profile_of
+from ._report import confint_of, html_of, param_table, summary_of
 from ._status import Status
 
 __all__ = ["FitResult"]
@@ -88,8 +99,6 @@ class FitResult(eqx.Module):
         are kept as the optimiser reported them (``optimizer_status``). Models with more
         than 2000 parameters skip the Hessian check here (``res.cov`` still computes it).
         """
-        from ._inference import refined_status_code
-
         return _as_status(refined_status_code(self))
 
     @property
@@ -104,8 +113,6 @@ class FitResult(eqx.Module):
 
         ``optimizer_status`` says whether the optimiser alone converged.
         """
-        from ._inference import refined_status_code
-
         return jnp.asarray(refined_status_code(self) == Status.CONVERGED)
 
     @property
@@ -157,8 +164,6 @@ class FitResult(eqx.Module):
         written in ``init`` (a dict's insertion order, not JAX's sorted order; for a
         ready-made model, the order of its ``init``): the rows of ``cov``, ``confint``,
         ``summary()`` and ``to_frame()``."""
-        from ._inference import param_names_of
-
         return param_names_of(self)
 
     def covariance(self, kind: str = "observed", groups=None):
@@ -186,8 +191,6 @@ class FitResult(eqx.Module):
         Example:
             >>> res.covariance("cluster", groups=firm)  # doctest: +SKIP
         """
-        from ._inference import labelled_cov
-
         return labelled_cov(self, kind, groups)
 
     @property
@@ -200,23 +203,17 @@ class FitResult(eqx.Module):
     def stderr(self):
         """Standard errors ``sqrt(diag(cov))`` as a pytree like ``params`` (NaN where
         the Hessian gives none; see ``status``)."""
-        from ._inference import _unflatten, inference_of
-
         return _unflatten(self, inference_of(self).stderr)
 
     @property
     def hessian(self):
         """Hessian of the total NLL at the estimate, unconstrained parametrisation, ``(p, p)``
         (rows and columns: ``param_names``, a :class:`~mlefit.LabelledArray`)."""
-        from ._inference import inference_of, labelled_matrix
-
         return labelled_matrix(self, inference_of(self).hessian)
 
     @property
     def hessian_cond(self) -> jax.Array:
         """Condition number of ``hessian``: ``max|lambda| / min lambda`` (``inf`` if not PD)."""
-        from ._inference import inference_of
-
         return inference_of(self).condition_number
 
     @property
@@ -224,15 +221,11 @@ class FitResult(eqx.Module):
         """Estimated distance to the minimum of the total NLL, ``g^T H^-1 g / 2`` (Minuit's
         EDM): what a Newton step from the estimate would still gain. Near 0 at an optimum;
         large with a tiny gradient where the NLL is flat (status ``NOT_AT_MINIMUM``)."""
-        from ._inference import inference_of
-
         return inference_of(self).edm
 
     @property
     def n_params(self) -> int:
         """Number of free scalar parameters ``k`` (the size of ``u``)."""
-        from ._inference import n_params
-
         return n_params(self)
 
     @property
@@ -272,8 +265,6 @@ class FitResult(eqx.Module):
         Example:
             >>> lo, hi = res.confint(0.95, method="profile", params=["sigma"])[0]  # doctest: +SKIP
         """
-        from ._inference import confint_of
-
         return confint_of(self, level, method, params, kind, groups)
 
     def to_frame(self, level: float = 0.95, kind: str = "observed", method: str = "wald"):
@@ -292,8 +283,6 @@ class FitResult(eqx.Module):
         Example:
             >>> res.to_frame().loc["mu", "stderr"]  # doctest: +SKIP
         """
-        from ._inference import param_table
-
         table = param_table(self, level, kind, method)
         return table.to_pandas() if optional_pandas() is not None else table
 
@@ -306,8 +295,6 @@ class FitResult(eqx.Module):
         Example:
             >>> curve = res.profile("sigma", np.linspace(0.8, 1.2, 9))  # doctest: +SKIP
         """
-        from ._inference import profile_of
-
         return profile_of(self, name, values)
 
     def summary(self, kind: str = "observed", level: float = 0.95, max_rows: int = 50,
@@ -316,8 +303,6 @@ class FitResult(eqx.Module):
         converged, status, steps, gradient norm, Hessian condition number) and per parameter
         estimate, std err, z, P>|z| and the Wald interval; notes say why a std err is NaN.
         ``kind`` (and ``groups``) pick the covariance, as in ``covariance``."""
-        from ._inference import summary_of
-
         return summary_of(self, kind, level, max_rows, groups)
 
     def predict(self, X, kind: str = "observed", groups=None):
@@ -343,8 +328,6 @@ class FitResult(eqx.Module):
         return gof(self, statistics, n_boot, key=key, **fit_options)
 
     def _repr_html_(self) -> str:
-        from ._inference import html_of
-
         return html_of(self)
 
     # -- display -----------------------------------------------------------------

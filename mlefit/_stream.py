@@ -39,13 +39,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._checkpoint import (
+    CheckpointWriter,
+    check_checkpoint_options,
+    fit_identity,
+    resume_state,
+    saved_state,
+)
 from ._checks import _bad_rows, check_data, check_model_output, check_real, float_dtype
 from ._constraints import Identity, constrain, split_init
 from ._diagnose import init_not_finite_message
-from ._inference import Inference, hessian_total, inference_from_sums, information_sums
+from ._fingerprint import fingerprint, source_fingerprint
+from ._information import Inference, hessian_total, inference_from_sums, information_sums
 from ._likelihood import _resolve, total_loglik
 from ._minibatch import MinibatchState, epoch_batches, sgd_step
-from ._model import as_problem
+from ._model import AbstractModel, _ModuleLogProb, as_problem
 from ._options import check_options
 from ._progress import progress_bar
 from ._result import FitResult
@@ -546,7 +554,7 @@ def _hessian_chunk(logp, transforms, u, obs, w, acc):
 
 @eqx.filter_jit
 def _information_chunk(logp, transforms, u, obs, w, acc, kind: str):
-    """``acc +`` the chunk's ``(g_c, h_c, b_c)`` (:func:`mlefit._inference.information_sums`)."""
+    """``acc +`` the chunk's ``(g_c, h_c, b_c)`` (:func:`mlefit._information.information_sums`)."""
     part = information_sums(logp, transforms, u, obs, w, kind=kind)
     return jax.tree.map(jnp.add, acc, part)
 
@@ -561,7 +569,7 @@ class StreamedData:
     stream, read again for inference.
 
     ``analyse`` sums ``g_c``, ``h_c`` (and ``b_c`` for ``"opg"``/``"sandwich"``) chunk by
-    chunk, the sums :func:`mlefit._inference.analyse` takes over data in memory, then
+    chunk, the sums :func:`mlefit._information.analyse` takes over data in memory, then
     finishes as it does: the same covariances, standard errors and diagnostics, with
     memory for a few chunks plus ``p x p``.
     """
@@ -570,7 +578,7 @@ class StreamedData:
         self.src = src
 
     def analyse(self, logp, transforms, u, kind: str = "observed") -> Inference:
-        """Returns the :class:`~mlefit._inference.Inference` at ``u`` by one pass."""
+        """Returns the :class:`~mlefit._information.Inference` at ``u`` by one pass."""
         if self.src.one_shot:
             raise ValueError(
                 "data: this fit read a one-shot iterator, which cannot be read again for the "
@@ -622,7 +630,6 @@ def _rows_for(src, batch_size: int | None) -> int:
 
 def _identity_problem(model, params, src):
     """``(logp, transforms, params)`` for sums at given (constrained) parameters."""
-    from ._model import AbstractModel, _ModuleLogProb
 
     if isinstance(model, eqx.Module) and not isinstance(model, AbstractModel) \
             and hasattr(model, "log_prob"):
@@ -811,7 +818,6 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
     ends the fit with status ``INTERRUPTED``, the last parameters, and NaN for the NLL
     and gradient norm (their full pass is skipped); a checkpoint already written stays.
     """
-    from ._checkpoint import check_checkpoint_options
 
     if weights is not None:
         raise ValueError("weights: for a stream, give the weights to the source: "
@@ -915,8 +921,6 @@ def _stream_init_message(problem, u0, transforms, src) -> str:
 def _sgd_stream(problem, transforms, opts, u0, src, sample, checkpoint, every, resume_from,
                 user_key, progress=False, resume_check="all"):
     """SGD epochs over the stream; returns ``(u, history, steps, bad, interrupted)``."""
-    from ._checkpoint import CheckpointWriter, fit_identity, resume_state, saved_state
-    from ._fingerprint import fingerprint, source_fingerprint
 
     opt, batch_size, epochs, key = opts.optimizer, opts.batch_size, opts.epochs, opts.key
     rows = _rows_for(src, batch_size)
