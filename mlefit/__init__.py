@@ -28,9 +28,9 @@ from ._lrtest import lr_test as lr_test
 from ._many import fit_many as fit_many
 from ._model import AbstractModel as AbstractModel
 from ._result import FitResult as FitResult
+from ._sources import ArrayStream as ArrayStream
+from ._sources import batches as batches
 from ._status import Status as Status
-from ._stream import ArrayStream as ArrayStream
-from ._stream import batches as batches
 from ._stream import stream_hessian as stream_hessian
 from ._stream import stream_nll as stream_nll
 from ._stream import stream_value_and_grad as stream_value_and_grad

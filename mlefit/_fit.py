@@ -44,8 +44,9 @@ from ._precision import warn_if_float32
 from ._progress import progress_bar
 from ._result import FitResult
 from ._solver_optax import OptaxSolver, default_optimizer
+from ._sources import is_source
 from ._status import Status
-from ._stream import fit_source, is_source
+from ._stream import fit_source
 from ._weights import check_weights_kind, effective_weights, resolve_weights_kind, weighted_n_obs
 
 __all__ = ["fit", "choose_solver", "fit_fingerprint"]
