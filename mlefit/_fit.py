@@ -31,7 +31,7 @@ from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
 from ._inference import HESSIAN_ERRORS, expected_information_of, seed_inference
-from ._information import analyse_hessian
+from ._information import analyse_hessian, flat_bounds, flat_transform
 from ._iterate import iterate_finish, iterate_init, iterate_run
 from ._likelihood import check_penalty, penalised, penalty_at
 from ._minibatch import minibatch_loop
@@ -391,9 +391,10 @@ def _full_batch(solver, logp, transforms, u0, data, weights, tol, max_steps: int
                 bar.update(int(out[3]) - bar.n)
             bar.close()
     hess_finite = True
-    if inference is not None:
-        inference, ready, hess_finite = inference
-        inference = inference if bool(ready) else None
+    if inference is not None:  # analysed on the host: p <= 64, no program to compile
+        hess, grad, c_flat, jac, d2, ready, hess_finite = jax.device_get(inference)
+        low, high = flat_bounds(transforms, u0, c_flat.dtype)
+        inference = analyse_hessian(hess, grad, c_flat, jac, d2, low, high) if ready else None
         hess_finite = bool(hess_finite)
     return out, inference, hess_finite
 
@@ -452,21 +453,10 @@ def _program_continue(logp, transforms, solver, max_steps, record_history, with_
     if with_inference:  # Newton's Hessian at its last iterate, the one returned
         hess, exact = solver.hessian(carry.state)
         total = jnp.sum(weights) if weights is not None else data[0].shape[0]
-
-        def analysed():
-            return analyse_hessian(transforms, u, total * grad, total * hess)
-
-        shapes = jax.eval_shape(analysed)
         current = solver.current(carry.state)[0]  # the Hessian is the current iterate's
         ready = (status != RUNNING) & exact & jnp.all(current == x)
-        inference = (jax.lax.cond(ready, analysed, lambda: _nan_like(shapes)), ready, exact)
+        inference = (total * hess, total * grad, *flat_transform(transforms, u), ready, exact)
     return carry, out, inference
-
-
-def _nan_like(shapes):
-    return jax.tree.map(
-        lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.floating) else 0,
-                           s.dtype), shapes)
 
 
 def fit_fingerprint(logp, transforms, solver, options: tuple, params, obs):

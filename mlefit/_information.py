@@ -268,15 +268,11 @@ def opg_total(logp, transforms, u, data: tuple, weights=None, *, chunk_size=None
 
 
 def _flat_bounds(transforms, u, dtype):
-    lows, highs = [], []
-    for t, x in zip(transforms, jax.tree_util.tree_leaves(u), strict=True):
-        lo, hi = t.bounds() if hasattr(t, "bounds") else (-np.inf, np.inf)
-        lows.append(np.full(np.size(x), lo))
-        highs.append(np.full(np.size(x), hi))
-    return jnp.asarray(np.concatenate(lows), dtype), jnp.asarray(np.concatenate(highs), dtype)
+    low, high = flat_bounds(transforms, u, dtype)
+    return jnp.asarray(low, dtype), jnp.asarray(high, dtype)
 
 
-def _at_bound(c_flat, g_c, h_c_diag, low, high):
+def _at_bound(c_flat, g_c, h_c_diag, low, high, xp=jnp):
     """A constrained parameter is at its bound when the unconstrained Newton step crosses it.
 
     With the total-NLL gradient ``g`` and curvature ``h`` in the constrained coordinate,
@@ -285,8 +281,8 @@ def _at_bound(c_flat, g_c, h_c_diag, low, high):
     symmetrically at the upper bound). At an interior optimum ``g ~ 0`` and the step is
     negligible; on a boundary the step is of the order of the curvature scale.
     """
-    lo = jnp.isfinite(low) & (g_c > 0) & ((h_c_diag <= 0) | (g_c >= h_c_diag * (c_flat - low)))
-    hi = jnp.isfinite(high) & (g_c < 0) & ((h_c_diag <= 0) | (-g_c >= h_c_diag * (high - c_flat)))
+    lo = xp.isfinite(low) & (g_c > 0) & ((h_c_diag <= 0) | (g_c >= h_c_diag * (c_flat - low)))
+    hi = xp.isfinite(high) & (g_c < 0) & ((h_c_diag <= 0) | (-g_c >= h_c_diag * (high - c_flat)))
     return lo | hi
 
 
@@ -296,46 +292,47 @@ def _rcond(dtype) -> float:
     return float(jnp.finfo(dtype).eps) ** 0.75
 
 
-def _regularised_inverse(h, free):
+def _regularised_inverse(h, free, xp=jnp):
     """Inverse of a symmetric ``h`` on the ``free`` coordinates, NaN where not available.
 
     ``h`` is scaled to unit diagonal, ``R = D^-1/2 h D^-1/2``, and eigendecomposed. When
     ``R`` is numerically PD this is ``h^-1``. Otherwise parameters loading on a null or
     negative eigenvector are not identified (NaN rows/columns); the others get the
     generalised-inverse variance, which is the variance of an estimable parameter.
-    Returns ``(inverse, positive_definite, identified)``.
+    Returns ``(inverse, positive_definite, identified)``. ``xp``: ``jax.numpy``, or NumPy
+    on the host (a Hessian already at hand: no program to compile).
     """
     p = h.shape[0]
-    eye = jnp.eye(p, dtype=h.dtype)
-    eps = jnp.finfo(h.dtype).eps
-    finite = jnp.all(jnp.isfinite(h))
-    hs = jnp.where(finite, 0.5 * (h + h.T), eye)
-    d = jnp.diag(hs)
+    eye = xp.eye(p, dtype=h.dtype)
+    eps = xp.finfo(h.dtype).eps
+    finite = xp.all(xp.isfinite(h))
+    hs = xp.where(finite, 0.5 * (h + h.T), eye)
+    d = xp.diag(hs)
     usable = free & (d > 0)
-    scale = 1.0 / jnp.sqrt(jnp.where(usable, d, 1.0))
-    r = jnp.where(usable[:, None] & usable[None, :], hs * scale[:, None] * scale[None, :], eye)
-    lam, vec = jnp.linalg.eigh(r)
-    bad = lam <= _rcond(h.dtype) * jnp.max(lam)
-    lam_inv = jnp.where(bad, 0.0, 1.0 / jnp.where(bad, 1.0, lam))
+    scale = 1.0 / xp.sqrt(xp.where(usable, d, 1.0))
+    r = xp.where(usable[:, None] & usable[None, :], hs * scale[:, None] * scale[None, :], eye)
+    lam, vec = xp.linalg.eigh(r)
+    bad = lam <= _rcond(h.dtype) * xp.max(lam)
+    lam_inv = xp.where(bad, 0.0, 1.0 / xp.where(bad, 1.0, lam))
     inv = (vec * lam_inv) @ vec.T * scale[:, None] * scale[None, :]
-    loading = jnp.max(jnp.where(bad[None, :], jnp.abs(vec), 0.0), axis=1)
-    identified = finite & usable & (loading <= jnp.sqrt(eps))
-    positive_definite = finite & ~jnp.any(bad) & jnp.all(usable | ~free)
-    inv = jnp.where(identified[:, None] & identified[None, :], inv, jnp.nan)
+    loading = xp.max(xp.where(bad[None, :], xp.abs(vec), 0.0), axis=1)
+    identified = finite & usable & (loading <= xp.sqrt(eps))
+    positive_definite = finite & ~xp.any(bad) & xp.all(usable | ~free)
+    inv = xp.where(identified[:, None] & identified[None, :], inv, xp.nan)
     return inv, positive_definite, identified
 
 
-def _condition_number(h):
-    finite = jnp.all(jnp.isfinite(h))
-    eye = jnp.eye(h.shape[0], dtype=h.dtype)
-    lam = jnp.linalg.eigvalsh(jnp.where(finite, 0.5 * (h + h.T), eye))
+def _condition_number(h, xp=jnp):
+    finite = xp.all(xp.isfinite(h))
+    eye = xp.eye(h.shape[0], dtype=h.dtype)
+    lam = xp.linalg.eigvalsh(xp.where(finite, 0.5 * (h + h.T), eye))
     pos = lam[0] > 0
-    cond = jnp.where(pos, jnp.max(jnp.abs(lam)) / jnp.where(pos, lam[0], 1.0), jnp.inf)
-    return jnp.where(finite, cond, jnp.nan)
+    cond = xp.where(pos, xp.max(xp.abs(lam)) / xp.where(pos, lam[0], 1.0), xp.inf)
+    return xp.where(finite, cond, xp.nan)
 
 
-def _nan_to_zero(x):
-    return jnp.where(jnp.isnan(x), 0.0, x)
+def _nan_to_zero(x, xp=jnp):
+    return xp.where(xp.isnan(x), 0.0, x)
 
 
 def analyse(
@@ -481,38 +478,56 @@ def inference_from_sums(transforms, u, g_c, h_c, b_c, *, kind="observed", option
     )
 
 
-def analyse_hessian(transforms, u, grad_u, hess_u) -> Inference:
+def analyse_hessian(hess_u, grad_u, c_flat, jac, d2, low, high, xp=np) -> Inference:
     """The observed-information :class:`Inference` from the gradient and Hessian of the
-    total NLL in the unconstrained parametrisation (e.g. Newton's, at its last iterate).
+    total NLL in the unconstrained parametrisation (e.g. Newton's, at its last iterate),
+    on the host with NumPy by default (``xp``): a small Hessian at hand needs no program.
 
-    The constrained gradient and curvature that the at-bound test needs follow from the
-    chain rule backwards, ``g_c = g_u / J``, ``h_c,jj = (H_u,jj - g_c,j c''_j) / J_j^2``;
-    a parameter whose ``J = dc/du`` underflowed to 0 sits at its bound.
+    ``c_flat``, ``jac = dc/du``, ``d2 = d^2c/du^2`` (flat, see :func:`flat_transform`) and
+    the bounds ``low``, ``high`` of the constrained parameters. The constrained gradient
+    and curvature that the at-bound test needs follow from the chain rule backwards,
+    ``g_c = g_u / J``, ``h_c,jj = (H_u,jj - g_c,j c''_j) / J_j^2``; a parameter whose
+    ``J`` underflowed to 0 sits at its bound.
     """
-    _, c_flat, jac, d2, _ = _flat_pieces(transforms, u)
     zero = jac == 0
-    safe = jnp.where(zero, 1.0, jac)
+    safe = xp.where(zero, 1.0, jac)
     g_c = grad_u / safe
-    h_c_diag = (jnp.diag(hess_u) - g_c * d2) / safe**2
-    low, high = _flat_bounds(transforms, u, c_flat.dtype)
-    at_bound = _at_bound(c_flat, g_c, h_c_diag, low, high) | (
-        zero & (jnp.isfinite(low) | jnp.isfinite(high))
+    h_c_diag = (xp.diag(hess_u) - g_c * d2) / safe**2
+    at_bound = _at_bound(c_flat, g_c, h_c_diag, low, high, xp) | (
+        zero & (xp.isfinite(low) | xp.isfinite(high))
     )
-    h_inv, positive_definite, identified = _regularised_inverse(hess_u, ~at_bound)
+    h_inv, positive_definite, identified = _regularised_inverse(hess_u, ~at_bound, xp)
     cov = jac[:, None] * h_inv * jac[None, :]
-    step = -_nan_to_zero(h_inv) @ grad_u
+    step = -_nan_to_zero(h_inv, xp) @ grad_u
     return Inference(
         cov=cov,
-        stderr=jnp.sqrt(jnp.diag(cov)),
+        stderr=xp.sqrt(xp.diag(cov)),
         hessian=hess_u,
         positive_definite=positive_definite,
         identified=identified,
         at_bound=at_bound,
-        condition_number=_condition_number(hess_u),
+        condition_number=_condition_number(hess_u, xp),
         edm=-0.5 * grad_u @ step,
         newton_step=step,
-        hessian_finite=jnp.all(jnp.isfinite(hess_u), axis=1),
+        hessian_finite=xp.all(xp.isfinite(hess_u), axis=1),
     )
+
+
+def flat_transform(transforms, u):
+    """``(c_flat, jac, d2)``: the constrained parameters, ``dc/du`` and ``d^2c/du^2``, flat
+    (traceable; :func:`analyse_hessian` takes them)."""
+    _, c_flat, jac, d2, _ = _flat_pieces(transforms, u)
+    return c_flat, jac, d2
+
+
+def flat_bounds(transforms, u, dtype):
+    """The bounds ``(low, high)`` of the flat constrained parameters, NumPy, on the host."""
+    lows, highs = [], []
+    for t, x in zip(transforms, jax.tree_util.tree_leaves(u), strict=True):
+        lo, hi = t.bounds() if hasattr(t, "bounds") else (-np.inf, np.inf)
+        lows.append(np.full(np.size(x), lo))
+        highs.append(np.full(np.size(x), hi))
+    return np.concatenate(lows).astype(dtype), np.concatenate(highs).astype(dtype)
 
 
 def _weight_total(data, weights, dtype):
