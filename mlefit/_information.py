@@ -205,17 +205,7 @@ def _grad_information_c(logp, information, c_flat, unravel, data, weights, chunk
 
 def _opg_c(logp, c_flat, unravel, data, weights, chunk_size):
     """``sum_i v_i s_i s_i^T`` with ``s_i`` the score of observation i in the constrained c."""
-    n, p = data[0].shape[0], c_flat.size
-    chunk = chunk_size or default_chunk_size(n, p)
-    score = jax.grad(lambda cf, *o: logp(unravel(cf), *o))
-
-    def piece(obs, w):
-        s = jax.vmap(score, in_axes=(None,) + (0,) * len(obs))(c_flat, *obs)
-        sw = jnp.where(w[:, None] > 0, w[:, None] * s, 0.0)
-        s = jnp.where(w[:, None] > 0, s, 0.0)
-        return sw.T @ s
-
-    return _chunked_sum(piece, data, weights, chunk, c_flat.dtype)
+    return _grad_opg_c(logp, c_flat, unravel, data, weights, chunk_size)[1]
 
 
 def _chain_rule(h_c, g_c, jac, d2):
