@@ -40,7 +40,7 @@ NEWTON_BUDGET = 2e7
 # it: p <= SUBSAMPLE_MAX_PARAMS and n >= SUBSAMPLE_MIN_RATIO * m (see default_solver).
 SUBSAMPLE_PER_PARAM = 20
 SUBSAMPLE_MIN_ROWS = 20_000
-SUBSAMPLE_MAX_PARAMS = 512
+SUBSAMPLE_MAX_PARAMS = 64
 SUBSAMPLE_MIN_RATIO = 4
 
 
@@ -89,9 +89,17 @@ def default_solver(n_obs: int, n_params: int) -> str:
       cheap: ``p <= 64`` and ``n * p^2 <= 2e7``;
     - ``"subsampled"`` (:mod:`mlefit._solver_subsampled`: curvature from the exact
       Hessian of ``m = subsample_size(n, p)`` rows, one full pass per step) where the
-      data are large against the subsample, ``n >= 4 m``, and ``p <= 512``;
+      data are large against the subsample, ``n >= 4 m``, and ``p <= 64``;
     - ``"lbfgs"`` otherwise (many parameters, or mid-sized data where a Hessian is
       neither cheap nor amortised).
+
+    Measured (2 cores, loaded, float64, steady state, min of 5 fits; subsampled against
+    L-BFGS, full passes in parentheses): logistic 1e6 x 33 6 steps (7 passes) against 10
+    steps (about 11 passes); logistic 2e5 x 33 0.28 s against 0.31 s; 8e4 x 33 (n = 4 m)
+    0.062 s against 0.060 s; Poisson 1e5 x 17 0.10 s against 0.10 s; but logistic
+    2e5 x 129 3.0 s against 1.1 s (a Hessian of 20,000 rows and 129 parameters costs
+    more than the passes it saves), hence ``p <= 64``. The solver itself takes any ``p``
+    (``fit(..., optimizer="subsampled")``).
 
     ``n_obs`` is 1 for a fit from sufficient statistics (always Newton when ``p <= 64``).
     """
