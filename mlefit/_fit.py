@@ -111,7 +111,11 @@ def fit(
         optimizer: ``None`` (default): chosen from the problem's size before compiling,
             exact-Hessian Newton where a Hessian is cheap (``p <= 64`` free parameters
             and ``n_obs * p^2 <= 2e7``; ``n_obs`` counts 1 for a fit from sufficient
-            statistics), else L-BFGS (``optax.lbfgs`` with a weak-Wolfe line search).
+            statistics); subsampled Newton for large data and ``p <= 64``
+            (``n_obs >= 4 m``, ``m = max(20 p, 20,000)`` sampled rows give the curvature,
+            one full pass per step, converging to the MLE of all rows;
+            :mod:`mlefit._solver_subsampled`); else L-BFGS (``optax.lbfgs`` with a
+            weak-Wolfe line search). ``"subsampled"``: subsampled Newton whatever the size.
             ``"newton"``: damped Newton whatever the size (default ``max_steps`` 1,000):
             ``(H + lam diag|H|) d = -g`` with the exact Hessian every step,
             Marquardt's scaling and saddle-free steps where ``H`` is indefinite. Or any

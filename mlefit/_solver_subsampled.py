@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._constraints import constrain
 from ._defaults import (
     NEWTON_MAX_REFUSALS,
     RUNNING,
@@ -48,9 +49,8 @@ from ._defaults import (
     subsample_size,
 )
 from ._iterate import AbstractSolver
-from ._newton import _marquardt_scale, value_grad_hessian
-from ._constraints import constrain
 from ._likelihood import mean_nll
+from ._newton import _marquardt_scale, value_grad_hessian
 from ._objective import Reduced, objective
 from ._status import Status
 
@@ -74,7 +74,8 @@ def subsample_indices(seed: int, weights, n_rows: int, m: int) -> jax.Array:
     Stratified sampling of the ranks of the positive-weight rows: with ``c`` of them,
     stratum ``j`` is the ranks ``[a_j, a_{j+1})``, ``a_j = floor(j c / m)``, and gets one
     uniform draw ``r_j = a_j + floor(u_j (a_{j+1} - a_j))``, ``u_j ~ U[0, 1)``; the row of
-    rank ``r`` is found by a binary search of the running count of positive weights. ``weights=None``: every row.
+    rank ``r`` is found by a binary search of the running count of positive weights.
+    ``weights=None``: every row.
     The ``u_j`` come from ``numpy.random.default_rng(seed)``: the same subsample for the
     same data in every process and on every backend.
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import jax.scipy.stats as jst
 import numpy as np
