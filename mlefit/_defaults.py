@@ -11,7 +11,8 @@ __all__ = [
     "RUNNING", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_STEPS_NEWTON", "DEFAULT_MAX_STEPS_MANY",
     "DEFAULT_MAX_STEPS_MANY_NEWTON", "HISTORY_MAX_STEPS", "NO_PROGRESS_PATIENCE",
     "STALL_TOL_FACTOR", "NEWTON_MAX_REFUSALS", "NEWTON_MAX_PARAMS", "NEWTON_BUDGET",
-    "default_tol", "use_newton",
+    "SUBSAMPLE_PER_PARAM", "SUBSAMPLE_MIN_ROWS", "SUBSAMPLE_MAX_PARAMS", "SUBSAMPLE_MIN_RATIO",
+    "default_tol", "use_newton", "subsample_size", "default_solver",
 ]
 
 # The status code of a fit that is still running (never returned).
@@ -37,6 +38,13 @@ NEWTON_MAX_REFUSALS = 30
 # The default solver is exact-Hessian Newton when a Hessian is cheap (see use_newton).
 NEWTON_MAX_PARAMS = 64
 NEWTON_BUDGET = 2e7
+# Subsampled Newton (mlefit._solver_subsampled): the subsample's size rule
+# m = min(n, max(SUBSAMPLE_PER_PARAM * p, SUBSAMPLE_MIN_ROWS)), and where the default uses
+# it: p <= SUBSAMPLE_MAX_PARAMS and n >= SUBSAMPLE_MIN_RATIO * m (see default_solver).
+SUBSAMPLE_PER_PARAM = 20
+SUBSAMPLE_MIN_ROWS = 20_000
+SUBSAMPLE_MAX_PARAMS = 64
+SUBSAMPLE_MIN_RATIO = 4
 
 
 def default_tol(dtype) -> float:
@@ -57,3 +65,40 @@ def use_newton(n_obs: int, n_params: int) -> bool:
     gradient's 0.04 s) L-BFGS wins. ``n_obs`` is 1 for a fit from sufficient statistics.
     """
     return n_params <= NEWTON_MAX_PARAMS and n_obs * n_params * n_params <= NEWTON_BUDGET
+
+
+def subsample_size(n_obs: int, n_params: int, per_param: int = SUBSAMPLE_PER_PARAM,
+                   min_rows: int = SUBSAMPLE_MIN_ROWS) -> int:
+    """Rows of the subsample whose Hessian gives the subsampled Newton solver its curvature:
+    ``m = min(n, max(per_param * p, min_rows))``.
+
+    The relative error of a subsample Hessian shrinks like ``sqrt(p / m)``; each full pass
+    of the solver contracts the error of the estimate by about that factor, so
+    ``m >= 20 p`` (and at least 20,000 rows) gives 5-7 passes to ``tol`` on the GLMs of
+    the benchmarks, while a Hessian of the subsample (``m p^2`` multiply-adds, matrix
+    products) costs a fraction of a pass over ``n >= 4 m`` rows.
+
+    Example:
+        >>> subsample_size(10**6, 33), subsample_size(10**6, 2000), subsample_size(5000, 33)
+        (20000, 40000, 5000)
+    """
+    return int(min(n_obs, max(per_param * n_params, min_rows)))
+
+
+def default_solver(n_obs: int, n_params: int) -> str:
+    """The default solver's cost rule: ``"newton"`` where :func:`use_newton` says a
+    Hessian is cheap (``p <= 64`` and ``n * p^2 <= 2e7``), else ``"lbfgs"``.
+
+    Subsampled Newton (:mod:`mlefit._solver_subsampled`, ``optimizer="subsampled"``:
+    curvature from the exact Hessian of ``m = subsample_size(n, p)`` rows, one full pass
+    per step) is not chosen by default. Measured (2 cores, loaded, float64, steady state,
+    subsampled against L-BFGS, full passes in parentheses): logistic 1e6 x 33 6 steps
+    (7 passes) against 10 steps (about 11 passes), but the same time within the machine's
+    noise at 2e5 x 33 (0.28 s against 0.31 s), 8e4 x 33 (0.062 s against 0.060 s) and
+    Poisson 1e5 x 17 (0.10 s against 0.10 s); 2e5 x 129 3.0 s against 1.1 s; and its
+    program compiles in twice the time (1.8 s against 0.9 s of XLA's CPU time for a
+    1e5 x 33 logistic fit: the subsample's Newton loop is a second loop in the program),
+    which breaks the suite's compile-under-1-s rule. ``n_obs`` is 1 for a fit from
+    sufficient statistics (always Newton when ``p <= 64``).
+    """
+    return "newton" if use_newton(n_obs, n_params) else "lbfgs"

@@ -2,8 +2,9 @@
 
 A full-batch fit is one compiled program: the solver's loop (:mod:`mlefit._iterate`)
 and, where the Hessian is cheap, the inference at the estimate. The default solver is
-chosen before compiling from the problem's size (:func:`mlefit._defaults.use_newton`):
-exact-Hessian Newton for small problems, L-BFGS otherwise. Observations are padded to
+chosen before compiling from the problem's size (:func:`mlefit._defaults.default_solver`):
+exact-Hessian Newton for small problems, subsampled Newton for large data and moderate
+parameter counts, L-BFGS otherwise. Observations are padded to
 a size bucket (:mod:`mlefit._padding`), so fits of different lengths share a program.
 Minibatch fits run epochs of SGD (:mod:`mlefit._minibatch`); streams, sharding and
 checkpoints live in :mod:`mlefit._stream`, :mod:`mlefit._distributed` and
@@ -27,7 +28,7 @@ from ._checks import check_data, check_model_output, check_weights, float_dtype
 from ._compiled import compiled_call, model_fingerprint
 from ._constraints import constrain, split_init
 from ._data import column_names
-from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
+from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, default_solver
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
 from ._inference import HESSIAN_ERRORS, expected_information_of, seed_inference
@@ -44,6 +45,7 @@ from ._precision import warn_if_float32
 from ._progress import progress_bar
 from ._result import FitResult
 from ._solver_optax import OptaxSolver, default_optimizer
+from ._solver_subsampled import SubsampledNewton, bind_subsample
 from ._sources import is_source
 from ._status import Status
 from ._stream import fit_source
@@ -112,7 +114,11 @@ def fit(
         optimizer: ``None`` (default): chosen from the problem's size before compiling,
             exact-Hessian Newton where a Hessian is cheap (``p <= 64`` free parameters
             and ``n_obs * p^2 <= 2e7``; ``n_obs`` counts 1 for a fit from sufficient
-            statistics), else L-BFGS (``optax.lbfgs`` with a weak-Wolfe line search).
+            statistics); subsampled Newton for large data and ``p <= 64``
+            (``n_obs >= 4 m``, ``m = max(20 p, 20,000)`` sampled rows give the curvature,
+            one full pass per step, converging to the MLE of all rows;
+            :mod:`mlefit._solver_subsampled`); else L-BFGS (``optax.lbfgs`` with a
+            weak-Wolfe line search). ``"subsampled"``: subsampled Newton whatever the size.
             ``"newton"``: damped Newton whatever the size (default ``max_steps`` 1,000):
             ``(H + lam diag|H|) d = -g`` with the exact Hessian every step,
             Marquardt's scaling and saddle-free steps where ``H`` is indefinite. Or any
@@ -280,6 +286,8 @@ def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weight
     :func:`~mlefit._defaults.use_newton` says a Hessian is cheap, else L-BFGS; a model
     that declares its likelihood not smooth (``smooth = False``: kinks, where the Hessian
     says nothing) is fitted by L-BFGS.
+    :class:`~mlefit._solver_subsampled.SubsampledNewton` only when asked for
+    (``optimizer="subsampled"``).
     """
     logp = problem.logp
     fit_logp = logp
@@ -290,11 +298,13 @@ def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weight
         fit_logp = reduce_logp(logp, u0, transforms, data, weights)
     if newton:
         return Newton(eig=True, restart=True), fit_logp
+    if isinstance(optimizer, SubsampledNewton):
+        return optimizer, fit_logp
     if optimizer is not None and optimizer != default_optimizer():
         return OptaxSolver(optimizer), fit_logp
     p = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(u0))
     n_eff = 1 if isinstance(fit_logp, Reduced) else data[0].shape[0]
-    if use_newton(n_eff, p) and getattr(problem.source, "smooth", True):
+    if default_solver(n_eff, p) == "newton" and getattr(problem.source, "smooth", True):
         return Newton(eig=True, restart=True), fit_logp
     return OptaxSolver(default_optimizer()), fit_logp
 
@@ -442,6 +452,8 @@ def _program_continue(logp, transforms, solver, max_steps, record_history, with_
     f = objective(logp, transforms, data, weights)
     x0, unravel = ravel_pytree(u0)
     ff = lambda x: f(unravel(x))  # noqa: E731
+    if isinstance(solver, SubsampledNewton):  # its subsample objective, drawn in-program
+        solver = bind_subsample(solver, logp, transforms, unravel, x0.size, data, weights)
     if carry is None:
         carry = iterate_init(solver, ff, x0, tol, max_steps, record_history)
     carry = iterate_run(solver, ff, carry, tol, max_steps, limit)
@@ -465,7 +477,7 @@ def fit_fingerprint(logp, transforms, solver, options: tuple, params, obs):
 
     ``params``, ``obs``: shapes and dtypes of ONE fit's parameters and ONE observation.
     """
-    if isinstance(solver, Newton):
+    if isinstance(solver, (Newton, SubsampledNewton)):
         solver_desc = repr(solver)
     elif isinstance(solver, str):
         solver_desc = solver

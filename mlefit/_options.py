@@ -12,6 +12,7 @@ import optax
 from ._defaults import DEFAULT_MAX_STEPS, default_tol
 from ._newton import NEWTON
 from ._solver_optax import default_optimizer
+from ._solver_subsampled import SUBSAMPLED, SubsampledNewton
 
 __all__ = ["FitOptions", "check_options", "check_named_optimizer"]
 
@@ -31,7 +32,9 @@ class FitOptions(NamedTuple):
 def check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, history):
     if optimizer is None:
         optimizer = default_optimizer()
-    elif not isinstance(optimizer, optax.GradientTransformation):
+    elif optimizer == SUBSAMPLED:
+        optimizer = SubsampledNewton()
+    elif not isinstance(optimizer, (optax.GradientTransformation, SubsampledNewton)):
         raise TypeError(
             f"optimizer: expected an optax GradientTransformation (e.g. optax.adam(1e-2)), "
             f"got {type(optimizer).__name__}"
@@ -77,13 +80,17 @@ def check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, 
 
 
 def check_named_optimizer(optimizer, batch_size, stream: bool) -> bool:
-    """Whether ``optimizer`` is ``"newton"``; ``ValueError`` for what it cannot be combined with."""
+    """Whether ``optimizer`` is ``"newton"``; ``ValueError`` for a name that is neither
+    ``"newton"`` nor ``"subsampled"``, and for what these cannot be combined with."""
+    if isinstance(optimizer, SubsampledNewton):
+        optimizer = SUBSAMPLED
     if not isinstance(optimizer, str):
         return False
-    if optimizer != NEWTON:
+    if optimizer not in (NEWTON, SUBSAMPLED):
         raise ValueError(
-            f"optimizer: the only named optimizer is 'newton', got {optimizer!r}; "
-            "otherwise pass an optax GradientTransformation (e.g. optax.adam(1e-2))."
+            f"optimizer: the named optimizers are 'newton' and 'subsampled', got "
+            f"{optimizer!r}; otherwise pass an optax GradientTransformation "
+            "(e.g. optax.adam(1e-2))."
         )
     for given, what in (
         (batch_size is not None, "batch_size (minibatch fits)"),
@@ -91,9 +98,9 @@ def check_named_optimizer(optimizer, batch_size, stream: bool) -> bool:
     ):
         if given:
             raise ValueError(
-                f"optimizer: 'newton' is a full-batch method on data in memory (an exact "
-                f"Hessian every step) and does not combine with {what}; use the default "
+                f"optimizer: {optimizer!r} is a full-batch method on data in memory (an exact "
+                f"Hessian) and does not combine with {what}; use the default "
                 "L-BFGS or an optax optimiser instead."
             )
-    return True
+    return optimizer == NEWTON
 

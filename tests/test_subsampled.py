@@ -1,0 +1,302 @@
+"""Subsampled Newton (mlefit._solver_subsampled): curvature from m sampled rows, one full
+pass per step, converging to the exact MLE of ALL the data.
+
+References are not computed by the solver under test: statsmodels (Logit, GLM Poisson)
+for the GLMs, exact-Hessian Newton (``optimizer="newton"``) for the NLL of a user's
+log-density, NumPy least squares for the 500-parameter linear model. Tolerances: every
+fit stops at a gradient max-norm below 1e-9 (float64); on these well-conditioned problems
+(Hessian eigenvalues of order 0.1-1) that puts the parameters within about 1e-8 of the
+optimum and the NLL within 1e-15 relative, so the NLL is compared at 1e-12 relative (the
+issue asks 1e-9) and the parameters at 1e-6. Subsamples of 2,000 rows out of 20,000
+(``min_rows`` lowered) keep the tests small while m < n.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax.numpy as jnp
+import jax.scipy.stats as jst
+import numpy as np
+import pytest
+
+import mlefit
+from mlefit import models
+from mlefit._constraints import split_init
+from mlefit._defaults import default_solver, subsample_size
+from mlefit._fit import choose_solver
+from mlefit._model import Problem
+from mlefit._solver_optax import OptaxSolver
+from mlefit._solver_subsampled import SubsampledNewton, subsample_indices
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = 20_000
+SUB = SubsampledNewton(min_rows=2000)  # one object: fits share its compiled program
+
+
+def _logistic_data(n=N, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, d))])
+    beta = np.linspace(-1.0, 1.0, d + 1)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-X @ beta))).astype(float)
+    return X, y
+
+
+def _poisson_data(n=N, d=4, seed=1):
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, d))])
+    beta = np.array([0.5] + [0.2] * d)
+    return X, rng.poisson(np.exp(X @ beta)).astype(float)
+
+
+def logistic_logp(w, x, y):
+    z = x @ w
+    return y * z - jnp.logaddexp(0.0, z)
+
+
+def poisson_logp(b, x, y):
+    return jst.poisson.logpmf(y, jnp.exp(x @ b))
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    X, y = _logistic_data()
+    import statsmodels.api as sm
+
+    ref = sm.Logit(y, X).fit(disp=0, tol=1e-12, maxiter=100)
+    return X, y, np.asarray(ref.params), -ref.llf / len(y)
+
+
+@pytest.fixture(scope="module")
+def logistic_fit(logistic):
+    X, y, _, _ = logistic
+    return mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer=SUB)
+
+
+def _converged(res, tol=1e-9):
+    assert int(res.status_code) == int(mlefit.Status.CONVERGED)
+    assert float(res.grad_norm) <= tol
+
+
+def test_logistic_reaches_the_full_data_mle(logistic, logistic_fit):
+    X, y, beta, nll = logistic
+    _converged(logistic_fit)
+    np.testing.assert_allclose(np.asarray(logistic_fit.params), beta, rtol=1e-6, atol=1e-8)
+    assert abs(float(logistic_fit.nll) - nll) <= 1e-12 * nll
+
+
+def test_the_subsample_optimum_is_not_the_answer(logistic, logistic_fit):
+    """The fit is the MLE of all rows: the same rows alone give another estimate."""
+    X, y, beta, _ = logistic
+    rows = np.asarray(subsample_indices(0, None, N, 2000))
+    alone = mlefit.fit(logistic_logp, (X[rows], y[rows]), jnp.zeros(X.shape[1]),
+                       optimizer="newton")
+    assert np.max(np.abs(np.asarray(alone.params) - beta)) > 1e-3  # sampling noise
+    assert np.max(np.abs(np.asarray(logistic_fit.params) - beta)) < 1e-7
+
+
+def test_poisson_reaches_the_full_data_mle():
+    X, y = _poisson_data()
+    import statsmodels.api as sm
+
+    ref = sm.GLM(y, X, family=sm.families.Poisson()).fit(tol=1e-14)
+    res = mlefit.fit(poisson_logp, (X, y), jnp.zeros(X.shape[1]), optimizer=SUB)
+    _converged(res)
+    np.testing.assert_allclose(np.asarray(res.params), np.asarray(ref.params), rtol=1e-6,
+                               atol=1e-8)
+    assert abs(float(res.nll) + ref.llf / N) <= 1e-12 * abs(ref.llf / N)
+
+
+def test_user_log_density_with_constraints_matches_exact_newton():
+    """A heteroscedastic-free Student-t regression with a Positive scale and df: no GLM
+    structure, the Hessian of the subsample by autodiff as everywhere else."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(N, 3))
+    y = X @ np.array([1.0, -0.5, 0.25]) + 0.3 + 0.7 * rng.standard_t(5.0, size=N)
+
+    def logp(p, x, y):
+        return jst.t.logpdf(y, p["df"], x @ p["b"] + p["c"], p["scale"])
+
+    init = {"b": jnp.zeros(3), "c": 0.0, "scale": mlefit.Positive(1.0),
+            "df": mlefit.Positive(10.0)}
+    res = mlefit.fit(logp, (X, y), init, optimizer=SUB)
+    ref = mlefit.fit(logp, (X, y), init, optimizer="newton")
+    _converged(res)
+    assert abs(float(res.nll) - float(ref.nll)) <= 1e-12 * abs(float(ref.nll))
+    for k in ("b", "c", "scale", "df"):
+        np.testing.assert_allclose(np.asarray(res.params[k]), np.asarray(ref.params[k]),
+                                   rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("model", ["logistic", "poisson"])
+def test_ready_made_models_with_the_solver(model):
+    X, y = _logistic_data() if model == "logistic" else _poisson_data()
+    m = models.Logistic() if model == "logistic" else models.PoissonRegression()
+    res = mlefit.fit(m, (X[:, 1:], y), optimizer=SUB)
+    ref = mlefit.fit(m, (X[:, 1:], y), optimizer="newton")
+    _converged(res)
+    assert abs(float(res.nll) - float(ref.nll)) <= 1e-12 * abs(float(ref.nll))
+    np.testing.assert_allclose(np.asarray(res.params["coef"]), np.asarray(ref.params["coef"]),
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_reproducible_from_the_seed(logistic, logistic_fit):
+    X, y, _, _ = logistic
+    again = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer=SUB)
+    assert np.array_equal(np.asarray(again.params), np.asarray(logistic_fit.params))
+    assert int(again.steps) == int(logistic_fit.steps)
+    a = np.asarray(subsample_indices(3, None, N, 2000))
+    assert np.array_equal(a, np.asarray(subsample_indices(3, None, N, 2000)))
+    assert not np.array_equal(a, np.asarray(subsample_indices(4, None, N, 2000)))
+    other = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]),
+                       optimizer=SubsampledNewton(min_rows=2000, seed=4))
+    assert abs(float(other.nll) - float(logistic_fit.nll)) <= 1e-12 * float(logistic_fit.nll)
+
+
+def test_subsample_rows_have_positive_weight():
+    rng = np.random.default_rng(5)
+    w = rng.uniform(0.5, 2.0, size=N) * (rng.uniform(size=N) < 0.6)
+    w[-3000:] = 0.0  # a tail of padding
+    idx = np.asarray(subsample_indices(0, jnp.asarray(w), N, 2000))
+    assert idx.shape == (2000,)
+    assert np.all(w[idx] > 0)
+    assert np.all(np.diff(idx) > 0)  # distinct (stratified over the positive rows)
+    # spread over all positive rows: each tenth of them is hit about m / 10 times
+    ranks = np.searchsorted(np.flatnonzero(w > 0), idx)
+    counts = np.bincount(ranks * 10 // np.count_nonzero(w > 0), minlength=10)
+    assert np.all(np.abs(counts - 200) <= 1)  # one stratum may straddle a tenth
+    # fewer positive rows than m: repeats of positive rows, never a zero-weight one
+    w_few = np.zeros(50)
+    w_few[[3, 17, 40]] = 1.0
+    idx = np.asarray(subsample_indices(0, jnp.asarray(w_few), 50, 10))
+    assert set(idx.tolist()) <= {3, 17, 40}
+
+
+def test_weighted_fit_equals_the_fit_without_zero_weight_rows(logistic):
+    X, y, _, _ = logistic
+    rng = np.random.default_rng(6)
+    w = rng.integers(0, 3, size=N).astype(float)  # a third of the rows weigh 0
+    res = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), weights=w,
+                     optimizer=SUB)
+    keep = w > 0
+    ref = mlefit.fit(logistic_logp, (X[keep], y[keep]), jnp.zeros(X.shape[1]),
+                     weights=w[keep], optimizer="newton")
+    _converged(res)
+    np.testing.assert_allclose(np.asarray(res.params), np.asarray(ref.params), rtol=1e-6,
+                               atol=1e-8)
+
+
+def test_subsample_size_rule():
+    # m = min(n, max(20 p, 20,000))
+    assert subsample_size(10**6, 1) == 20_000
+    assert subsample_size(10**6, 33) == 20_000
+    assert subsample_size(10**6, 500) == 20_000
+    assert subsample_size(10**6, 1_500) == 30_000
+    assert subsample_size(50_000, 5_000) == 50_000  # capped at n
+    assert subsample_size(5_000, 500) == 5_000
+    assert subsample_size(10**6, 500, per_param=100, min_rows=10) == 50_000
+    s = SubsampledNewton(m=30_000)
+    assert s.size(10**6, 500) == 30_000 and s.size(1_000, 500) == 1_000
+    assert SubsampledNewton(min_rows=2000).size(N, 500) == 10_000
+
+
+def test_five_hundred_parameters():
+    """p = 500 by the default rule, m = max(20 p, 20,000) capped at n = 1,024 rows (a
+    padding bucket: no zero-weight rows): least squares, NumPy's solution."""
+    rng = np.random.default_rng(7)
+    n, p = 1_024, 500
+    X = rng.normal(size=(n, p))
+    y = X @ (0.1 * rng.normal(size=p)) + rng.normal(size=n)
+    assert SubsampledNewton().size(n, p) == n
+    res = mlefit.fit(lambda w, x, y: -0.5 * (y - x @ w) ** 2, (X, y), jnp.zeros(p),
+                     optimizer="subsampled")
+    _converged(res)
+    assert int(res.steps) <= 3  # the whole data's Hessian: Newton's steps
+    np.testing.assert_allclose(np.asarray(res.params), np.linalg.lstsq(X, y, rcond=None)[0],
+                               atol=1e-8)
+
+
+def test_default_rule_is_newton_or_lbfgs():
+    """Subsampled Newton only on request: not the default (compile time, see
+    mlefit._defaults.default_solver)."""
+    assert default_solver(1_000, 5) == "newton"
+    assert default_solver(1, 64) == "newton"  # sufficient statistics
+    assert default_solver(10**6, 33) == "lbfgs"
+    assert default_solver(500_000, 17) == "lbfgs"
+    assert default_solver(200_000, 650) == "lbfgs"  # the softmax benchmark
+
+
+def test_subsampled_is_chosen_on_request_only():
+    n, d = 80_000, 16
+    X = np.ones((n, d + 1))
+    y = np.zeros(n)
+    u0, transforms = split_init(jnp.zeros(d + 1), jnp.float64)
+    problem = Problem(logp=logistic_logp, name="logistic")
+    solver, _ = choose_solver(None, False, problem, u0, transforms, (X, y), None, None)
+    assert isinstance(solver, OptaxSolver)
+    solver, _ = choose_solver(SubsampledNewton(), False, problem, u0, transforms, (X, y),
+                              None, None)
+    assert isinstance(solver, SubsampledNewton)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="m must be an int >= 1, got 0"):
+        SubsampledNewton(m=0)
+    with pytest.raises(ValueError, match="per_param must be an int >= 1"):
+        SubsampledNewton(per_param=-1)
+    with pytest.raises(ValueError, match="min_rows must be an int >= 1, got 2.5"):
+        SubsampledNewton(min_rows=2.5)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        SubsampledNewton(seed=-1)
+    x = np.arange(10.0)
+    logp = lambda p, x: jst.norm.logpdf(x, p, 1.0)  # noqa: E731
+    with pytest.raises(ValueError, match="'subsampled' is a full-batch method.*batch_size"):
+        mlefit.fit(logp, x, 0.0, optimizer="subsampled", batch_size=2)
+    with pytest.raises(ValueError, match="'subsampled' is a full-batch method.*stream"):
+        mlefit.fit(logp, mlefit.ArrayStream(x, chunk_size=5), 0.0, optimizer=SUB)
+    with pytest.raises(ValueError, match="named optimizers are 'newton' and 'subsampled'"):
+        mlefit.fit(logp, x, 0.0, optimizer="subsample")
+
+
+def test_init_not_finite_is_reported():
+    X, y = _poisson_data(n=4_000)
+    with pytest.raises(ValueError, match="not finite"):
+        mlefit.fit(poisson_logp, (X, y), jnp.full(X.shape[1], 1e3), optimizer=SUB)
+
+
+MESH = """
+import sys, json
+import numpy as np, jax, jax.numpy as jnp
+jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, {tests!r})
+import mlefit
+from test_subsampled import _logistic_data, logistic_logp
+from mlefit._solver_subsampled import SubsampledNewton
+assert len(jax.devices()) == 4
+X, y = _logistic_data(n=20_001)  # not a multiple of 4: padded with zero weights
+sub = SubsampledNewton(min_rows=2000)
+one = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer=sub)
+four = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer=sub,
+                  mesh=mlefit.data_mesh())
+print("RESULT " + json.dumps({{"one": np.asarray(one.params).tolist(),
+      "four": np.asarray(four.params).tolist(), "g": float(four.grad_norm),
+      "status": int(four.status_code), "nll": [float(one.nll), float(four.nll)]}}))
+"""
+
+
+def test_sharded_fit_over_four_devices():
+    import json
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    code = textwrap.dedent(MESH.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("RESULT "):])
+    assert r["status"] == 0 and r["g"] <= 1e-9
+    np.testing.assert_allclose(r["four"], r["one"], rtol=1e-7, atol=1e-9)
+    assert abs(r["nll"][0] - r["nll"][1]) <= 1e-13
