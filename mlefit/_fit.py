@@ -12,6 +12,7 @@ checkpoints live in :mod:`mlefit._stream`, :mod:`mlefit._distributed` and
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import equinox as eqx
@@ -22,18 +23,19 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ._checkpoint import check_checkpoint_options, run_minibatch
-from ._checks import check_data, check_model_output, check_weights, float_dtype
+from ._checks import check_data, check_model_output, check_weights, float_dtype, is_traced
 from ._compiled import compiled_call, model_fingerprint
 from ._constraints import constrain, split_init
 from ._data import column_names
 from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
+from ._implicit import argmin
 from ._inference import analyse_hessian, expected_information_of, seed_inference
 from ._iterate import iterate_finish, iterate_init, iterate_run
 from ._likelihood import check_penalty, penalised, penalty_at
 from ._minibatch import minibatch_loop
-from ._model import as_problem
+from ._model import AbstractModel, as_problem
 from ._newton import Newton
 from ._objective import Reduced, objective, reduce_enabled, reduce_logp
 from ._options import check_named_optimizer, check_options
@@ -44,6 +46,15 @@ from ._result import FitResult
 from ._solver_optax import OptaxSolver, default_optimizer
 from ._status import Status
 from ._stream import fit_source, is_source
+from ._suffstats import plan_for, reduced_mean_loglik, specialise, suffstats
+from ._traced import (
+    TracedFixed,
+    check_traced_options,
+    flat_names,
+    split_fixed,
+    under_transformation,
+    unwrap_model,
+)
 from ._weights import check_weights_kind, effective_weights, resolve_weights_kind, weighted_n_obs
 
 __all__ = ["fit", "choose_solver", "fit_fingerprint"]
@@ -67,7 +78,7 @@ def fit(
     key: jax.Array | None = None,
     max_steps: int | None = None,
     tol: float | None = None,
-    history: bool = True,
+    history: bool | None = None,
     progress: bool | dict = False,
     mesh=None,
     checkpoint=None,
@@ -124,7 +135,8 @@ def fit(
             ``converged`` if the start is already an optimum).
         tol: stop when the max-norm of the gradient of the mean NLL (with respect to the
             unconstrained parameters) is ``<= tol``; default 1e-9 (float64), 1e-5 (float32).
-        history: record the mean NLL of every step (epoch for minibatch fits).
+        history: record the mean NLL of every step (epoch for minibatch fits); default
+            True, False inside ``jit``/``vmap``/``grad`` (a ``max_steps + 1`` buffer per fit).
         progress: show a tqdm progress bar (``True``, or a dict of tqdm options such as
             ``{"delay": 1.0}``) between compiled chunks of steps.
         mesh: a ``jax.sharding.Mesh``: shard the observations over its devices (padding
@@ -177,6 +189,16 @@ def fit(
     ``data`` may also be a stream of batches (``mlefit.ArrayStream`` over arrays or
     ``.npy`` files): see ``mlefit.ArrayStream``.
 
+    ``fit`` composes with JAX: inside ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (traced
+    data, weights, ``init`` or fixed values, or a model or penalty closing over traced
+    values) it is one traced loop (no padding, chunking or cached executable; host
+    checks only on concrete inputs; see :mod:`mlefit._traced`), and the estimate is
+    differentiable by the implicit function theorem,
+    ``dw*/dtheta = -H^-1 d(grad_w nll)/dtheta`` (:mod:`mlefit._implicit`; NaN, with a
+    warning outside ``jit``, for a fit that did not converge or a singular Hessian).
+    Methods that need the host (``summary``, ``stderr``, ``status``, ...) are for the
+    returned result, outside the transformation.
+
     Returns:
         A :class:`FitResult`. A fit that does not converge says so in ``status``; its
         ``params`` are the best finite iterate, never NaN.
@@ -200,6 +222,16 @@ def fit(
             "fixed, penalty: not available for streams of batches yet; fit data in memory, "
             "or write the fixed values or the penalty into log_prob."
         )
+    if is_traced(data, init, weights, fixed) or under_transformation():
+        check_traced_options(
+            max_steps=max_steps, tol=tol, history=history, epochs=epochs, key=key,
+            weights_kind=weights_kind, checkpoint_every=checkpoint_every,
+            batch_size=batch_size, mesh=mesh, checkpoint=checkpoint, resume_from=resume_from,
+            progress=progress, stream=is_source(data) or None,
+        )
+        return _fit_traced(model, data, init, weights, weights_kind, optimizer, newton,
+                           max_steps, tol, bool(history), fixed, penalty)
+    history = True if history is None else history
     if is_source(data):
         return fit_source(
             model, data, init, weights=weights, optimizer=optimizer, batch_size=batch_size,
@@ -266,18 +298,21 @@ def fit(
     return penalty_at(res)
 
 
-def choose_solver(optimizer, newton: bool, logp, u0, transforms, data, weights, layout):
+def choose_solver(optimizer, newton: bool, logp, u0, transforms, data, weights, layout,
+                  reduce: bool = True):
     """``(solver, logp)``: the solver of a full-batch fit and the log-density it minimises
     (:class:`~mlefit._objective.Reduced` where sufficient statistics apply).
 
     ``optimizer=None`` and not ``newton``: :class:`~mlefit._newton.Newton` where
     :func:`~mlefit._defaults.use_newton` says a Hessian is cheap, else L-BFGS.
+    ``reduce``: try the sufficient-statistics reduction (which reads the data).
     """
     fit_logp = logp
     dtype = float_dtype(data)
     # Sufficient statistics on one device, in the default float dtype (float32 data under
     # x64 mix dtypes in the plan).
-    if layout is None and reduce_enabled() and dtype == jnp.dtype(jnp.result_type(float)):
+    if (reduce and layout is None and reduce_enabled()
+            and dtype == jnp.dtype(jnp.result_type(float))):
         fit_logp = reduce_logp(logp, u0, transforms, data, weights)
     if newton:
         return Newton(eig=True, restart=True), fit_logp
@@ -470,3 +505,106 @@ def with_summary(transforms, out):
 def _fit_minibatch_compiled(logp, transforms, opt, u0, data, weights, key, tol, batch_size, epochs):
     out = minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size, epochs, tol)
     return with_summary(transforms, out)
+
+
+# ---------------------------------------------------------------------------------------
+# The traced fit: inside jit / vmap / grad (see mlefit/_traced.py)
+# ---------------------------------------------------------------------------------------
+def _fit_traced(model, data, init, weights, weights_kind, optimizer, newton: bool,
+                max_steps, tol, record_history: bool, fixed, penalty) -> FitResult:
+    """``fit`` with traced inputs: checks of what is concrete, one inlined loop, an
+    estimate differentiable by the implicit function theorem (:func:`_implicit.argmin`)."""
+    data = check_data(data)
+    n = data[0].shape[0]
+    traced_data = is_traced(data)
+    fixed, traced_fixed = split_fixed(fixed)
+    insert = None
+    if traced_fixed:
+        if not isinstance(model, AbstractModel) and hasattr(model, "log_prob"):
+            raise ValueError(
+                "fixed: an equinox Module is its own parameters; fixed= is for a function "
+                "log_prob(params, *obs) with init, or a ready-made model."
+            )
+        insert = TracedFixed(traced_fixed)
+        logp0, init, name = unwrap_model(model, init, data, insert)
+        if init is None:
+            raise ValueError(
+                "init: a model given as a plain function log_prob(params, *obs) needs a "
+                "starting point, e.g. init={'mu': 0.0, 'sigma': mlefit.Positive(1.0)}."
+            )
+        if isinstance(model, AbstractModel) and not traced_data:
+            model.check_data(*data)
+        model, init = insert.model(logp0, name), insert.free(init)
+        penalty = insert.penalty(penalty)
+    problem, init = as_problem(model, init, data, fixed=fixed, check_data=not traced_data)
+    dtype = float_dtype(data)
+    u0, transforms = split_init(init, dtype)
+    opts = check_options(n, dtype, None if newton else optimizer, None, None, None,
+                         max_steps, tol, record_history)
+    u_aval = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), u0)
+    check_model_output(problem.logp, u_aval, data)
+    weights = check_weights(weights, n, dtype)
+    weights_kind = resolve_weights_kind(weights_kind, weights)
+    weights = effective_weights(weights, weights_kind)
+    n_obs = weighted_n_obs(n, weights, dtype, weights_kind)
+    if penalty is not None:
+        problem = penalised(problem, penalty, 1.0, jax.eval_shape(
+            lambda u: constrain(u, transforms), u_aval))
+        problem = dataclasses.replace(problem, logp=_penalised_kernel(
+            problem.density, problem.penalty, n_obs))
+    warn_if_float32(dtype)
+    solver, fit_logp = choose_solver(None if newton else opts.optimizer, newton, problem.logp,
+                                     u_aval, transforms, data, weights, None, reduce=False)
+    x0, unravel = ravel_pytree(jax.tree.map(jnp.asarray, u0))
+    f, args = _traced_objective(fit_logp, transforms, x0, unravel, data, weights)
+    x, value, grad, steps, status, hist = argmin(
+        solver, f, x0, args, opts.tol, opts.max_steps, opts.history, flat_names(u0))
+    u = unravel(x)
+    params = problem.finalize(constrain(u, transforms))
+    if insert is not None:
+        params = insert.insert(params)
+    grad_norm = jnp.max(jnp.abs(grad)) if grad.size else jnp.zeros((), grad.dtype)
+    res = FitResult(
+        params=params, u=u, nll=value, n_obs=n_obs, status_code=status, steps=steps,
+        grad_norm=grad_norm, history_buffer=hist, data=data, weights=weights,
+        weights_kind=weights_kind, problem=problem, transforms=transforms,
+        minibatch=False, tol=float(opts.tol),
+    )
+    if problem.penalty is not None:
+        res = dataclasses.replace(res, penalty=problem.penalty(constrain(u, transforms)))
+    return res
+
+
+def _penalised_kernel(density, penalty, total_weight):
+    """``log p(params, *obs) - f(params) / W`` with a possibly traced total weight ``W``
+    (:class:`mlefit._likelihood.Penalised` holds ``W`` as a static number)."""
+
+    def kernel(params, *obs):
+        lp = density(params, *obs)
+        return lp - jnp.asarray(penalty(params), lp.dtype) / total_weight
+
+    return kernel
+
+
+def _traced_objective(logp, transforms, x0, unravel, data, weights):
+    """``(f, args)``: ``f(x, args)`` the mean NLL at ``unravel(x)`` and the inputs it
+    depends on explicitly. Where the log-density is affine in data features with no
+    data-dependent condition (:mod:`mlefit._suffstats`; a condition would have to be
+    read from the data), ``args`` are the sufficient statistics, computed once (and
+    differentiable in the data); otherwise the data and weights."""
+    params = jax.eval_shape(lambda x: constrain(unravel(x), transforms), x0)
+    obs = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
+    plan = plan_for(logp, params, obs) if reduce_enabled() else None
+    spec = None if plan is None or plan.conditions else specialise(plan, data, weights,
+                                                                   batched=False)
+    if spec is not None:
+        def reduced(x, stats):
+            return -reduced_mean_loglik(spec, constrain(unravel(x), transforms), stats)
+
+        return reduced, suffstats(spec, data, weights)
+
+    def f(x, args):
+        d, w = args
+        return objective(logp, transforms, d, w)(unravel(x))
+
+    return f, (data, weights)

@@ -9,10 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import is_traced
 from ._labelled import optional_pandas
 from ._model import Problem
 from ._predict import predict_of
 from ._status import Status
+from ._traced import NOT_AVAILABLE
 
 __all__ = ["FitResult"]
 
@@ -88,6 +90,7 @@ class FitResult(eqx.Module):
         are kept as the optimiser reported them (``optimizer_status``). Models with more
         than 2000 parameters skip the Hessian check here (``res.cov`` still computes it).
         """
+        _host_only(self, "status")
         from ._inference import refined_status_code
 
         return _as_status(refined_status_code(self))
@@ -95,6 +98,7 @@ class FitResult(eqx.Module):
     @property
     def optimizer_status(self):
         """The :class:`Status` as the optimiser reported it, before the inference checks."""
+        _host_only(self, "optimizer_status")
         return _as_status(np.asarray(self.status_code))
 
     @property
@@ -104,6 +108,7 @@ class FitResult(eqx.Module):
 
         ``optimizer_status`` says whether the optimiser alone converged.
         """
+        _host_only(self, "converged")
         from ._inference import refined_status_code
 
         return jnp.asarray(refined_status_code(self) == Status.CONVERGED)
@@ -125,6 +130,7 @@ class FitResult(eqx.Module):
     @property
     def history(self):
         """Mean NLL per step (index 0: the start), or per epoch for minibatch fits."""
+        _host_only(self, "history")
         if self.history_buffer is None:
             return None
         h = np.asarray(self.history_buffer)
@@ -186,6 +192,7 @@ class FitResult(eqx.Module):
         Example:
             >>> res.covariance("cluster", groups=firm)  # doctest: +SKIP
         """
+        _host_only(self, "covariance")
         from ._inference import labelled_cov
 
         return labelled_cov(self, kind, groups)
@@ -200,6 +207,7 @@ class FitResult(eqx.Module):
     def stderr(self):
         """Standard errors ``sqrt(diag(cov))`` as a pytree like ``params`` (NaN where
         the Hessian gives none; see ``status``)."""
+        _host_only(self, "stderr")
         from ._inference import _unflatten, inference_of
 
         return _unflatten(self, inference_of(self).stderr)
@@ -208,6 +216,7 @@ class FitResult(eqx.Module):
     def hessian(self):
         """Hessian of the total NLL at the estimate, unconstrained parametrisation, ``(p, p)``
         (rows and columns: ``param_names``, a :class:`~mlefit.LabelledArray`)."""
+        _host_only(self, "hessian")
         from ._inference import inference_of, labelled_matrix
 
         return labelled_matrix(self, inference_of(self).hessian)
@@ -215,6 +224,7 @@ class FitResult(eqx.Module):
     @property
     def hessian_cond(self) -> jax.Array:
         """Condition number of ``hessian``: ``max|lambda| / min lambda`` (``inf`` if not PD)."""
+        _host_only(self, "hessian_cond")
         from ._inference import inference_of
 
         return inference_of(self).condition_number
@@ -224,6 +234,7 @@ class FitResult(eqx.Module):
         """Estimated distance to the minimum of the total NLL, ``g^T H^-1 g / 2`` (Minuit's
         EDM): what a Newton step from the estimate would still gain. Near 0 at an optimum;
         large with a tiny gradient where the NLL is flat (status ``NOT_AT_MINIMUM``)."""
+        _host_only(self, "edm")
         from ._inference import inference_of
 
         return inference_of(self).edm
@@ -272,6 +283,7 @@ class FitResult(eqx.Module):
         Example:
             >>> lo, hi = res.confint(0.95, method="profile", params=["sigma"])[0]  # doctest: +SKIP
         """
+        _host_only(self, "confint")
         from ._inference import confint_of
 
         return confint_of(self, level, method, params, kind, groups)
@@ -292,6 +304,7 @@ class FitResult(eqx.Module):
         Example:
             >>> res.to_frame().loc["mu", "stderr"]  # doctest: +SKIP
         """
+        _host_only(self, "to_frame")
         from ._inference import param_table
 
         table = param_table(self, level, kind, method)
@@ -306,6 +319,7 @@ class FitResult(eqx.Module):
         Example:
             >>> curve = res.profile("sigma", np.linspace(0.8, 1.2, 9))  # doctest: +SKIP
         """
+        _host_only(self, "profile")
         from ._inference import profile_of
 
         return profile_of(self, name, values)
@@ -316,6 +330,7 @@ class FitResult(eqx.Module):
         converged, status, steps, gradient norm, Hessian condition number) and per parameter
         estimate, std err, z, P>|z| and the Wald interval; notes say why a std err is NaN.
         ``kind`` (and ``groups``) pick the covariance, as in ``covariance``."""
+        _host_only(self, "summary")
         from ._inference import summary_of
 
         return summary_of(self, kind, level, max_rows, groups)
@@ -333,22 +348,27 @@ class FitResult(eqx.Module):
             >>> pred = res.predict(X_new)  # doctest: +SKIP
             >>> pred.mean, pred.se, pred.confint(0.95)  # doctest: +SKIP
         """
+        _host_only(self, "predict")
         return predict_of(self, X, kind, groups)
 
     def gof(self, statistics=("ks", "cvm", "ad"), n_boot: int = 1000, *, key, **fit_options):
         """Returns KS, Cramer-von Mises and Anderson-Darling statistics with p-values by
         parametric bootstrap with refitting (:func:`mlefit._gof.gof`; ``key``: a PRNG key)."""
+        _host_only(self, "gof")
         from ._gof import gof
 
         return gof(self, statistics, n_boot, key=key, **fit_options)
 
     def _repr_html_(self) -> str:
+        _host_only(self, "_repr_html_")
         from ._inference import html_of
 
         return html_of(self)
 
     # -- display -----------------------------------------------------------------
     def __repr__(self) -> str:
+        if is_traced(self.nll, self.u, self.status_code):
+            return f"FitResult(model={self.model_name}, traced)"
         if self.batch_shape:
             codes = np.asarray(self.status_code).ravel()
             counts = {str(Status(c)): int((codes == c).sum()) for c in np.unique(codes)}
@@ -361,6 +381,16 @@ class FitResult(eqx.Module):
             f"FitResult(model={self.model_name}, params={params}, nll={float(self.nll):.10g}, "
             f"n_obs={_num(self.n_obs)}, status={self.status}, steps={int(self.steps)}, "
             f"grad_norm={float(self.grad_norm):.3g})"
+        )
+
+
+def _host_only(res: FitResult, what: str) -> None:
+    """``TypeError`` for a method that needs concrete values, called on a traced result."""
+    if is_traced(res.nll, res.u, res.status_code):
+        raise TypeError(
+            f"FitResult.{what}: {NOT_AVAILABLE} (e.g. res = jax.jit(f)(x); res.{what}). "
+            "Inside the transformation use res.params, res.nll, res.status_code, res.steps, "
+            "res.grad_norm, res.loglik."
         )
 
 
