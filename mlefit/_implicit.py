@@ -26,7 +26,9 @@ The solve (documented rule):
   relative) makes the derivative NaN;
 - above: conjugate gradients on Hessian-vector products
   (``jax.scipy.sparse.linalg.cg``, relative tolerance ``CG_RTOL``, at most
-  ``CG_MAXITER_FACTOR * p`` iterations), the Hessian never formed.
+  ``CG_MAXITER_FACTOR * p`` iterations), the Hessian never formed; a solve that misses
+  its tolerance (singular or indefinite Hessian) is NaN (no warning: the check is on
+  the vector being solved for, inside the transformation).
 
 A fit that did not converge (any status but ``CONVERGED``) or whose Hessian is singular
 has a NaN derivative, never a silent wrong number. Outside ``jit``/``vmap`` (when the
@@ -170,12 +172,20 @@ def _solve(f, x, rhs):
     def hvp(v):
         return jax.jvp(jax.grad(f), (x,), (v,))[1]
 
-    sol, _ = jax.scipy.sparse.linalg.cg(hvp, rhs, tol=CG_RTOL, maxiter=CG_MAXITER_FACTOR * p)
-    # CG does not report failure: check the residual of the solution it returns.
-    resid = jnp.linalg.norm(hvp(jax.lax.stop_gradient(sol)) - jax.lax.stop_gradient(rhs))
-    bound = 1e3 * CG_RTOL * jnp.linalg.norm(jax.lax.stop_gradient(rhs)) + jnp.finfo(x.dtype).tiny
-    identified = jnp.isfinite(resid) & (resid <= bound)
-    return sol, identified, None
+    sol = jax.lax.custom_linear_solve(hvp, rhs, _cg, _cg, symmetric=True)
+    return sol, jnp.asarray(True), None
+
+
+def _cg(matvec, b):
+    """CG solve of ``matvec(x) = b``, NaN where CG did not reach its tolerance (a singular
+    or indefinite Hessian). Used through ``lax.custom_linear_solve``, which treats it as
+    the linear map ``H^-1`` (so the NaN check, applied to the tangent or cotangent being
+    solved for, does not make the rule non-linear to JAX)."""
+    p = b.size
+    sol, _ = jax.scipy.sparse.linalg.cg(matvec, b, tol=CG_RTOL, maxiter=CG_MAXITER_FACTOR * p)
+    resid = jnp.linalg.norm(matvec(sol) - b)
+    ok = jnp.isfinite(resid) & (resid <= 1e3 * CG_RTOL * jnp.linalg.norm(b))
+    return jnp.where(ok, sol, jnp.nan)
 
 
 def _is_concrete(*xs) -> bool:
