@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "RUNNING", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_STEPS_NEWTON", "DEFAULT_MAX_STEPS_MANY",
-    "DEFAULT_MAX_STEPS_MANY_NEWTON", "NO_PROGRESS_PATIENCE",
+    "DEFAULT_MAX_STEPS_MANY_NEWTON", "HISTORY_MAX_STEPS", "NO_PROGRESS_PATIENCE",
     "STALL_TOL_FACTOR", "NEWTON_MAX_REFUSALS", "NEWTON_MAX_PARAMS", "NEWTON_BUDGET",
     "default_tol", "use_newton",
 ]
@@ -25,6 +25,9 @@ DEFAULT_MAX_STEPS_NEWTON = 1_000
 DEFAULT_MAX_STEPS_MANY_NEWTON = 100
 # fit_many, L-BFGS budget per member: a batched loop costs as much as its slowest member.
 DEFAULT_MAX_STEPS_MANY = 2_000
+# The history of a fit records at most this many steps (a buffer of this length + 1 is
+# part of the compiled loop's state: max_steps=10**9 must not allocate 8 GB).
+HISTORY_MAX_STEPS = 100_000
 # Steps in a row without a change of the NLL beyond rounding before a fit stops.
 NO_PROGRESS_PATIENCE = 5
 # A stalled fit still counts as converged when its gradient is within this factor of tol.

@@ -13,6 +13,7 @@ checkpoints live in :mod:`mlefit._stream`, :mod:`mlefit._distributed` and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import equinox as eqx
@@ -31,7 +32,12 @@ from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
 from ._implicit import argmin
-from ._inference import analyse_hessian, expected_information_of, seed_inference
+from ._inference import (
+    HESSIAN_ERRORS,
+    analyse_hessian,
+    expected_information_of,
+    seed_inference,
+)
 from ._iterate import iterate_finish, iterate_init, iterate_run
 from ._likelihood import check_penalty, penalised, penalty_at
 from ._minibatch import minibatch_loop
@@ -265,9 +271,12 @@ def fit(
     if opts.batch_size is None:
         # problem -> objective -> run, one compiled program
         solver, fit_logp = choose_solver(None if newton else opts.optimizer, newton,
-                                         problem.logp, u0, transforms, data, weights, layout)
-        out, inference = _full_batch(solver, fit_logp, transforms, u0, data, weights,
-                                     tol_arr, opts.max_steps, opts.history, layout, progress)
+                                         problem, u0, transforms, data, weights, layout)
+        run = functools.partial(_full_batch, logp=fit_logp, transforms=transforms, u0=u0,
+                                data=data, weights=weights, tol=tol_arr,
+                                max_steps=opts.max_steps, record_history=opts.history,
+                                layout=layout, progress=progress)
+        out, inference = _run_with_fallback(run, solver, chosen=not newton)
     elif checkpoint is None and resume_from is None and layout is None and not progress:
         out = _fit_minibatch_compiled(
             problem.logp, transforms, opts.optimizer, u0, data, weights, opts.key, tol_arr,
@@ -298,15 +307,18 @@ def fit(
     return penalty_at(res)
 
 
-def choose_solver(optimizer, newton: bool, logp, u0, transforms, data, weights, layout,
+def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weights, layout,
                   reduce: bool = True):
     """``(solver, logp)``: the solver of a full-batch fit and the log-density it minimises
     (:class:`~mlefit._objective.Reduced` where sufficient statistics apply).
 
     ``optimizer=None`` and not ``newton``: :class:`~mlefit._newton.Newton` where
-    :func:`~mlefit._defaults.use_newton` says a Hessian is cheap, else L-BFGS.
-    ``reduce``: try the sufficient-statistics reduction (which reads the data).
+    :func:`~mlefit._defaults.use_newton` says a Hessian is cheap, else L-BFGS; a model
+    that declares its likelihood not smooth (``smooth = False``: kinks, where the Hessian
+    says nothing) is fitted by L-BFGS. ``reduce``: try the sufficient-statistics
+    reduction (which reads the data).
     """
+    logp = problem.logp
     fit_logp = logp
     dtype = float_dtype(data)
     # Sufficient statistics on one device, in the default float dtype (float32 data under
@@ -320,7 +332,7 @@ def choose_solver(optimizer, newton: bool, logp, u0, transforms, data, weights, 
         return OptaxSolver(optimizer), fit_logp
     p = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(u0))
     n_eff = 1 if isinstance(fit_logp, Reduced) else data[0].shape[0]
-    if use_newton(n_eff, p):
+    if use_newton(n_eff, p) and getattr(problem.source, "smooth", True):
         return Newton(eig=True, restart=True), fit_logp
     return OptaxSolver(default_optimizer()), fit_logp
 
@@ -331,9 +343,37 @@ def _with_inference(solver) -> bool:
     return isinstance(solver, Newton)
 
 
+def _run_with_fallback(run, solver, chosen: bool):
+    """``run(solver)``, or with L-BFGS where Newton cannot work for this model.
+
+    Two models cannot be fitted by Newton: one JAX differentiates once but not twice (no
+    second-derivative rule, a ``custom_vjp``, a host callback: found while tracing, before
+    anything compiles), and one whose Hessian is not finite anywhere Newton looked (an
+    ordered model with +-inf end cut points: Newton stalls at its start). Where the
+    default chose Newton (``chosen``), such a model is fitted by L-BFGS instead; where
+    the user asked for Newton, the first raises an error that says so.
+    """
+    if not isinstance(solver, Newton):
+        return run(solver)[:2]
+    lbfgs = OptaxSolver(default_optimizer())
+    try:
+        out, inference, hess_finite = run(solver)
+    except HESSIAN_ERRORS as e:
+        if not chosen:
+            raise ValueError(
+                "optimizer: 'newton' needs second derivatives of the model, which JAX "
+                f"cannot take here ({type(e).__name__}: {e}); use the default or an optax "
+                "optimizer (first derivatives only)."
+            ) from e
+        return run(lbfgs)[:2]
+    if chosen and not hess_finite and int(out[4]) != Status.CONVERGED:
+        return run(lbfgs)[:2]
+    return out, inference
+
+
 def _full_batch(solver, logp, transforms, u0, data, weights, tol, max_steps: int,
                 record_history: bool, layout, progress):
-    """Runs the full-batch fit program; returns ``(out, inference or None)``.
+    """Runs the full-batch fit program; returns ``(out, inference or None, hess_finite)``.
 
     One compiled program runs the whole fit (Newton: every step; L-BFGS: the first 100
     steps); a fit still running after it continues in chunks of about 0.5 s (a second
@@ -388,10 +428,12 @@ def _full_batch(solver, logp, transforms, u0, data, weights, tol, max_steps: int
             if out is not None:
                 bar.update(int(out[3]) - bar.n)
             bar.close()
+    hess_finite = True
     if inference is not None:
-        inference, ready = inference
+        inference, ready, hess_finite = inference
         inference = inference if bool(ready) else None
-    return out, inference
+        hess_finite = bool(hess_finite)
+    return out, inference, hess_finite
 
 
 def _is_small(data, p: int) -> bool:
@@ -455,7 +497,7 @@ def _program_continue(logp, transforms, solver, max_steps, record_history, with_
         shapes = jax.eval_shape(analysed)
         current = solver.current(carry.state)[0]  # the Hessian is the current iterate's
         ready = (status != RUNNING) & exact & jnp.all(current == x)
-        inference = (jax.lax.cond(ready, analysed, lambda: _nan_like(shapes)), ready)
+        inference = (jax.lax.cond(ready, analysed, lambda: _nan_like(shapes)), ready, exact)
     return carry, out, inference
 
 
@@ -553,12 +595,19 @@ def _fit_traced(model, data, init, weights, weights_kind, optimizer, newton: boo
         problem = dataclasses.replace(problem, logp=_penalised_kernel(
             problem.density, problem.penalty, n_obs))
     warn_if_float32(dtype)
-    solver, fit_logp = choose_solver(None if newton else opts.optimizer, newton, problem.logp,
+    solver, fit_logp = choose_solver(None if newton else opts.optimizer, newton, problem,
                                      u_aval, transforms, data, weights, None, reduce=False)
     x0, unravel = ravel_pytree(jax.tree.map(jnp.asarray, u0))
     f, args = _traced_objective(fit_logp, transforms, x0, unravel, data, weights)
-    x, value, grad, steps, status, hist = argmin(
-        solver, f, x0, args, opts.tol, opts.max_steps, opts.history, flat_names(u0))
+    run = functools.partial(argmin, f=f, x0=x0, args=args, tol=opts.tol,
+                            max_steps=opts.max_steps, record_history=opts.history,
+                            names=flat_names(u0))
+    try:
+        x, value, grad, steps, status, hist = run(solver)
+    except HESSIAN_ERRORS:  # a model JAX differentiates once only (found while tracing)
+        if newton or not isinstance(solver, Newton):
+            raise
+        x, value, grad, steps, status, hist = run(OptaxSolver(default_optimizer()))
     u = unravel(x)
     params = problem.finalize(constrain(u, transforms))
     if insert is not None:

@@ -10,7 +10,7 @@ out of the state. This module owns everything solvers share, written once:
   Ctrl-C, one compiled program per chunk);
 - best-so-far tracking: a fit that does not converge returns its best finite iterate;
 - non-finite values: the status says so, and the iterate stays the last finite one;
-- the history of ``f`` per step.
+- the history of ``f`` per step (the first ``HISTORY_MAX_STEPS`` = 100,000 steps).
 
 The loop works on the flat vector ``x`` of the parameters (``ravel_pytree``), so solvers
 are written for vectors. The continue flag is the carried status, computed in the body:
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ._defaults import RUNNING, STALL_TOL_FACTOR
+from ._defaults import HISTORY_MAX_STEPS, RUNNING, STALL_TOL_FACTOR
 from ._status import Status
 
 __all__ = ["AbstractSolver", "Carry", "iterate", "iterate_init", "iterate_run", "iterate_finish"]
@@ -91,7 +91,8 @@ def iterate_init(solver: AbstractSolver, f, x0, tol, max_steps: int, record_hist
     evaluation of the start)."""
     state = solver.init(f, x0)
     dtype = x0.dtype
-    hist = jnp.full((max_steps + 1,), jnp.nan, dtype) if record_history else None
+    hist = jnp.full((min(max_steps, HISTORY_MAX_STEPS) + 1,), jnp.nan, dtype) if (
+        record_history) else None
     if solver.lazy_start:
         inf = jnp.asarray(jnp.inf, dtype)
         zero = jnp.asarray(-1, jnp.int32)
@@ -146,7 +147,7 @@ def iterate_run(solver: AbstractSolver, f, carry: Carry, tol, max_steps: int, li
         history = c.history
         if history is not None:
             history = history.at[jnp.maximum(step, 0)].set(
-                jnp.where(finite, value, jnp.nan).astype(history.dtype)
+                jnp.where(finite, value, jnp.nan).astype(history.dtype), mode="drop"
             )
         return Carry(state, best_x, best_value, best_grad, step, status, at_tol | by_rule, history)
 
@@ -177,8 +178,8 @@ def iterate(solver: AbstractSolver, f, u0, tol, max_steps: int, record_history: 
 
     Returns ``(u, value, grad, steps, status, history)``: ``u`` and ``grad`` with the
     structure of ``u0``; ``status`` a :class:`Status` code; ``history`` the value of
-    ``f`` after each step (index 0: the start), NaN-padded to ``max_steps + 1``, or
-    ``None``.
+    ``f`` after each step (index 0: the start), NaN-padded to ``max_steps + 1`` (at most
+    100,001 entries), or ``None``.
 
     Example:
         >>> import jax.numpy as jnp

@@ -55,7 +55,7 @@ def normal_fits():
     mem = mlefit.fit(normal, X, normal_init())
     arr = mlefit.fit(normal, mlefit.ArrayStream(X, chunk_size=64), normal_init())
     batches = [(X[i:i + 100],) for i in range(0, N, 100)]
-    lst = mlefit.fit(normal, batches, normal_init())
+    lst = mlefit.fit(normal, mlefit.batches(batches), normal_init())
     return mem, arr, lst
 
 
@@ -67,7 +67,10 @@ def test_streamed_stderr_equals_in_memory_and_the_closed_form():
             # Both fits stop at gradient max-norm <= 1e-9 on the mean NLL, whose curvature
             # is 1 / sigma^2 ~ 0.25: estimates (and the stderr) agree to ~4e-9 relative.
             np.testing.assert_allclose(res.stderr[name], mem.stderr[name], rtol=1e-8)
-        np.testing.assert_allclose(res.cov, mem.cov, rtol=1e-8, atol=1e-14)
+        # The off-diagonal is 0 only at the exact MLE: at fits stopped within tol it is
+        # of the order of the gradient, so it is compared on the scale of the matrix.
+        scale = float(np.max(np.abs(np.asarray(mem.cov))))
+        np.testing.assert_allclose(res.cov, mem.cov, rtol=1e-8, atol=1e-8 * scale)
     sigma = X.std()  # the Gaussian MLE: mean and biased standard deviation
     np.testing.assert_allclose(arr.stderr["mu"], sigma / np.sqrt(N), rtol=1e-8)
     np.testing.assert_allclose(arr.stderr["sigma"], sigma / np.sqrt(2 * N), rtol=1e-8)
@@ -118,7 +121,7 @@ def test_streamed_profile_interval_says_what_to_do():
 
 def test_one_shot_iterator_stderr_says_what_to_do():
     it = iter([(X[:150],), (X[150:300],)])
-    res = mlefit.fit(normal, it, normal_init(), batch_size=50, epochs=1,
+    res = mlefit.fit(normal, mlefit.batches(it), normal_init(), batch_size=50, epochs=1,
                      optimizer=optax.sgd(1e-2), key=jax.random.key(0))
     with pytest.raises(ValueError, match=r"one-shot iterator.*re-iterable"):
         res.stderr  # noqa: B018 - the property raises
@@ -150,7 +153,7 @@ def test_stream_nan_in_a_batch_of_an_iterable():
     batches[2][1][7] = np.nan  # row 207 of the stream
     with pytest.raises(ValueError, match=r"data\[1\]: row 207 is nan \(batch 2 of epoch 0, "
                                          r"its row 7"):
-        mlefit.fit(linear, batches, linear_init())
+        mlefit.fit(linear, mlefit.batches(batches), linear_init())
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,6 +327,6 @@ def test_complex_data_is_named_in_fit_fit_many_and_streams():
     with pytest.raises(TypeError, match=rf"^data: {COMPLEX}"):
         mlefit.ArrayStream(z)
     with pytest.raises(TypeError, match=rf"^data: {COMPLEX}"):
-        mlefit.fit(normal, [(z[:100],), (z[100:],)], normal_init())
+        mlefit.fit(normal, mlefit.batches([(z[:100],), (z[100:],)]), normal_init())
     with pytest.raises(TypeError, match=rf"^weights: {COMPLEX}"):
         mlefit.fit(normal, X, normal_init(), weights=np.ones(N, complex))

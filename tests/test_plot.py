@@ -359,7 +359,7 @@ def test_estimates():
 def test_cli_plot_labels_the_data_axes_with_the_column_name(tmp_path, monkeypatch, capsys):
     from mlefit import _cli
 
-    monkeypatch.setattr(_cli, "_enable_compilation_cache", lambda: None)  # write no cache
+    # (tests/conftest.py turns the compilation cache off: nothing is written)
     x = np.random.default_rng(6).normal(2.0, 3.0, N)
     csv = tmp_path / "d.csv"
     csv.write_text("id,wait_time\n" + "".join(f"{i},{float(v)!r}\n" for i, v in enumerate(x)))

@@ -106,11 +106,13 @@ def test_opg_needs_first_derivatives_only():
                                                "scale": mlefit.Positive(1.0)})
     cov = np.asarray(res.covariance("opg"))
     a, s = float(res.params["shape"]), float(res.params["scale"])
-    # peer: scores by central differences of scipy's log-density (params order: scale, shape)
+    # peer: scores by central differences of scipy's log-density, in res.param_names order
+    # (the order init was written in: shape, scale)
+    assert res.param_names == ["shape", "scale"]
     h = 1e-6
     ds = (censored_gamma_np(a, s + h, x, d) - censored_gamma_np(a, s - h, x, d)) / (2 * h)
     da = (censored_gamma_np(a + h, s, x, d) - censored_gamma_np(a - h, s, x, d)) / (2 * h)
-    scores = np.column_stack([ds, da])
+    scores = np.column_stack([da, ds])
     np.testing.assert_allclose(cov, np.linalg.inv(scores.T @ scores), rtol=1e-5)
 
 

@@ -77,6 +77,9 @@ def _sample_design(model: str, n, X):
 class AbstractConditionalModel(AbstractModel):
     """A model ``p(y | x; w)`` of a response given a design row ``x``, with ``predict``.
 
+    The log-density is that of one observation, ``log p(y | x; params)``, as for every
+    mlefit model; subclasses add the prediction ``E[y | x]``.
+
     Subclasses implement ``predict(params, X)``: ``E[y | x]`` for each row of ``X``
     (``(n,)``; ``(n, K)`` class probabilities for classifiers), through
     :meth:`design`, which checks ``X``. Class attributes:
