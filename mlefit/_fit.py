@@ -52,7 +52,13 @@ from ._result import FitResult
 from ._solver_optax import OptaxSolver, default_optimizer
 from ._status import Status
 from ._stream import fit_source, is_source
-from ._suffstats import plan_for, reduced_mean_loglik, specialise, suffstats
+from ._suffstats import (
+    plan_for,
+    reduced_mean_loglik,
+    specialise,
+    specialise_traced,
+    suffstats,
+)
 from ._traced import (
     TracedFixed,
     check_traced_options,
@@ -308,7 +314,7 @@ def fit(
 
 
 def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weights, layout,
-                  reduce: bool = True):
+                  reduce: bool = True, n_eff: int | None = None):
     """``(solver, logp)``: the solver of a full-batch fit and the log-density it minimises
     (:class:`~mlefit._objective.Reduced` where sufficient statistics apply).
 
@@ -316,7 +322,8 @@ def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weight
     :func:`~mlefit._defaults.use_newton` says a Hessian is cheap, else L-BFGS; a model
     that declares its likelihood not smooth (``smooth = False``: kinks, where the Hessian
     says nothing) is fitted by L-BFGS. ``reduce``: try the sufficient-statistics
-    reduction (which reads the data).
+    reduction (which reads the data). ``n_eff``: the observations one evaluation passes
+    over, where the caller reduced the data itself (1 for sufficient statistics).
     """
     logp = problem.logp
     fit_logp = logp
@@ -331,7 +338,8 @@ def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weight
     if optimizer is not None and optimizer != default_optimizer():
         return OptaxSolver(optimizer), fit_logp
     p = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(u0))
-    n_eff = 1 if isinstance(fit_logp, Reduced) else data[0].shape[0]
+    if n_eff is None:
+        n_eff = 1 if isinstance(fit_logp, Reduced) else data[0].shape[0]
     if use_newton(n_eff, p) and getattr(problem.source, "smooth", True):
         return Newton(eig=True, restart=True), fit_logp
     return OptaxSolver(default_optimizer()), fit_logp
@@ -595,13 +603,15 @@ def _fit_traced(model, data, init, weights, weights_kind, optimizer, newton: boo
         problem = dataclasses.replace(problem, logp=_penalised_kernel(
             problem.density, problem.penalty, n_obs))
     warn_if_float32(dtype)
-    solver, fit_logp = choose_solver(None if newton else opts.optimizer, newton, problem,
-                                     u_aval, transforms, data, weights, None, reduce=False)
     x0, unravel = ravel_pytree(jax.tree.map(jnp.asarray, u0))
-    f, args = _traced_objective(fit_logp, transforms, x0, unravel, data, weights)
+    f, args, n_eff = _traced_objective(problem.logp, transforms, x0, unravel, data, weights,
+                                       problem.source)
+    solver, _ = choose_solver(None if newton else opts.optimizer, newton, problem, u_aval,
+                              transforms, data, weights, None, reduce=False, n_eff=n_eff)
+    # the tangent solve: Cholesky where a Hessian is cheap (Newton's rule), else CG
     run = functools.partial(argmin, f=f, x0=x0, args=args, tol=opts.tol,
                             max_steps=opts.max_steps, record_history=opts.history,
-                            names=flat_names(u0))
+                            names=flat_names(u0), direct=use_newton(n_eff, x0.size))
     try:
         x, value, grad, steps, status, hist = run(solver)
     except HESSIAN_ERRORS:  # a model JAX differentiates once only (found while tracing)
@@ -635,25 +645,45 @@ def _penalised_kernel(density, penalty, total_weight):
     return kernel
 
 
-def _traced_objective(logp, transforms, x0, unravel, data, weights):
-    """``(f, args)``: ``f(x, args)`` the mean NLL at ``unravel(x)`` and the inputs it
-    depends on explicitly. Where the log-density is affine in data features with no
-    data-dependent condition (:mod:`mlefit._suffstats`; a condition would have to be
-    read from the data), ``args`` are the sufficient statistics, computed once (and
-    differentiable in the data); otherwise the data and weights."""
+def _traced_objective(logp, transforms, x0, unravel, data, weights, source=None):
+    """``(f, args, n_eff)``: ``f(x, args)`` the mean NLL at ``unravel(x)``, the inputs it
+    depends on explicitly, and the observations one evaluation passes over. Where the
+    log-density is affine in data features (:mod:`mlefit._suffstats`; for a ready-made
+    model (``source``) whose log-density has data-only conditions, which cannot be read
+    from traced data, every way they can hold is prepared and the trace picks the data's,
+    :func:`~mlefit._suffstats.specialise_traced`), ``args``
+    are the sufficient statistics, computed once (and differentiable in the data), and
+    ``n_eff = 1``; otherwise the data and weights, ``n_eff = n``."""
     params = jax.eval_shape(lambda x: constrain(unravel(x), transforms), x0)
     obs = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
     plan = plan_for(logp, params, obs) if reduce_enabled() else None
-    spec = None if plan is None or plan.conditions else specialise(plan, data, weights,
-                                                                   batched=False)
+    spec = None
+    if plan is not None and not plan.conditions:
+        spec = specialise(plan, data, weights, batched=False)
     if spec is not None:
         def reduced(x, stats):
             return -reduced_mean_loglik(spec, constrain(unravel(x), transforms), stats)
 
-        return reduced, suffstats(spec, data, weights)
+        return reduced, suffstats(spec, data, weights), 1
+    if plan is not None and isinstance(source, AbstractModel):
+        # support conditions (x >= 0, isnan(x)) on traced data: chosen in the trace
+        with jax.ensure_compile_time_eval():  # a concrete probe point: u = 0
+            probe = jax.tree_util.tree_leaves(
+                constrain(unravel(jnp.zeros(x0.shape, x0.dtype)), transforms))
+        specs, index = specialise_traced(plan, data, weights, probe)
+        if specs is not None:
+            def switched(x, args):
+                stats, index = args
+                params = constrain(unravel(x), transforms)
+                branches = [lambda st, j=j, s=s: -reduced_mean_loglik(s, params, st[j])
+                            for j, s in enumerate(specs)]
+                value = jax.lax.switch(jnp.maximum(index, 0), branches, stats)
+                return jnp.where(index >= 0, value, jnp.nan)
 
+            stats = [suffstats(s, data, weights) for s in specs]
+            return switched, (stats, index), 1
     def f(x, args):
         d, w = args
         return objective(logp, transforms, d, w)(unravel(x))
 
-    return f, (data, weights)
+    return f, (data, weights), data[0].shape[0]

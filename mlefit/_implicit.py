@@ -18,13 +18,16 @@ gradient with respect to ``theta`` and one solve with the (symmetric) Hessian. T
 loop is never differentiated, so the cost of a derivative does not grow with the
 number of steps.
 
-The solve (documented rule):
+The solve (documented rule; ``fit`` passes ``direct``):
 
-- ``p <= CHOLESKY_MAX_PARAMS`` (256) free parameters: the Hessian by forward-over-reverse
-  autodiff (``p`` Hessian-vector products at once) and its Cholesky factor; a singular
-  or indefinite Hessian (a pivot below ``sqrt(eps)`` times the largest diagonal entry,
-  relative) makes the derivative NaN;
-- above: conjugate gradients on Hessian-vector products
+- where a Hessian is cheap (``fit``: the rule that picks Newton,
+  :func:`mlefit._defaults.use_newton`: ``p <= 64`` free parameters and
+  ``n p^2 <= 2e7``, ``n = 1`` for a fit from sufficient statistics; by default
+  ``p <= CHOLESKY_MAX_PARAMS = 256``): the Hessian by forward-over-reverse autodiff
+  (``p`` Hessian-vector products at once) and its Cholesky factor; a singular or
+  indefinite Hessian (a pivot below ``1e3 eps`` times the largest diagonal entry) makes
+  the derivative NaN;
+- otherwise: conjugate gradients on Hessian-vector products
   (``jax.scipy.sparse.linalg.cg``, relative tolerance ``CG_RTOL``, at most
   ``CG_MAXITER_FACTOR * p`` iterations), the Hessian never formed; a solve that misses
   its tolerance (singular or indefinite Hessian) is NaN (no warning: the check is on
@@ -77,10 +80,11 @@ class _Static(NamedTuple):
     max_steps: int
     record_history: bool
     names: tuple  # names of the entries of x, for warnings
+    direct: bool  # Cholesky of the Hessian (else CG on Hessian-vector products)
 
 
 def argmin(solver: AbstractSolver, f, x0, args, tol: float, max_steps: int,
-           record_history: bool = False, names: tuple = ()):
+           record_history: bool = False, names: tuple = (), direct: bool | None = None):
     """Minimises ``x -> f(x, args)`` from flat ``x0``; differentiable in ``args`` (and in
     whatever ``f`` closes over) by the implicit function theorem.
 
@@ -88,7 +92,9 @@ def argmin(solver: AbstractSolver, f, x0, args, tol: float, max_steps: int,
     :func:`mlefit._iterate.iterate`. Derivatives: ``dx = -H^-1 d(grad_x f)`` (see the
     module docstring), ``d value = (d f/d theta) dtheta + grad . dx`` (the envelope
     theorem), zero for ``grad``, ``history`` and the start ``x0``; NaN unless the fit
-    converged with a non-singular Hessian.
+    converged with a non-singular Hessian. ``direct``: solve with the Cholesky factor of
+    the Hessian (default: ``p <= CHOLESKY_MAX_PARAMS``), else by CG on Hessian-vector
+    products. ``names``: of the entries of ``x``, for the warnings.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -98,7 +104,9 @@ def argmin(solver: AbstractSolver, f, x0, args, tol: float, max_steps: int,
         >>> J = dx(jnp.array([1.0, 2.0]))   # diag(2 / (2 + 1.2 x*^2))
     """
     fn, consts = jax.closure_convert(f, x0, args)
-    static = _Static(solver, fn, float(tol), int(max_steps), bool(record_history), tuple(names))
+    direct = x0.size <= CHOLESKY_MAX_PARAMS if direct is None else bool(direct)
+    static = _Static(solver, fn, float(tol), int(max_steps), bool(record_history),
+                     tuple(names), direct)
     return _argmin(static, x0, (args, tuple(consts)))
 
 
@@ -130,7 +138,7 @@ def _argmin_jvp(static: _Static, primals, tangents):
     # (d f / d theta) dtheta and the mixed derivative d(grad_x f) dtheta, at fixed x*.
     _, (dvalue, rhs) = jax.jvp(value_and_grad_at_x, (inputs,), (dinputs,))
     hvp_f = lambda z: static.fn(z, *_split(inputs))  # noqa: E731
-    dx_raw, identified, hess = _solve(hvp_f, x, rhs)
+    dx_raw, identified, hess = _solve(hvp_f, x, rhs, static.direct)
     converged = status == Status.CONVERGED
     ok = converged & identified
     _warn_if_concrete(static, status, converged, identified, hess)
@@ -153,10 +161,10 @@ def _float0(x):
     return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
 
 
-def _solve(f, x, rhs):
+def _solve(f, x, rhs, direct: bool):
     """``(H^-1 rhs, identified, H or None)`` at ``x`` (see the module's rule)."""
     p = x.size
-    if p <= CHOLESKY_MAX_PARAMS:
+    if direct:
         hess = jax.hessian(f)(x)
         hess = 0.5 * (hess + hess.T)
         chol = jnp.linalg.cholesky(hess)

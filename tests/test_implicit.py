@@ -313,3 +313,13 @@ def test_conjugate_gradients_above_the_cholesky_size(monkeypatch):
     np.testing.assert_allclose(tangent, v / (1 + c), rtol=1e-8)
     np.testing.assert_allclose(cotangent, v / (1 + c), rtol=1e-8)
     assert p > implicit.CHOLESKY_MAX_PARAMS
+
+
+def test_traced_data_outside_the_support_is_a_status():
+    # Gamma from sufficient statistics (support conditions chosen in the trace): a
+    # negative observation gives the status the raw objective would, not a wrong fit.
+    x = jnp.asarray(np.random.default_rng(9).gamma(2.0, 1.0, 30))
+    init = {"shape": mlefit.Positive(1.0), "scale": mlefit.Positive(1.0)}
+    codes = jax.jit(jax.vmap(lambda x: mlefit.fit(mlefit.models.Gamma(), x, init).status_code))(
+        jnp.stack([x, x.at[3].set(-1.0)]))
+    assert codes.tolist() == [mlefit.Status.CONVERGED, mlefit.Status.INIT_NOT_FINITE]
