@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._constraints import is_constraint
 from ._data import as_arrays
 
 __all__ = [
     "is_traced",
+    "data_traced",
     "check_data",
     "check_real",
     "check_weights",
@@ -21,9 +23,20 @@ __all__ = [
 
 
 def is_traced(*trees) -> bool:
-    """Whether any leaf of ``trees`` is a JAX tracer (``fit`` called inside ``jit``,
-    ``vmap`` or ``grad``): such values cannot be inspected on the host."""
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+    """Whether any leaf of ``trees`` (or the value of a ``Positive``/``Interval`` leaf) is a
+    JAX tracer (``fit`` called inside ``jit``, ``vmap`` or ``grad``): such values cannot be
+    inspected on the host. Data go through :func:`data_traced` (a generator or a frame is
+    not a pytree)."""
+    for leaf in jax.tree_util.tree_leaves(trees, is_leaf=is_constraint):
+        if isinstance(leaf.value if is_constraint(leaf) else leaf, jax.core.Tracer):
+            return True
+    return False
+
+
+def data_traced(data) -> bool:
+    """Whether ``data`` (an array or a tuple/list of them) holds a JAX tracer."""
+    items = data if isinstance(data, (tuple, list)) else (data,)
+    return any(isinstance(a, jax.core.Tracer) for a in items)
 
 
 def _is_global_array(a) -> bool:

@@ -24,7 +24,14 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ._checkpoint import check_checkpoint_options, run_minibatch
-from ._checks import check_data, check_model_output, check_weights, float_dtype, is_traced
+from ._checks import (
+    check_data,
+    check_model_output,
+    check_weights,
+    data_traced,
+    float_dtype,
+    is_traced,
+)
 from ._compiled import compiled_call, model_fingerprint
 from ._constraints import constrain, split_init
 from ._data import column_names
@@ -234,7 +241,7 @@ def fit(
             "fixed, penalty: not available for streams of batches yet; fit data in memory, "
             "or write the fixed values or the penalty into log_prob."
         )
-    if is_traced(data, init, weights, fixed) or under_transformation():
+    if data_traced(data) or is_traced(init, weights, fixed) or under_transformation():
         check_traced_options(
             max_steps=max_steps, tol=tol, history=history, epochs=epochs, key=key,
             weights_kind=weights_kind, checkpoint_every=checkpoint_every,
