@@ -12,9 +12,10 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain, is_constraint
-from ._inference import CONFINT_COLUMNS, param_order_of
+from ._inference import param_order_of
 from ._labelled import LabelledArray, optional_pandas
 from ._many import fit_many
+from ._report import CONFINT_COLUMNS
 from ._result import FitResult
 from ._status import Status
 

@@ -22,6 +22,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mlefit
+
+from . import _model, datasets, models, plot
+from ._nesting import NESTED
+from ._report import param_table
+from .models import Categorical
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
@@ -48,7 +59,6 @@ _NOT_SCALAR = {"multivariatenormal"}
 def _nested() -> dict:
     """Nested pairs ``(restricted, full)`` by canonical name -> ``(restriction, boundary)``:
     the table ``mlefit.lr_test`` uses (:mod:`mlefit._nesting`), imported when needed."""
-    from ._nesting import NESTED
 
     return {
         (r.__name__.lower(), f.__name__.lower()): (x.what, x.boundary)
@@ -145,7 +155,6 @@ the repository, not just the installed package.
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mlefit`` (sub-commands fit, compare, bench)."""
-    from . import __version__
 
     parser = _Parser(
         prog="mlefit",
@@ -154,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--column x\n\nrun 'mlefit COMMAND --help' for each command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"mlefit {__version__}")
+    parser.add_argument("--version", action="version", version=f"mlefit {mlefit.__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -228,7 +237,6 @@ def _level(text: str) -> float:
 # -- distributions ------------------------------------------------------------------------
 def _categorical(x):
     """A Categorical over the labels ``0 .. max(x)`` (at least two classes)."""
-    from .models import Categorical
 
     top = float(x.max()) if x.size else 0.0
     return Categorical(num_classes=max(2, int(top) + 1) if math.isfinite(top) else 2)
@@ -244,12 +252,6 @@ def available_dists() -> dict[str, type]:
     Unconditional means ``log_prob(self, params, x)`` takes one observation array, and
     the model is built with no arguments (categorical: its classes are read from the data).
     """
-    from . import _model
-
-    try:
-        from . import models
-    except ImportError:
-        return {}
     out = {}
     for attr in getattr(models, "__all__", dir(models)):
         cls = getattr(models, attr, None)
@@ -302,7 +304,6 @@ def resolve_dist(name: str) -> tuple[str, type]:
 # -- data -----------------------------------------------------------------------------------
 def load_data(path: str | None, column: str | None):
     """The column to fit (a ``datasets.Column``); the bundled data set when ``path`` is None."""
-    from . import datasets
 
     if path is None:
         src, column = datasets.strikes_path(), column if column is not None else BUNDLED_COLUMN
@@ -355,7 +356,6 @@ def _index_in_message(msg: str, n: int) -> int | None:
 def _setup_jax() -> None:
     """float64 for accurate fits. (The persistent compilation cache is mlefit's default,
     set when it is imported: ``MLEFIT_CACHE_DIR`` moves it or turns it off.)"""
-    import jax
 
     jax.config.update("jax_enable_x64", True)
 
@@ -378,9 +378,7 @@ def make_model(canonical: str, cls: type, col):
 
 def fit_one(canonical: str, model, col):
     """Fits the model to the column; UsageError for data the model cannot take."""
-    import jax.numpy as jnp
 
-    import mlefit
 
     options = {}
     if sys.stderr.isatty() and "progress" in inspect.signature(mlefit.fit).parameters:
@@ -393,8 +391,6 @@ def fit_one(canonical: str, model, col):
 
 def _flat_names_values(tree, names=None):
     """Flattened ``(names, values)`` of a params-like pytree, in ``tree_leaves`` order."""
-    import jax
-    import numpy as np
 
     out_names, out_values = [], []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -418,9 +414,7 @@ def _finite_or_none(v: float):
 
 def report(res, canonical: str, col, level: float) -> dict:
     """The result of one fit as plain data: what ``fit`` prints as text or JSON."""
-    import numpy as np
 
-    from ._inference import param_table  # lazy, as the CLI's other imports (start-up time)
 
     table = param_table(res, level)  # rows in res.param_names order
     names = table.names
@@ -491,7 +485,6 @@ def write_plot(res, values, path: str, label: str | None = None) -> None:
     matplotlib.use("Agg", force=True)  # files only: never open a window from the CLI
     import matplotlib.pyplot as plt
 
-    from . import plot
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     plot.density(res, values, ax=ax1, label=label)  # histogram or bars, from the model
@@ -544,7 +537,6 @@ def lr_row(restricted: str, full: str, res_r, res_f) -> dict:
             "chi-square reference does not hold; no p-value"
         )
         return row
-    import mlefit
 
     test = mlefit.lr_test(res_r, res_f)
     row["statistic"], row["df"], row["p_value"] = test.statistic, test.df, test.pvalue

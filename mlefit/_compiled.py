@@ -36,6 +36,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ._cache import executable_dir
 from ._objective import Reduced
 
 __all__ = ["compiled_call", "model_fingerprint", "clear_memory"]
@@ -121,8 +122,6 @@ def _compile(fn, static, dynamic, small: bool = False):
 
 
 def _load_or_compile(fn, static, dynamic, tree, layout, fingerprint, small=False):
-    from ._cache import executable_dir
-
     directory = executable_dir()
     path = None
     if directory is not None and all(lay[-1] is None for lay in layout):

@@ -42,6 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._checks import check_data, check_weights, float_dtype
+from ._model import AbstractModel
 
 __all__ = ["ShardedData", "RowLayout", "data_mesh", "shard", "shard_local", "init_distributed"]
 
@@ -303,7 +304,6 @@ def as_sharded(data, weights, mesh):
 
 def model_data(model, data: tuple, layout) -> tuple:
     """The data a ready-made model's ``init``/``check_data`` see: padding removed."""
-    from ._model import AbstractModel
 
     if layout is None or not isinstance(model, AbstractModel):
         return data

@@ -32,7 +32,6 @@ import numpy as np
 
 from ._checks import host_view
 from ._compiled import model_fingerprint
-from ._stream import ArrayStream
 
 __all__ = ["data_fingerprint", "source_fingerprint", "model_id", "differences"]
 
@@ -96,7 +95,7 @@ def data_fingerprint(data: tuple, weights, layout=None) -> dict | None:
 def source_fingerprint(src, sample: tuple) -> dict:
     """The fingerprint of a stream: strided rows of an ``ArrayStream`` (and its weights),
     the first batch of any other iterable."""
-    if isinstance(src, ArrayStream):
+    if hasattr(src, "take") and hasattr(src, "n_obs"):  # an ArrayStream: strided rows
         rows = strided_rows(src.n_obs)
         obs, w = src.take(rows)
         return {"n_obs": int(src.n_obs), "rows": len(rows),

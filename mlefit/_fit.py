@@ -39,12 +39,8 @@ from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, use_newton
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
 from ._implicit import argmin
-from ._inference import (
-    HESSIAN_ERRORS,
-    analyse_hessian,
-    expected_information_of,
-    seed_inference,
-)
+from ._inference import HESSIAN_ERRORS, expected_information_of, seed_inference
+from ._information import analyse_hessian, flat_bounds, flat_transform
 from ._iterate import iterate_finish, iterate_init, iterate_run
 from ._likelihood import check_penalty, penalised, penalty_at
 from ._minibatch import minibatch_loop
@@ -57,8 +53,9 @@ from ._precision import warn_if_float32
 from ._progress import progress_bar
 from ._result import FitResult
 from ._solver_optax import OptaxSolver, default_optimizer
+from ._sources import is_source
 from ._status import Status
-from ._stream import fit_source, is_source
+from ._stream import fit_source
 from ._suffstats import (
     plan_for,
     reduced_mean_loglik,
@@ -444,9 +441,10 @@ def _full_batch(solver, logp, transforms, u0, data, weights, tol, max_steps: int
                 bar.update(int(out[3]) - bar.n)
             bar.close()
     hess_finite = True
-    if inference is not None:
-        inference, ready, hess_finite = inference
-        inference = inference if bool(ready) else None
+    if inference is not None:  # analysed on the host: p <= 64, no program to compile
+        hess, grad, c_flat, jac, d2, ready, hess_finite = jax.device_get(inference)
+        low, high = flat_bounds(transforms, u0, c_flat.dtype)
+        inference = analyse_hessian(hess, grad, c_flat, jac, d2, low, high) if ready else None
         hess_finite = bool(hess_finite)
     return out, inference, hess_finite
 
@@ -488,7 +486,7 @@ def _program_continue(logp, transforms, solver, max_steps, record_history, with_
 
     Returns ``(carry, out, inference)`` with ``out = (u, value, grad, steps, status,
     history, params, grad_norm)`` of the iterate so far (the best one unless converged)
-    and the :class:`~mlefit._inference.Inference` at it (NaN while still running) or
+    and the :class:`~mlefit._information.Inference` at it (NaN while still running) or
     ``None`` (``with_inference`` False).
     """
     f = objective(logp, transforms, data, weights)
@@ -505,21 +503,10 @@ def _program_continue(logp, transforms, solver, max_steps, record_history, with_
     if with_inference:  # Newton's Hessian at its last iterate, the one returned
         hess, exact = solver.hessian(carry.state)
         total = jnp.sum(weights) if weights is not None else data[0].shape[0]
-
-        def analysed():
-            return analyse_hessian(transforms, u, total * grad, total * hess)
-
-        shapes = jax.eval_shape(analysed)
         current = solver.current(carry.state)[0]  # the Hessian is the current iterate's
         ready = (status != RUNNING) & exact & jnp.all(current == x)
-        inference = (jax.lax.cond(ready, analysed, lambda: _nan_like(shapes)), ready, exact)
+        inference = (total * hess, total * grad, *flat_transform(transforms, u), ready, exact)
     return carry, out, inference
-
-
-def _nan_like(shapes):
-    return jax.tree.map(
-        lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.floating) else 0,
-                           s.dtype), shapes)
 
 
 def fit_fingerprint(logp, transforms, solver, options: tuple, params, obs):

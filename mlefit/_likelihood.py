@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ._constraints import constrain
+from ._model import AbstractModel
 
 __all__ = [
     "logpdfs", "mean_nll", "total_loglik", "nll", "loglik",
@@ -92,7 +93,6 @@ def loglik(model, params, data, weights=None) -> jax.Array:
 def _resolve(model, params):
     import equinox as eqx
 
-    from ._model import AbstractModel
 
     if isinstance(model, AbstractModel):
         return model.log_prob, params

@@ -10,9 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import is_traced
+from ._inference import (
+    _unflatten,
+    inference_of,
+    labelled_cov,
+    labelled_matrix,
+    n_params,
+    param_names_of,
+    refined_status_code,
+)
 from ._labelled import optional_pandas
 from ._model import Problem
 from ._predict import predict_of
+from ._profile import profile_of
+from ._report import confint_of, html_of, param_table, summary_of
 from ._status import Status
 from ._traced import NOT_AVAILABLE
 
@@ -91,8 +102,6 @@ class FitResult(eqx.Module):
         than 2000 parameters skip the Hessian check here (``res.cov`` still computes it).
         """
         _host_only(self, "status")
-        from ._inference import refined_status_code
-
         return _as_status(refined_status_code(self))
 
     @property
@@ -109,8 +118,6 @@ class FitResult(eqx.Module):
         ``optimizer_status`` says whether the optimiser alone converged.
         """
         _host_only(self, "converged")
-        from ._inference import refined_status_code
-
         return jnp.asarray(refined_status_code(self) == Status.CONVERGED)
 
     @property
@@ -163,8 +170,6 @@ class FitResult(eqx.Module):
         written in ``init`` (a dict's insertion order, not JAX's sorted order; for a
         ready-made model, the order of its ``init``): the rows of ``cov``, ``confint``,
         ``summary()`` and ``to_frame()``."""
-        from ._inference import param_names_of
-
         return param_names_of(self)
 
     def covariance(self, kind: str = "observed", groups=None):
@@ -193,8 +198,6 @@ class FitResult(eqx.Module):
             >>> res.covariance("cluster", groups=firm)  # doctest: +SKIP
         """
         _host_only(self, "covariance")
-        from ._inference import labelled_cov
-
         return labelled_cov(self, kind, groups)
 
     @property
@@ -208,8 +211,6 @@ class FitResult(eqx.Module):
         """Standard errors ``sqrt(diag(cov))`` as a pytree like ``params`` (NaN where
         the Hessian gives none; see ``status``)."""
         _host_only(self, "stderr")
-        from ._inference import _unflatten, inference_of
-
         return _unflatten(self, inference_of(self).stderr)
 
     @property
@@ -217,16 +218,12 @@ class FitResult(eqx.Module):
         """Hessian of the total NLL at the estimate, unconstrained parametrisation, ``(p, p)``
         (rows and columns: ``param_names``, a :class:`~mlefit.LabelledArray`)."""
         _host_only(self, "hessian")
-        from ._inference import inference_of, labelled_matrix
-
         return labelled_matrix(self, inference_of(self).hessian)
 
     @property
     def hessian_cond(self) -> jax.Array:
         """Condition number of ``hessian``: ``max|lambda| / min lambda`` (``inf`` if not PD)."""
         _host_only(self, "hessian_cond")
-        from ._inference import inference_of
-
         return inference_of(self).condition_number
 
     @property
@@ -235,15 +232,11 @@ class FitResult(eqx.Module):
         EDM): what a Newton step from the estimate would still gain. Near 0 at an optimum;
         large with a tiny gradient where the NLL is flat (status ``NOT_AT_MINIMUM``)."""
         _host_only(self, "edm")
-        from ._inference import inference_of
-
         return inference_of(self).edm
 
     @property
     def n_params(self) -> int:
         """Number of free scalar parameters ``k`` (the size of ``u``)."""
-        from ._inference import n_params
-
         return n_params(self)
 
     @property
@@ -284,8 +277,6 @@ class FitResult(eqx.Module):
             >>> lo, hi = res.confint(0.95, method="profile", params=["sigma"])[0]  # doctest: +SKIP
         """
         _host_only(self, "confint")
-        from ._inference import confint_of
-
         return confint_of(self, level, method, params, kind, groups)
 
     def to_frame(self, level: float = 0.95, kind: str = "observed", method: str = "wald"):
@@ -305,8 +296,6 @@ class FitResult(eqx.Module):
             >>> res.to_frame().loc["mu", "stderr"]  # doctest: +SKIP
         """
         _host_only(self, "to_frame")
-        from ._inference import param_table
-
         table = param_table(self, level, kind, method)
         return table.to_pandas() if optional_pandas() is not None else table
 
@@ -320,8 +309,6 @@ class FitResult(eqx.Module):
             >>> curve = res.profile("sigma", np.linspace(0.8, 1.2, 9))  # doctest: +SKIP
         """
         _host_only(self, "profile")
-        from ._inference import profile_of
-
         return profile_of(self, name, values)
 
     def summary(self, kind: str = "observed", level: float = 0.95, max_rows: int = 50,
@@ -331,8 +318,6 @@ class FitResult(eqx.Module):
         estimate, std err, z, P>|z| and the Wald interval; notes say why a std err is NaN.
         ``kind`` (and ``groups``) pick the covariance, as in ``covariance``."""
         _host_only(self, "summary")
-        from ._inference import summary_of
-
         return summary_of(self, kind, level, max_rows, groups)
 
     def predict(self, X, kind: str = "observed", groups=None):
@@ -361,8 +346,6 @@ class FitResult(eqx.Module):
 
     def _repr_html_(self) -> str:
         _host_only(self, "_repr_html_")
-        from ._inference import html_of
-
         return html_of(self)
 
     # -- display -----------------------------------------------------------------

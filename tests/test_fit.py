@@ -536,3 +536,16 @@ def test_sufficient_statistics_reduction_is_used_and_exact(monkeypatch):
     # Same optimum; the reduced NLL differs from the direct sum only by rounding order.
     assert rel_err(reduced.params["mu"], direct.params["mu"]) < 1e-9
     assert rel_err(reduced.nll, direct.nll) < 1e-12
+
+
+@pytest.mark.parametrize("optimizer", [None, "newton", "adam"])
+def test_max_steps_zero_returns_the_start(optimizer):
+    """Issue 17: max_steps=0 returns the start, evaluated, with status max_steps (no polish
+    or refit behind the caller's back), whatever the solver."""
+    x = RNG.normal(3.0, 2.0, 100)
+    opt = optax.adam(0.1) if optimizer == "adam" else optimizer
+    res = mlefit.fit(normal, x, GAUSS_INIT, max_steps=0, optimizer=opt)
+    assert int(res.steps) == 0 and res.optimizer_status == mlefit.Status.MAX_STEPS
+    assert float(res.params["mu"]) == 0.0 and float(res.params["sigma"]) == 1.0
+    expected = -np.mean(-0.5 * x**2 - 0.5 * np.log(2 * np.pi))  # N(0, 1) at the start
+    assert float(res.nll) == pytest.approx(expected, rel=1e-12)

@@ -18,7 +18,8 @@ import statsmodels.api as sm
 import mlefit
 from mlefit import Positive, Status
 from mlefit._constraints import Identity
-from mlefit._inference import hessian_total, opg_total, stderr_of
+from mlefit._inference import stderr_of
+from mlefit._information import hessian_total, opg_total
 
 from .helpers import rel_err
 

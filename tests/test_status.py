@@ -155,7 +155,7 @@ def test_lr_test_warns_on_the_boundary():
 
 
 def test_fingerprint_distinguishes_and_agrees():
-    from mlefit._inference import data_fingerprint
+    from mlefit._lrtest import data_fingerprint
 
     x = np.arange(10_000.0)
     y = x.copy()
