@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._constraints import is_constraint
 from ._data import as_arrays
 
 __all__ = [
+    "is_traced",
+    "data_traced",
     "check_data",
     "check_real",
     "check_weights",
@@ -18,8 +22,26 @@ __all__ = [
 ]
 
 
+def is_traced(*trees) -> bool:
+    """Whether any leaf of ``trees`` (or the value of a ``Positive``/``Interval`` leaf) is a
+    JAX tracer (``fit`` called inside ``jit``, ``vmap`` or ``grad``): such values cannot be
+    inspected on the host. Data go through :func:`data_traced` (a generator or a frame is
+    not a pytree)."""
+    for leaf in jax.tree_util.tree_leaves(trees, is_leaf=is_constraint):
+        if isinstance(leaf.value if is_constraint(leaf) else leaf, jax.core.Tracer):
+            return True
+    return False
+
+
+def data_traced(data) -> bool:
+    """Whether ``data`` (an array or a tuple/list of them) holds a JAX tracer."""
+    items = data if isinstance(data, (tuple, list)) else (data,)
+    return any(isinstance(a, jax.core.Tracer) for a in items)
+
+
 def _is_global_array(a) -> bool:
-    return isinstance(a, jax.Array) and not a.is_fully_addressable
+    return (isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+            and not a.is_fully_addressable)
 
 
 @jax.jit
@@ -29,9 +51,12 @@ def _finite_summary(a):
 
 
 def host_view(a):
-    """``a`` as a NumPy array without a copy when it lives in host memory, else ``None``."""
+    """``a`` as a NumPy array without a copy when it lives in host memory, else ``None``
+    (also for a traced value)."""
     if isinstance(a, np.ndarray):
         return a
+    if isinstance(a, jax.core.Tracer):
+        return None
     if isinstance(a, jax.Array) and len(a.sharding.device_set) == 1:
         (device,) = a.sharding.device_set
         if device.platform == "cpu":
@@ -59,8 +84,8 @@ def _bad_rows(flat: np.ndarray) -> np.ndarray:
 
 
 def _check_finite(a, name: str) -> None:
-    if not jnp.issubdtype(a.dtype, jnp.inexact):
-        return
+    if not jnp.issubdtype(a.dtype, jnp.inexact) or isinstance(a, jax.core.Tracer):
+        return  # traced data (fit inside jit/vmap/grad): a NaN makes the fit's status say so
     host = host_view(a)
     if host is not None:  # NumPy, no compilation: at most a few ms per 100 MB
         bad = _bad_rows(host.reshape(host.shape[0], -1))
@@ -117,7 +142,8 @@ def check_data(data, *, check_finite: bool = True) -> tuple:
     """Returns data as a tuple of arrays sharing the leading (observation) axis.
 
     Raises ``ValueError`` for empty data, mismatched leading lengths, NaN/inf values
-    (with their count and first index); ``TypeError`` for non-numeric data.
+    (with their count and first index); ``TypeError`` for non-numeric data. Traced data
+    (inside ``jit``/``vmap``/``grad``) are checked for shapes and dtypes only.
     """
     out = []
     for name, a in numeric_arrays(data, "an array or a tuple (X, y)"):
@@ -141,13 +167,19 @@ def check_data(data, *, check_finite: bool = True) -> tuple:
 
 
 def check_weights(weights, n: int, dtype):
-    """Validates per-observation weights: shape ``(n,)``, finite, >= 0, positive sum."""
+    """Validates per-observation weights: shape ``(n,)``, finite, >= 0, positive sum.
+
+    Traced weights (inside ``jit``/``vmap``/``grad``) are checked where they are
+    computed: ``eqx.error_if`` with the same messages, raised when the program runs.
+    """
     if weights is None:
         return None
     w = weights if isinstance(weights, (jax.Array, np.ndarray)) else np.asarray(weights)
     check_real(w.dtype, "weights")
     if w.shape != (n,):
         raise ValueError(f"weights: expected shape ({n},) (one per observation), got {w.shape}")
+    if isinstance(w, jax.core.Tracer):
+        return _traced_weights(w.astype(dtype))
     if not _is_global_array(w):
         wn = np.asarray(w, dtype=float)
         bad = ~(np.isfinite(wn) & (wn >= 0))
@@ -163,6 +195,13 @@ def check_weights(weights, n: int, dtype):
     if _is_global_array(w):
         return jnp.asarray(w, dtype=dtype)
     return jax.device_put(np.asarray(w, dtype))  # a transfer, not a compiled conversion
+
+
+def _traced_weights(w):
+    w = eqx.error_if(w, ~jnp.all(jnp.isfinite(w) & (w >= 0)),
+                     "weights: must be finite and non-negative")
+    return eqx.error_if(w, ~(jnp.sum(w) > 0),
+                        "weights: all weights are zero; at least one must be positive.")
 
 
 def float_dtype(data: tuple):

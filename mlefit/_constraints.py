@@ -165,7 +165,9 @@ def split_init(init, dtype=None):
     """Splits ``init`` into ``(u0, transforms)``: unconstrained start and a pytree of transforms.
 
     Constraint leaves are checked (``ValueError`` naming the parameter when the start
-    is outside the constraint). ``transforms`` has the same structure as ``u0`` and is
+    is outside the constraint); a traced start (``fit`` inside ``jit``/``vmap``/``grad``)
+    only for its dtype: a value outside the constraint maps to a NaN ``u``, and the fit
+    ends with status ``init_not_finite``. ``transforms`` has the same structure as ``u0`` and is
     hashable, so it can be a static argument of a compiled fit.
     """
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(init, is_leaf=is_constraint)
@@ -177,7 +179,8 @@ def split_init(init, dtype=None):
         if is_constraint(leaf):
             value = leaf.value
             _check_numeric(value, name)
-            leaf.check(value, name)
+            if not isinstance(value, jax.core.Tracer):
+                leaf.check(value, name)
             us.append(leaf.inverse(_as_array(value, dtype)))
             ts.append(leaf)
         else:
@@ -202,6 +205,10 @@ def _float_dtype(value):
 
 
 def _check_numeric(value, name):
+    if isinstance(value, jax.core.Tracer):
+        if not (jnp.issubdtype(value.dtype, jnp.number) or value.dtype == bool):
+            raise TypeError(f"init: parameter {name!r} has non-numeric dtype {value.dtype}")
+        return
     try:
         v = np.asarray(value)
     except Exception as e:  # noqa: BLE001 - re-raised with the parameter's name

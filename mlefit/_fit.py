@@ -13,6 +13,7 @@ checkpoints live in :mod:`mlefit._stream`, :mod:`mlefit._distributed` and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -24,19 +25,27 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ._checkpoint import check_checkpoint_options, run_minibatch
-from ._checks import check_data, check_model_output, check_weights, float_dtype
+from ._checks import (
+    check_data,
+    check_model_output,
+    check_weights,
+    data_traced,
+    float_dtype,
+    is_traced,
+)
 from ._compiled import compiled_call, model_fingerprint
 from ._constraints import constrain, split_init
 from ._data import column_names
-from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, default_solver
+from ._defaults import DEFAULT_MAX_STEPS_NEWTON, RUNNING, default_solver, use_newton
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
+from ._implicit import argmin
 from ._inference import HESSIAN_ERRORS, expected_information_of, seed_inference
 from ._information import analyse_hessian, flat_bounds, flat_transform
 from ._iterate import iterate_finish, iterate_init, iterate_run
 from ._likelihood import check_penalty, penalised, penalty_at
 from ._minibatch import minibatch_loop
-from ._model import as_problem
+from ._model import AbstractModel, as_problem
 from ._newton import Newton
 from ._objective import Reduced, objective, reduce_enabled, reduce_logp
 from ._options import check_named_optimizer, check_options
@@ -49,6 +58,21 @@ from ._solver_subsampled import SubsampledNewton, bind_subsample
 from ._sources import is_source
 from ._status import Status
 from ._stream import fit_source
+from ._suffstats import (
+    plan_for,
+    reduced_mean_loglik,
+    specialise,
+    specialise_traced,
+    suffstats,
+)
+from ._traced import (
+    TracedFixed,
+    check_traced_options,
+    flat_names,
+    split_fixed,
+    under_transformation,
+    unwrap_model,
+)
 from ._weights import check_weights_kind, effective_weights, resolve_weights_kind, weighted_n_obs
 
 __all__ = ["fit", "choose_solver", "fit_fingerprint"]
@@ -72,7 +96,7 @@ def fit(
     key: jax.Array | None = None,
     max_steps: int | None = None,
     tol: float | None = None,
-    history: bool = True,
+    history: bool | None = None,
     progress: bool | dict = False,
     mesh=None,
     checkpoint=None,
@@ -133,7 +157,8 @@ def fit(
             ``converged`` if the start is already an optimum).
         tol: stop when the max-norm of the gradient of the mean NLL (with respect to the
             unconstrained parameters) is ``<= tol``; default 1e-9 (float64), 1e-5 (float32).
-        history: record the mean NLL of every step (epoch for minibatch fits).
+        history: record the mean NLL of every step (epoch for minibatch fits); default
+            True, False inside ``jit``/``vmap``/``grad`` (a ``max_steps + 1`` buffer per fit).
         progress: show a tqdm progress bar (``True``, or a dict of tqdm options such as
             ``{"delay": 1.0}``) between compiled chunks of steps.
         mesh: a ``jax.sharding.Mesh``: shard the observations over its devices (padding
@@ -186,6 +211,16 @@ def fit(
     ``data`` may also be a stream of batches (``mlefit.ArrayStream`` over arrays or
     ``.npy`` files): see ``mlefit.ArrayStream``.
 
+    ``fit`` composes with JAX: inside ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (traced
+    data, weights, ``init`` or fixed values, or a model or penalty closing over traced
+    values) it is one traced loop (no padding, chunking or cached executable; host
+    checks only on concrete inputs; see :mod:`mlefit._traced`), and the estimate is
+    differentiable by the implicit function theorem,
+    ``dw*/dtheta = -H^-1 d(grad_w nll)/dtheta`` (:mod:`mlefit._implicit`; NaN, with a
+    warning outside ``jit``, for a fit that did not converge or a singular Hessian).
+    Methods that need the host (``summary``, ``stderr``, ``status``, ...) are for the
+    returned result, outside the transformation.
+
     Returns:
         A :class:`FitResult`. A fit that does not converge says so in ``status``; its
         ``params`` are the best finite iterate, never NaN.
@@ -209,6 +244,16 @@ def fit(
             "fixed, penalty: not available for streams of batches yet; fit data in memory, "
             "or write the fixed values or the penalty into log_prob."
         )
+    if data_traced(data) or is_traced(init, weights, fixed) or under_transformation():
+        check_traced_options(
+            max_steps=max_steps, tol=tol, history=history, epochs=epochs, key=key,
+            weights_kind=weights_kind, checkpoint_every=checkpoint_every,
+            batch_size=batch_size, mesh=mesh, checkpoint=checkpoint, resume_from=resume_from,
+            progress=progress, stream=is_source(data) or None,
+        )
+        return _fit_traced(model, data, init, weights, weights_kind, optimizer, newton,
+                           max_steps, tol, bool(history), fixed, penalty)
+    history = True if history is None else history
     if is_source(data):
         return fit_source(
             model, data, init, weights=weights, optimizer=optimizer, batch_size=batch_size,
@@ -278,23 +323,27 @@ def fit(
     return penalty_at(res)
 
 
-def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weights, layout):
+def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weights, layout,
+                  reduce: bool = True, n_eff: int | None = None):
     """``(solver, logp)``: the solver of a full-batch fit and the log-density it minimises
     (:class:`~mlefit._objective.Reduced` where sufficient statistics apply).
 
     ``optimizer=None`` and not ``newton``: :class:`~mlefit._newton.Newton` where
     :func:`~mlefit._defaults.use_newton` says a Hessian is cheap, else L-BFGS; a model
     that declares its likelihood not smooth (``smooth = False``: kinks, where the Hessian
-    says nothing) is fitted by L-BFGS.
-    :class:`~mlefit._solver_subsampled.SubsampledNewton` only when asked for
-    (``optimizer="subsampled"``).
+    says nothing) is fitted by L-BFGS; :class:`~mlefit._solver_subsampled.SubsampledNewton`
+    only when asked for (``optimizer="subsampled"``). ``reduce``: try the
+    sufficient-statistics reduction (which reads the data). ``n_eff``: the observations
+    one evaluation passes over, where the caller reduced the data itself (1 for
+    sufficient statistics).
     """
     logp = problem.logp
     fit_logp = logp
     dtype = float_dtype(data)
     # Sufficient statistics on one device, in the default float dtype (float32 data under
     # x64 mix dtypes in the plan).
-    if layout is None and reduce_enabled() and dtype == jnp.dtype(jnp.result_type(float)):
+    if (reduce and layout is None and reduce_enabled()
+            and dtype == jnp.dtype(jnp.result_type(float))):
         fit_logp = reduce_logp(logp, u0, transforms, data, weights)
     if newton:
         return Newton(eig=True, restart=True), fit_logp
@@ -303,7 +352,8 @@ def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weight
     if optimizer is not None and optimizer != default_optimizer():
         return OptaxSolver(optimizer), fit_logp
     p = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(u0))
-    n_eff = 1 if isinstance(fit_logp, Reduced) else data[0].shape[0]
+    if n_eff is None:
+        n_eff = 1 if isinstance(fit_logp, Reduced) else data[0].shape[0]
     if default_solver(n_eff, p) == "newton" and getattr(problem.source, "smooth", True):
         return Newton(eig=True, restart=True), fit_logp
     return OptaxSolver(default_optimizer()), fit_logp
@@ -511,3 +561,135 @@ def with_summary(transforms, out):
 def _fit_minibatch_compiled(logp, transforms, opt, u0, data, weights, key, tol, batch_size, epochs):
     out = minibatch_loop(logp, transforms, opt, u0, data, weights, key, batch_size, epochs, tol)
     return with_summary(transforms, out)
+
+
+# ---------------------------------------------------------------------------------------
+# The traced fit: inside jit / vmap / grad (see mlefit/_traced.py)
+# ---------------------------------------------------------------------------------------
+def _fit_traced(model, data, init, weights, weights_kind, optimizer, newton: bool,
+                max_steps, tol, record_history: bool, fixed, penalty) -> FitResult:
+    """``fit`` with traced inputs: checks of what is concrete, one inlined loop, an
+    estimate differentiable by the implicit function theorem (:func:`_implicit.argmin`)."""
+    data = check_data(data)
+    n = data[0].shape[0]
+    traced_data = is_traced(data)
+    fixed, traced_fixed = split_fixed(fixed)
+    insert = None
+    if traced_fixed:
+        if not isinstance(model, AbstractModel) and hasattr(model, "log_prob"):
+            raise ValueError(
+                "fixed: an equinox Module is its own parameters; fixed= is for a function "
+                "log_prob(params, *obs) with init, or a ready-made model."
+            )
+        insert = TracedFixed(traced_fixed)
+        logp0, init, name = unwrap_model(model, init, data, insert)
+        if init is None:
+            raise ValueError(
+                "init: a model given as a plain function log_prob(params, *obs) needs a "
+                "starting point, e.g. init={'mu': 0.0, 'sigma': mlefit.Positive(1.0)}."
+            )
+        if isinstance(model, AbstractModel) and not traced_data:
+            model.check_data(*data)
+        model, init = insert.model(logp0, name), insert.free(init)
+        penalty = insert.penalty(penalty)
+    problem, init = as_problem(model, init, data, fixed=fixed, check_data=not traced_data)
+    dtype = float_dtype(data)
+    u0, transforms = split_init(init, dtype)
+    opts = check_options(n, dtype, None if newton else optimizer, None, None, None,
+                         max_steps, tol, record_history)
+    u_aval = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), u0)
+    check_model_output(problem.logp, u_aval, data)
+    weights = check_weights(weights, n, dtype)
+    weights_kind = resolve_weights_kind(weights_kind, weights)
+    weights = effective_weights(weights, weights_kind)
+    n_obs = weighted_n_obs(n, weights, dtype, weights_kind)
+    if penalty is not None:
+        problem = penalised(problem, penalty, 1.0, jax.eval_shape(
+            lambda u: constrain(u, transforms), u_aval))
+        problem = dataclasses.replace(problem, logp=_penalised_kernel(
+            problem.density, problem.penalty, n_obs))
+    warn_if_float32(dtype)
+    x0, unravel = ravel_pytree(jax.tree.map(jnp.asarray, u0))
+    f, args, n_eff = _traced_objective(problem.logp, transforms, x0, unravel, data, weights,
+                                       problem.source)
+    solver, _ = choose_solver(None if newton else opts.optimizer, newton, problem, u_aval,
+                              transforms, data, weights, None, reduce=False, n_eff=n_eff)
+    # the tangent solve: Cholesky where a Hessian is cheap (Newton's rule), else CG
+    run = functools.partial(argmin, f=f, x0=x0, args=args, tol=opts.tol,
+                            max_steps=opts.max_steps, record_history=opts.history,
+                            names=flat_names(u0), direct=use_newton(n_eff, x0.size))
+    try:
+        x, value, grad, steps, status, hist = run(solver)
+    except HESSIAN_ERRORS:  # a model JAX differentiates once only (found while tracing)
+        if newton or not isinstance(solver, Newton):
+            raise
+        x, value, grad, steps, status, hist = run(OptaxSolver(default_optimizer()))
+    u = unravel(x)
+    params = problem.finalize(constrain(u, transforms))
+    if insert is not None:
+        params = insert.insert(params)
+    grad_norm = jnp.max(jnp.abs(grad)) if grad.size else jnp.zeros((), grad.dtype)
+    res = FitResult(
+        params=params, u=u, nll=value, n_obs=n_obs, status_code=status, steps=steps,
+        grad_norm=grad_norm, history_buffer=hist, data=data, weights=weights,
+        weights_kind=weights_kind, problem=problem, transforms=transforms,
+        minibatch=False, tol=float(opts.tol),
+    )
+    if problem.penalty is not None:
+        res = dataclasses.replace(res, penalty=problem.penalty(constrain(u, transforms)))
+    return res
+
+
+def _penalised_kernel(density, penalty, total_weight):
+    """``log p(params, *obs) - f(params) / W`` with a possibly traced total weight ``W``
+    (:class:`mlefit._likelihood.Penalised` holds ``W`` as a static number)."""
+
+    def kernel(params, *obs):
+        lp = density(params, *obs)
+        return lp - jnp.asarray(penalty(params), lp.dtype) / total_weight
+
+    return kernel
+
+
+def _traced_objective(logp, transforms, x0, unravel, data, weights, source=None):
+    """``(f, args, n_eff)``: ``f(x, args)`` the mean NLL at ``unravel(x)``, the inputs it
+    depends on explicitly, and the observations one evaluation passes over. Where the
+    log-density is affine in data features (:mod:`mlefit._suffstats`; for a ready-made
+    model (``source``) whose log-density has data-only conditions, which cannot be read
+    from traced data, every way they can hold is prepared and the trace picks the data's,
+    :func:`~mlefit._suffstats.specialise_traced`), ``args``
+    are the sufficient statistics, computed once (and differentiable in the data), and
+    ``n_eff = 1``; otherwise the data and weights, ``n_eff = n``."""
+    params = jax.eval_shape(lambda x: constrain(unravel(x), transforms), x0)
+    obs = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
+    plan = plan_for(logp, params, obs) if reduce_enabled() else None
+    spec = None
+    if plan is not None and not plan.conditions:
+        spec = specialise(plan, data, weights, batched=False)
+    if spec is not None:
+        def reduced(x, stats):
+            return -reduced_mean_loglik(spec, constrain(unravel(x), transforms), stats)
+
+        return reduced, suffstats(spec, data, weights), 1
+    if plan is not None and isinstance(source, AbstractModel):
+        # support conditions (x >= 0, isnan(x)) on traced data: chosen in the trace
+        with jax.ensure_compile_time_eval():  # a concrete probe point: u = 0
+            probe = jax.tree_util.tree_leaves(
+                constrain(unravel(jnp.zeros(x0.shape, x0.dtype)), transforms))
+        specs, index = specialise_traced(plan, data, weights, probe)
+        if specs is not None:
+            def switched(x, args):
+                stats, index = args
+                params = constrain(unravel(x), transforms)
+                branches = [lambda st, j=j, s=s: -reduced_mean_loglik(s, params, st[j])
+                            for j, s in enumerate(specs)]
+                value = jax.lax.switch(jnp.maximum(index, 0), branches, stats)
+                return jnp.where(index >= 0, value, jnp.nan)
+
+            stats = [suffstats(s, data, weights) for s in specs]
+            return switched, (stats, index), 1
+    def f(x, args):
+        d, w = args
+        return objective(logp, transforms, d, w)(unravel(x))
+
+    return f, (data, weights), data[0].shape[0]

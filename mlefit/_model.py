@@ -425,7 +425,8 @@ class _MergedLogProb(eqx.Module):
         return self.logp(self.fixed.merge(params), *obs)
 
 
-def as_problem(model, init, data: tuple, fixed=None, columns: tuple | None = None):
+def as_problem(model, init, data: tuple, fixed=None, columns: tuple | None = None,
+               check_data: bool = True):
     """Returns ``(problem, init)`` for any accepted model form.
 
     ``fixed``: ``{name: value}`` of parameters held fixed (whole leaves of ``init``,
@@ -433,7 +434,8 @@ def as_problem(model, init, data: tuple, fixed=None, columns: tuple | None = Non
     their slots) and the problem's ``logp`` merges them back. ``columns`` (per data
     argument, its column names or None; see ``mlefit._data.column_names``) name the
     parameters a ready-made model indexes by them (``AbstractModel.param_labels``). The
-    problem records ``init``'s order.
+    problem records ``init``'s order. ``check_data=False`` skips a ready-made model's
+    support check (traced data, which the host cannot read).
 
     Raises ``TypeError``/``ValueError`` naming the problem when the model is not
     usable, or ``init`` is missing for a plain function.
@@ -444,7 +446,8 @@ def as_problem(model, init, data: tuple, fixed=None, columns: tuple | None = Non
     if isinstance(model, AbstractModel):
         if fixed is not None:
             model = model.fix(**{n: fixed.value(n) for n in fixed.names})
-        model.check_data(*data)
+        if check_data:
+            model.check_data(*data)
         if init is None:
             init = model.init(*data)
         elif isinstance(model, FixedModel):

@@ -53,9 +53,12 @@ def pad_observations(data: tuple, weights, dtype):
     Padding rows copy the first observation with a positive weight and get weight 0;
     ``weights`` (``None``: all ones) become an array of the padded length, also where
     ``n`` is a bucket already (so that fits of ``n`` and of fewer rows share a program).
+    Traced data are returned as given.
     """
     n = data[0].shape[0]
     m = bucket(n)
+    if any(isinstance(x, jax.core.Tracer) for x in (*data, weights)):
+        return data, weights  # traced (inside jit/vmap/grad): no host copies, no padding
     if n > _DEVICE_LIMIT and not all(_on_host(a) for a in data):
         return data, weights
     w = np.ones(n, dtype) if weights is None else np.asarray(weights, dtype)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import is_traced
 from ._inference import (
     _unflatten,
     inference_of,
@@ -24,6 +25,7 @@ from ._predict import predict_of
 from ._profile import profile_of
 from ._report import confint_of, html_of, param_table, summary_of
 from ._status import Status
+from ._traced import NOT_AVAILABLE
 
 __all__ = ["FitResult"]
 
@@ -99,11 +101,13 @@ class FitResult(eqx.Module):
         are kept as the optimiser reported them (``optimizer_status``). Models with more
         than 2000 parameters skip the Hessian check here (``res.cov`` still computes it).
         """
+        _host_only(self, "status")
         return _as_status(refined_status_code(self))
 
     @property
     def optimizer_status(self):
         """The :class:`Status` as the optimiser reported it, before the inference checks."""
+        _host_only(self, "optimizer_status")
         return _as_status(np.asarray(self.status_code))
 
     @property
@@ -113,6 +117,7 @@ class FitResult(eqx.Module):
 
         ``optimizer_status`` says whether the optimiser alone converged.
         """
+        _host_only(self, "converged")
         return jnp.asarray(refined_status_code(self) == Status.CONVERGED)
 
     @property
@@ -132,6 +137,7 @@ class FitResult(eqx.Module):
     @property
     def history(self):
         """Mean NLL per step (index 0: the start), or per epoch for minibatch fits."""
+        _host_only(self, "history")
         if self.history_buffer is None:
             return None
         h = np.asarray(self.history_buffer)
@@ -191,6 +197,7 @@ class FitResult(eqx.Module):
         Example:
             >>> res.covariance("cluster", groups=firm)  # doctest: +SKIP
         """
+        _host_only(self, "covariance")
         return labelled_cov(self, kind, groups)
 
     @property
@@ -203,17 +210,20 @@ class FitResult(eqx.Module):
     def stderr(self):
         """Standard errors ``sqrt(diag(cov))`` as a pytree like ``params`` (NaN where
         the Hessian gives none; see ``status``)."""
+        _host_only(self, "stderr")
         return _unflatten(self, inference_of(self).stderr)
 
     @property
     def hessian(self):
         """Hessian of the total NLL at the estimate, unconstrained parametrisation, ``(p, p)``
         (rows and columns: ``param_names``, a :class:`~mlefit.LabelledArray`)."""
+        _host_only(self, "hessian")
         return labelled_matrix(self, inference_of(self).hessian)
 
     @property
     def hessian_cond(self) -> jax.Array:
         """Condition number of ``hessian``: ``max|lambda| / min lambda`` (``inf`` if not PD)."""
+        _host_only(self, "hessian_cond")
         return inference_of(self).condition_number
 
     @property
@@ -221,6 +231,7 @@ class FitResult(eqx.Module):
         """Estimated distance to the minimum of the total NLL, ``g^T H^-1 g / 2`` (Minuit's
         EDM): what a Newton step from the estimate would still gain. Near 0 at an optimum;
         large with a tiny gradient where the NLL is flat (status ``NOT_AT_MINIMUM``)."""
+        _host_only(self, "edm")
         return inference_of(self).edm
 
     @property
@@ -265,6 +276,7 @@ class FitResult(eqx.Module):
         Example:
             >>> lo, hi = res.confint(0.95, method="profile", params=["sigma"])[0]  # doctest: +SKIP
         """
+        _host_only(self, "confint")
         return confint_of(self, level, method, params, kind, groups)
 
     def to_frame(self, level: float = 0.95, kind: str = "observed", method: str = "wald"):
@@ -283,6 +295,7 @@ class FitResult(eqx.Module):
         Example:
             >>> res.to_frame().loc["mu", "stderr"]  # doctest: +SKIP
         """
+        _host_only(self, "to_frame")
         table = param_table(self, level, kind, method)
         return table.to_pandas() if optional_pandas() is not None else table
 
@@ -295,6 +308,7 @@ class FitResult(eqx.Module):
         Example:
             >>> curve = res.profile("sigma", np.linspace(0.8, 1.2, 9))  # doctest: +SKIP
         """
+        _host_only(self, "profile")
         return profile_of(self, name, values)
 
     def summary(self, kind: str = "observed", level: float = 0.95, max_rows: int = 50,
@@ -303,6 +317,7 @@ class FitResult(eqx.Module):
         converged, status, steps, gradient norm, Hessian condition number) and per parameter
         estimate, std err, z, P>|z| and the Wald interval; notes say why a std err is NaN.
         ``kind`` (and ``groups``) pick the covariance, as in ``covariance``."""
+        _host_only(self, "summary")
         return summary_of(self, kind, level, max_rows, groups)
 
     def predict(self, X, kind: str = "observed", groups=None):
@@ -318,20 +333,25 @@ class FitResult(eqx.Module):
             >>> pred = res.predict(X_new)  # doctest: +SKIP
             >>> pred.mean, pred.se, pred.confint(0.95)  # doctest: +SKIP
         """
+        _host_only(self, "predict")
         return predict_of(self, X, kind, groups)
 
     def gof(self, statistics=("ks", "cvm", "ad"), n_boot: int = 1000, *, key, **fit_options):
         """Returns KS, Cramer-von Mises and Anderson-Darling statistics with p-values by
         parametric bootstrap with refitting (:func:`mlefit._gof.gof`; ``key``: a PRNG key)."""
+        _host_only(self, "gof")
         from ._gof import gof
 
         return gof(self, statistics, n_boot, key=key, **fit_options)
 
     def _repr_html_(self) -> str:
+        _host_only(self, "_repr_html_")
         return html_of(self)
 
     # -- display -----------------------------------------------------------------
     def __repr__(self) -> str:
+        if is_traced(self.nll, self.u, self.status_code):
+            return f"FitResult(model={self.model_name}, traced)"
         if self.batch_shape:
             codes = np.asarray(self.status_code).ravel()
             counts = {str(Status(c)): int((codes == c).sum()) for c in np.unique(codes)}
@@ -344,6 +364,16 @@ class FitResult(eqx.Module):
             f"FitResult(model={self.model_name}, params={params}, nll={float(self.nll):.10g}, "
             f"n_obs={_num(self.n_obs)}, status={self.status}, steps={int(self.steps)}, "
             f"grad_norm={float(self.grad_norm):.3g})"
+        )
+
+
+def _host_only(res: FitResult, what: str) -> None:
+    """``TypeError`` for a method that needs concrete values, called on a traced result."""
+    if is_traced(res.nll, res.u, res.status_code):
+        raise TypeError(
+            f"FitResult.{what}: {NOT_AVAILABLE} (e.g. res = jax.jit(f)(x); res.{what}). "
+            "Inside the transformation use res.params, res.nll, res.status_code, res.steps, "
+            "res.grad_norm, res.loglik."
         )
 
 

@@ -28,6 +28,7 @@ to the order of floating-point sums (tests: 1e-12 relative).
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-__all__ = ["plan_for", "specialise", "suffstats", "reduced_mean_loglik"]
+__all__ = ["plan_for", "specialise", "specialise_traced", "suffstats", "reduced_mean_loglik"]
 
 K, P, D, A, N = "K", "P", "D", "A", "N"
 
@@ -616,3 +617,54 @@ def reduced_mean_loglik(spec: Specialised, params, stats):
     """``mean_i log p(obs_i; params)`` from the sufficient statistics of one data set."""
     means, covs = stats
     return spec.mean_loglik(jax.tree_util.tree_leaves(params), means, covs)
+
+
+
+def specialise_traced(plan: Plan, data: tuple, weights, probe_params: list):
+    """``(specs, index)`` for TRACED data, or ``(None, None)``: the data-only conditions
+    cannot be read on the host, so every way of fixing them that can hold is prepared
+    and the trace picks one.
+
+    Of the ``2^k`` ways to fix the ``k <= 3`` conditions, ``specs`` keeps those whose
+    reduced mean log-density is finite at a probe point (``probe_params``, feature means
+    and centred moments 1): a way that sends an observation to ``-inf`` or NaN (a support
+    check, ``isnan(x)``) cannot be the data's. ``index`` (traced) is the position in
+    ``specs`` of the way every used observation meets, or ``-1`` where none does (the
+    conditions differ between observations, or select a non-finite branch): the caller
+    then makes the objective NaN. Use it where the model's support makes conditions
+    constant on valid data (mlefit's ready-made models); a piecewise log-density whose
+    observations straddle a condition would get NaN instead of a fit.
+    """
+    keys = plan.conditions
+    if not keys or len(keys) > 3:
+        return None, None
+    param_avals = tuple(plan.closed.in_avals[: plan.n_params])
+    obs = tuple(jax.ShapeDtypeStruct((2,) + a.shape[1:], a.dtype) for a in data)
+    specs = []
+    for combo in itertools.product((False, True), repeat=len(keys)):
+        key = tuple(sorted(zip(keys, combo, strict=True)))
+        try:
+            found = _probe(plan, "features", dict(key))
+        except Exception:  # noqa: BLE001 - an unusable way
+            continue
+        if found["cls"] == N:
+            continue
+        spec = Specialised(plan, key, found["pairs"], param_avals)
+        means, covs = jax.eval_shape(lambda *o, s=spec: suffstats(s, o, None), *obs)
+        with jax.ensure_compile_time_eval():
+            value = spec.mean_loglik(
+                [jnp.asarray(p, a.dtype) for p, a in zip(probe_params, param_avals, strict=True)],
+                [jnp.ones(m.shape, m.dtype) for m in means],
+                [jnp.ones(c.shape, c.dtype) for c in covs],
+            )
+            if bool(jnp.all(jnp.isfinite(value))):
+                specs.append(spec)
+    if not specs:
+        return None, None
+    flags = _conditions_on_data(plan, data, weights, False)
+    constant = jnp.all(flags[0] == flags[1])
+    index = jnp.asarray(-1, jnp.int32)
+    for j, spec in reversed(list(enumerate(specs))):
+        wanted = jnp.asarray([dict(spec.constants)[k] for k in keys])
+        index = jnp.where(constant & jnp.all(flags[0] == wanted), j, index)
+    return tuple(specs), index
