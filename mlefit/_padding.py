@@ -6,12 +6,12 @@ observation from the NLL exactly, and a valid copy keeps its gradient finite) ma
 fits of ``n = 30`` and ``n = 32`` one program. Buckets grow geometrically:
 
 - ``n <= 1024``: the next power of two (at most 1,023 rows of padding);
-- ``1024 < n <= 2^20``: 8 buckets per octave (at most 12.5% more rows);
-- above: 32 buckets per octave (at most 3.1%).
+- ``1024 < n <= 65,536``: 8 buckets per octave (at most 12.5% more rows, 8,192 at most).
 
-Data already on a device with more than ``2^16`` observations are used as they are:
-padding them would copy them (a pass over the data) on every fit, and a fit of that size
-runs long enough that its compilation matters less.
+Above 65,536 observations the data are used as they are: padding copies the data (a pass
+over them) on every fit, which costs more than it saves at that size (a 1e6 x 33 float64
+design is 264 MB), and a fit of that size runs long enough that its compilation matters
+less. (``bucket`` itself continues with 8 buckets per octave up to 2^20 and 32 above.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["bucket", "pad_observations"]
 
 _SMALL = 1024
 _MEDIUM = 1 << 20
-_DEVICE_LIMIT = 1 << 16
+_PAD_LIMIT = 1 << 16
 
 
 def bucket(n: int) -> int:
@@ -40,13 +40,6 @@ def bucket(n: int) -> int:
     return -(-n // step) * step
 
 
-def _on_host(a) -> bool:
-    return isinstance(a, np.ndarray) or (
-        isinstance(a, jax.Array) and a.is_fully_addressable
-        and all(d.platform == "cpu" for d in a.sharding.device_set)
-    )
-
-
 def pad_observations(data: tuple, weights, dtype):
     """``(data, weights)`` padded to ``bucket(n)`` rows, or as given when no padding applies.
 
@@ -59,7 +52,7 @@ def pad_observations(data: tuple, weights, dtype):
     m = bucket(n)
     if any(isinstance(x, jax.core.Tracer) for x in (*data, weights)):
         return data, weights  # traced (inside jit/vmap/grad): no host copies, no padding
-    if n > _DEVICE_LIMIT and not all(_on_host(a) for a in data):
+    if n > _PAD_LIMIT:
         return data, weights
     w = np.ones(n, dtype) if weights is None else np.asarray(weights, dtype)
     if m == n:  # weights of the same kind as padded fits': one program for both
