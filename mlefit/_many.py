@@ -24,12 +24,12 @@ from ._compiled import compiled_call
 from ._constraints import constrain, is_constraint, split_init
 from ._defaults import DEFAULT_MAX_STEPS_MANY, DEFAULT_MAX_STEPS_MANY_NEWTON, use_newton
 from ._diagnose import _init_not_finite_message
-from ._fit import fit_fingerprint
 from ._iterate import iterate
 from ._model import AbstractModel, Problem, as_problem
 from ._newton import NEWTON, Newton
 from ._objective import Reduced, objective
 from ._options import check_options
+from ._program import fit_fingerprint
 from ._result import FitResult
 from ._solver_optax import OptaxSolver
 from ._status import Status

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 
 import mlefit
-import mlefit._fit as fit_module
+import mlefit._program as fit_module
 
 from .helpers import rel_err
 

@@ -27,10 +27,10 @@ import mlefit
 from mlefit import models
 from mlefit._constraints import split_init
 from mlefit._defaults import default_solver, subsample_size
-from mlefit._fit import choose_solver
 from mlefit._model import Problem
 from mlefit._solver_optax import OptaxSolver
 from mlefit._solver_subsampled import SubsampledNewton, subsample_indices
+from mlefit._solvers import choose_solver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 20_000
