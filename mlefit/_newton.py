@@ -140,14 +140,6 @@ def _direction_eig(h, g, lam):
     return jnp.where(jnp.all(jnp.isfinite(d)), d, -s * s * g), pd
 
 
-def _positive_definite(h):
-    """Whether ``h`` is numerically positive definite (Jacobi-scaled eigenvalues > 0)."""
-    s = _marquardt_scale(h)
-    w = jnp.linalg.eigvalsh(s[:, None] * h * s[None, :])
-    return jnp.all(w > 1e3 * jnp.finfo(h.dtype).eps * jnp.max(jnp.abs(w))) & jnp.all(
-        jnp.isfinite(w))
-
-
 class _State(NamedTuple):
     x: jax.Array
     value: jax.Array
@@ -293,7 +285,9 @@ class Newton(AbstractSolver):
         restarted = c.restarted
         if self.restart:
             stops = ~first & ((gnorm(g) <= tol) | (verdict == Status.STALLED))
-            again = stops & ~restarted & ~_positive_definite(h)
+            # pd: the Hessian of the point the step left (its eigendecomposition is the
+            # step's own), a stand-in for the new point's on a flat region or a saddle
+            again = stops & ~restarted & ~pd
             x, v, g, h, hess_exact = jax.tree.map(
                 lambda s0, cur: jnp.where(again, s0, cur), start, (x, v, g, h, hess_exact)
             )
