@@ -442,9 +442,16 @@ def _fit_many_compiled(static: tuple, dynamic: tuple, params_aval, obs_aval):
     """
     logp, transforms, solver, spec = static[:4]
     fit_logp = logp if spec is None else Reduced(logp, spec)
+    # A small fit per data set (Newton on a few parameters): compiled for compile time,
+    # as fit's small programs (10,000 Gamma fits of 200: compile 1.3-1.8 s -> 0.85-0.95 s,
+    # steady 0.041-0.050 s -> 0.046-0.070 s, loaded 2-core machine).
+    data = dynamic[1]
+    per_set = sum(int(np.prod(a.shape[1:])) for a in data)
+    p = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params_aval))
     return compiled_call(
         _fit_many_static_first, static, dynamic,
         lambda: fit_fingerprint(fit_logp, transforms, solver, static[4:], params_aval, obs_aval),
+        small=solver == NEWTON and per_set * max(p, 1) <= 1 << 16,
     )
 
 
