@@ -25,6 +25,7 @@ not survive pickling (parameters held in an equinox Module) is compiled as usual
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import os
@@ -133,10 +134,39 @@ def _load_or_compile(fn, static, dynamic, tree, layout, fingerprint, small=False
             exe = _load(path)
             if exe is not None:
                 return exe
-    exe = _compile(fn, static, dynamic, small)
-    if path is not None:
+    if path is None:
+        return _compile(fn, static, dynamic, small)
+    with _fresh_compilation() as fresh:
+        exe = _compile(fn, static, dynamic, small)
+    if fresh:
         _store(path, exe)
     return exe
+
+
+@contextlib.contextmanager
+def _fresh_compilation():
+    """JAX's persistent cache off for one compilation; yields whether it could be.
+
+    An executable that JAX's cache deserialized, serialized again into mlefit's store,
+    loads without some of its kernels ("NOT_FOUND: Function ... not found" when it runs;
+    seen on XLA:CPU with jax 0.10.2 at every optimisation level). A program that goes into
+    the store is therefore compiled afresh, once per key; the store then serves every
+    later process. JAX decides once per process whether its cache is used
+    (``compilation_cache._cache_used``, private): where that switch is not there, the
+    program is compiled as usual and not stored.
+    """
+    try:
+        from jax._src import compilation_cache as cc
+
+        saved = (cc._cache_checked, cc._cache_used)
+    except (ImportError, AttributeError):
+        yield False
+        return
+    cc._cache_checked, cc._cache_used = True, False
+    try:
+        yield True
+    finally:
+        cc._cache_checked, cc._cache_used = saved
 
 
 def _digest(*parts: str) -> str:

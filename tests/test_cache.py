@@ -345,3 +345,37 @@ def test_cpu_fits_compile_with_the_classic_fusion_emitters(monkeypatch):
     assert _compiled.compiler_options() == expected
     monkeypatch.setenv("MLEFIT_CPU_FUSION_EMITTERS", "1")  # XLA's default, on request
     assert _compiled.compiler_options() == {}
+
+
+_RESTORE_PROBE = r"""
+import jax, numpy as np, jax.numpy as jnp, jax.scipy.stats as st
+jax.config.update("jax_enable_x64", True)
+import mlefit
+x = np.linspace(1.0, 10.0, 40)
+y = 3.0 * (1 - np.exp(-0.4 * x)) + 0.01 * np.sin(7 * x)
+for start in (1.0, 2.0):  # a new closure per fit: the second is loaded from the store
+    model = lambda p, x, y: st.norm.logpdf(y, p["a"] * (1 - jnp.exp(-p["b"] * x)), 0.1)
+    res = mlefit.fit(model, (x, y), {"a": start, "b": 0.5}, optimizer="newton")
+    print(str(res.status), round(float(res.params["a"]), 6))
+"""
+
+
+def test_a_stored_fit_compiled_while_jax_cache_was_warm_runs(tmp_path):
+    """An executable JAX's persistent cache hands back does not survive being serialized
+    again into mlefit's store (its kernels go missing: 'NOT_FOUND: Function ... not
+    found' when the loaded fit runs). mlefit compiles what it stores afresh: a process
+    whose JAX cache is warm but whose store is empty stores fits that load and run."""
+    import shutil
+
+    env = dict(os.environ, MLEFIT_CACHE_DIR=str(tmp_path), JAX_PLATFORMS="cpu")
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", _RESTORE_PROBE], env=env,
+                             capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    first = run()
+    shutil.rmtree(tmp_path / "mlefit-executables")  # JAX's cache stays warm
+    assert run() == first  # compiled with JAX's cache warm, stored, loaded, run
+    assert run() == first and first[0] == "converged"
