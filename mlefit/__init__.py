@@ -4,6 +4,10 @@ A model is the log-density of ONE observation, ``log p(x; w)`` or ``log p(y | x;
 :func:`fit` minimises the mean negative log-likelihood with optax in one compiled call.
 """
 
+from ._xla_flags import set_default_flags as _set_default_flags
+
+_set_default_flags()  # before any JAX computation starts the backend
+
 from . import closed_form as closed_form
 from . import datasets as datasets
 from . import info as info

@@ -13,4 +13,6 @@ os.environ["MLEFIT_CACHE_DIR"] = "0"
 
 import jax  # noqa: E402
 
+import mlefit  # noqa: E402, F401  (sets XLA_FLAGS before any test computation starts JAX)
+
 jax.config.update("jax_enable_x64", True)
