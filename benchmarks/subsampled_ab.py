@@ -1,0 +1,95 @@
+"""Issue 18, side by side: subsampled Newton (opt-in) against the default L-BFGS and
+scikit-learn on problems 2 and 4 of ``benchmarks.run`` (steady state, medians).
+
+    python -m benchmarks.subsampled_ab --reps 5
+"""
+
+import argparse
+import statistics
+import time
+import warnings
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import mlefit  # noqa: E402
+
+from .problems import logistic_data, logistic_logp, poisson_data, poisson_logp  # noqa: E402
+
+
+def _median_time(run, reps):
+    out = run()  # first call: compiles (mlefit)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def _mlefit(logp, data, d, **kw):
+    X, y = (jnp.asarray(a) for a in data)
+
+    def run():
+        res = mlefit.fit(logp, (X, y), jnp.zeros(d), **kw)
+        jax.block_until_ready(res.params)
+        return float(res.nll), int(res.steps)
+    t0 = time.perf_counter()
+    run()
+    first_s = time.perf_counter() - t0
+    steady, out = _median_time(run, REPS)
+    return first_s - steady, steady, out
+
+
+def _sklearn(cls, data, **kw):
+    X, y = data
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = cls(fit_intercept=False, max_iter=5000, **kw).fit(X, y)
+        return None, int(np.max(m.n_iter_))
+    steady, out = _median_time(run, REPS)
+    return None, steady, out
+
+
+def main():
+    global REPS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    REPS = ap.parse_args().reps
+    from sklearn.linear_model import LogisticRegression, PoissonRegressor
+
+    problems = [
+        ("logistic 1e6 x 33", logistic_logp, logistic_data(1_000_000), 33,
+         lambda **k: _sklearn(LogisticRegression, DATA, penalty=None, **k)),
+        ("Poisson 5e5 x 17", poisson_logp, poisson_data(500_000), 17,
+         lambda **k: _sklearn(PoissonRegressor, DATA, alpha=0.0, **k)),
+    ]
+    print("| problem | tool | compile s | steady s (median) | steps | mean NLL | "
+          "sklearn default / tool | sklearn tol 1e-9 / tool |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, logp, data, d, sk in problems:
+        global DATA
+        DATA = data
+        rows = [("mlefit.fit (default, L-BFGS)", _mlefit(logp, data, d)),
+                ("mlefit.fit optimizer='subsampled'",
+                 _mlefit(logp, data, d, optimizer="subsampled")),
+                ("scikit-learn lbfgs tol=1e-4 (default)", sk(tol=1e-4)),
+                ("scikit-learn lbfgs tol=1e-9", sk(tol=1e-9))]
+        sk_default, sk_tight = rows[2][1][1], rows[3][1][1]
+        for tool, (compile_s, steady, (nll, steps)) in rows:
+            c = "" if compile_s is None else f"{compile_s:.2f}"
+            nll_s = "" if nll is None else f"{nll:.12f}"
+            print(f"| {name} | {tool} | {c} | {steady:.3f} | {steps} | {nll_s} | "
+                  f"{sk_default / steady:.2f} | {sk_tight / steady:.2f} |", flush=True)
+
+
+REPS = 5
+DATA = None
+
+if __name__ == "__main__":
+    main()
