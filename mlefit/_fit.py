@@ -44,6 +44,7 @@ from ._options import check_named_optimizer, check_options
 from ._precision import warn_if_float32
 from ._program import full_batch, run_with_fallback
 from ._result import FitResult
+from ._solver_subsampled import SubsampledNewton
 from ._solvers import choose_solver
 from ._sources import is_source
 from ._status import Status
@@ -114,10 +115,11 @@ def fit(
             exact-Hessian Newton where a Hessian is cheap (``p <= 64`` free parameters
             and ``n_obs * p^2 <= 2e7``; ``n_obs`` counts 1 for a fit from sufficient
             statistics); subsampled Newton for large data and ``p <= 64``
-            (``n_obs >= 4 m``, ``m = max(20 p, 20,000)`` sampled rows give the curvature,
-            one full pass per step, converging to the MLE of all rows;
-            :mod:`mlefit._solver_subsampled`); else L-BFGS (``optax.lbfgs`` with a
-            weak-Wolfe line search). ``"subsampled"``: subsampled Newton whatever the size.
+            (``n_obs * p >= 3e7`` and ``n_obs >= 10 m``; ``m = max(20 p, 20,000)``
+            sampled rows give the curvature, one full pass over the data per step,
+            converging to the MLE of all rows; :mod:`mlefit._solver_subsampled`); else
+            L-BFGS (``optax.lbfgs`` with a weak-Wolfe line search). ``"subsampled"``:
+            subsampled Newton whatever the size. ``"lbfgs"``: L-BFGS whatever the size.
             ``"newton"``: damped Newton whatever the size (default ``max_steps`` 1,000):
             ``(H + lam diag|H|) d = -g`` with the exact Hessian every step,
             Marquardt's scaling and saddle-free steps where ``H`` is indefinite. Or any
@@ -267,7 +269,8 @@ def fit(
                                 data=data, weights=weights, tol=tol_arr,
                                 max_steps=opts.max_steps, record_history=opts.history,
                                 layout=layout, progress=progress)
-        out, inference = run_with_fallback(run, solver, chosen=not newton)
+        out, inference = run_with_fallback(
+            run, solver, chosen=not newton and not isinstance(opts.optimizer, SubsampledNewton))
     elif checkpoint is None and resume_from is None and layout is None and not progress:
         out = _fit_minibatch_compiled(
             problem.logp, transforms, opts.optimizer, u0, data, weights, opts.key, tol_arr,

@@ -98,7 +98,8 @@ def fit_traced(model, data, init, weights, weights_kind, optimizer, newton: bool
     f, args, n_eff = _traced_objective(problem.logp, transforms, x0, unravel, data, weights,
                                        problem.source)
     solver, _ = choose_solver(None if newton else opts.optimizer, newton, problem, u_aval,
-                              transforms, data, weights, None, reduce=False, n_eff=n_eff)
+                              transforms, data, weights, None, reduce=False, n_eff=n_eff,
+                              subsample=False)
     # the tangent solve: Cholesky where a Hessian is cheap (Newton's rule), else CG
     run = functools.partial(argmin, f=f, x0=x0, args=args, tol=opts.tol,
                             max_steps=opts.max_steps, record_history=opts.history,

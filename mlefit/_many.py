@@ -31,7 +31,7 @@ from ._objective import Reduced, objective
 from ._options import check_options
 from ._program import fit_fingerprint
 from ._result import FitResult
-from ._solver_optax import OptaxSolver
+from ._solver_optax import LBFGS, OptaxSolver
 from ._status import Status
 from ._suffstats import plan_for, reduced_mean_loglik, specialise, suffstats
 
@@ -466,9 +466,11 @@ def _choose_solver(optimizer, n_obs: int, n_params: int):
     if optimizer is None:
         return NEWTON if use_newton(n_obs, n_params) else None
     if isinstance(optimizer, str):
-        if optimizer != NEWTON:
-            raise ValueError(f"optimizer: the only named optimizer is 'newton', got {optimizer!r}")
-        return NEWTON
+        if optimizer not in (NEWTON, LBFGS):
+            raise ValueError(
+                f"optimizer: the named optimizers of fit_many are 'newton' and 'lbfgs', got "
+                f"{optimizer!r}")
+        return NEWTON if optimizer == NEWTON else None
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "optimizer: expected 'newton', an optax GradientTransformation (e.g. optax.lbfgs()) "

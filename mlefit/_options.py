@@ -11,7 +11,7 @@ import optax
 
 from ._defaults import DEFAULT_MAX_STEPS, default_tol
 from ._newton import NEWTON
-from ._solver_optax import default_optimizer
+from ._solver_optax import LBFGS, default_optimizer, lbfgs_optimizer
 from ._solver_subsampled import SUBSAMPLED, SubsampledNewton
 
 __all__ = ["FitOptions", "check_options", "check_named_optimizer"]
@@ -34,6 +34,8 @@ def check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, 
         optimizer = default_optimizer()
     elif optimizer == SUBSAMPLED:
         optimizer = SubsampledNewton()
+    elif optimizer == LBFGS:
+        optimizer = lbfgs_optimizer()
     elif not isinstance(optimizer, (optax.GradientTransformation, SubsampledNewton)):
         raise TypeError(
             f"optimizer: expected an optax GradientTransformation (e.g. optax.adam(1e-2)), "
@@ -80,18 +82,21 @@ def check_options(n, dtype, optimizer, batch_size, epochs, key, max_steps, tol, 
 
 
 def check_named_optimizer(optimizer, batch_size, stream: bool) -> bool:
-    """Whether ``optimizer`` is ``"newton"``; ``ValueError`` for a name that is neither
-    ``"newton"`` nor ``"subsampled"``, and for what these cannot be combined with."""
+    """Whether ``optimizer`` is ``"newton"``; ``ValueError`` for a name that is not
+    ``"newton"``, ``"subsampled"`` or ``"lbfgs"``, and for what the first two cannot be
+    combined with."""
     if isinstance(optimizer, SubsampledNewton):
         optimizer = SUBSAMPLED
     if not isinstance(optimizer, str):
         return False
-    if optimizer not in (NEWTON, SUBSAMPLED):
+    if optimizer not in (NEWTON, SUBSAMPLED, LBFGS):
         raise ValueError(
-            f"optimizer: the named optimizers are 'newton' and 'subsampled', got "
+            f"optimizer: the named optimizers are 'newton', 'subsampled' and 'lbfgs', got "
             f"{optimizer!r}; otherwise pass an optax GradientTransformation "
             "(e.g. optax.adam(1e-2))."
         )
+    if optimizer == LBFGS:
+        return False
     for given, what in (
         (batch_size is not None, "batch_size (minibatch fits)"),
         (stream, "a data stream"),

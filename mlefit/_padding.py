@@ -46,12 +46,14 @@ def pad_observations(data: tuple, weights, dtype):
     Padding rows copy the first observation with a positive weight and get weight 0;
     ``weights`` (``None``: all ones) become an array of the padded length, also where
     ``n`` is a bucket already (so that fits of ``n`` and of fewer rows share a program).
-    Traced data are returned as given.
+    Traced data and data split over several devices are returned as given.
     """
     n = data[0].shape[0]
     m = bucket(n)
     if any(isinstance(x, jax.core.Tracer) for x in (*data, weights)):
         return data, weights  # traced (inside jit/vmap/grad): no host copies, no padding
+    if isinstance(data[0], jax.Array) and len(data[0].sharding.device_set) > 1:
+        return data, weights  # sharded: a host copy would gather it onto one device
     if n > _PAD_LIMIT:
         return data, weights
     w = np.ones(n, dtype) if weights is None else np.asarray(weights, dtype)

@@ -28,8 +28,8 @@ from ._newton import Newton
 from ._objective import objective
 from ._padding import pad_observations
 from ._progress import progress_bar
-from ._solver_optax import OptaxSolver, default_optimizer
-from ._solver_subsampled import SubsampledNewton, bind_subsample
+from ._solver_optax import OptaxSolver, default_optimizer, lbfgs_optimizer
+from ._solver_subsampled import SubsampledNewton, bind_subsample, on_shards
 from ._status import Status
 
 __all__ = ["full_batch", "run_with_fallback", "fit_fingerprint", "avals"]
@@ -47,30 +47,34 @@ def _with_inference(solver) -> bool:
 
 
 def run_with_fallback(run, solver, chosen: bool):
-    """``run(solver)``, or with L-BFGS where Newton cannot work for this model.
+    """``run(solver)``, or with L-BFGS where a second-order solver cannot work for this model.
 
-    Two models cannot be fitted by Newton: one JAX differentiates once but not twice (no
-    second-derivative rule, a ``custom_vjp``, a host callback: found while tracing, before
-    anything compiles), and one whose Hessian is not finite anywhere Newton looked (an
-    ordered model with +-inf end cut points: Newton stalls at its start). Where the
-    default chose Newton (``chosen``), such a model is fitted by L-BFGS instead; where
-    the user asked for Newton, the first raises an error that says so.
+    Two models cannot be fitted by Newton or subsampled Newton: one JAX differentiates
+    once but not twice (no second-derivative rule, a ``custom_vjp``, a host callback:
+    found while tracing, before anything compiles), and one whose Hessian is not finite
+    anywhere Newton looked (an ordered model with +-inf end cut points: Newton stalls at
+    its start). Where the default chose the solver (``chosen``), such a model is fitted
+    by L-BFGS instead, and so is one where subsampled Newton stalled; where the user
+    asked for the solver, the first raises an error that says so.
     """
-    if not isinstance(solver, Newton):
+    if not isinstance(solver, (Newton, SubsampledNewton)):
         return run(solver)[:2]
     lbfgs = OptaxSolver(default_optimizer())
+    name = "newton" if isinstance(solver, Newton) else "subsampled"
     try:
         out, inference, hess_finite = run(solver)
     except HESSIAN_ERRORS as e:
         if not chosen:
             raise ValueError(
-                "optimizer: 'newton' needs second derivatives of the model, which JAX "
+                f"optimizer: {name!r} needs second derivatives of the model, which JAX "
                 f"cannot take here ({type(e).__name__}: {e}); use the default or an optax "
                 "optimizer (first derivatives only)."
             ) from e
         return run(lbfgs)[:2]
     if chosen and not hess_finite and int(out[4]) != Status.CONVERGED:
         return run(lbfgs)[:2]
+    if chosen and isinstance(solver, SubsampledNewton) and int(out[4]) == Status.STALLED:
+        return run(lbfgs)[:2]  # the subsample's curvature could not find a descent
     return out, inference
 
 
@@ -86,6 +90,7 @@ def full_batch(solver, logp, transforms, u0, data, weights, tol, max_steps: int,
     dtype = float_dtype(data)
     if layout is None:
         data, weights = pad_observations(data, weights, dtype)
+    solver = on_shards(solver, data)  # subsampled Newton: its subsample drawn per shard
     static = (logp, transforms, solver, max_steps, record_history,
               _with_inference(solver))
     params_aval, obs_aval = avals(u0), avals(data, skip=1)
@@ -214,9 +219,12 @@ def fit_fingerprint(logp, transforms, solver, options: tuple, params, obs):
         solver_desc = solver
     else:
         opt = solver.optimizer if isinstance(solver, OptaxSolver) else solver
-        if opt != default_optimizer():
+        if opt == default_optimizer():
+            solver_desc = "default"
+        elif opt == lbfgs_optimizer():
+            solver_desc = "lbfgs"
+        else:
             return None
-        solver_desc = "default"
     model = model_fingerprint(logp, params, obs)
     if model is None:
         return None

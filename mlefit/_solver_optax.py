@@ -23,13 +23,23 @@ from ._iterate import AbstractSolver
 from ._linesearch import scale_by_wolfe_linesearch
 from ._status import Status
 
-__all__ = ["OptaxSolver", "default_optimizer"]
+__all__ = ["OptaxSolver", "default_optimizer", "lbfgs_optimizer", "LBFGS"]
+
+LBFGS = "lbfgs"  # the optimizer name that asks fit for L-BFGS whatever the data's size
 
 
 @functools.cache
 def default_optimizer() -> optax.GradientTransformationExtraArgs:
     """Full-batch L-BFGS: ``optax.lbfgs`` (memory 10) with mlefit's weak-Wolfe line search
     (:func:`mlefit._linesearch.scale_by_wolfe_linesearch`); built once so fits reuse it."""
+    return optax.lbfgs(linesearch=scale_by_wolfe_linesearch())
+
+
+@functools.cache
+def lbfgs_optimizer() -> optax.GradientTransformationExtraArgs:
+    """``optimizer="lbfgs"``: the default's L-BFGS, built as a distinct object, so that
+    the default's cost rule (:func:`mlefit._defaults.default_solver`, which may choose
+    Newton or subsampled Newton) does not replace it."""
     return optax.lbfgs(linesearch=scale_by_wolfe_linesearch())
 
 

@@ -20,15 +20,17 @@ __all__ = ["choose_solver"]
 
 
 def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weights, layout,
-                  reduce: bool = True, n_eff: int | None = None):
+                  reduce: bool = True, n_eff: int | None = None, subsample: bool = True):
     """``(solver, logp)``: the solver of a full-batch fit and the log-density it minimises
     (:class:`~mlefit._objective.Reduced` where sufficient statistics apply).
 
     ``optimizer=None`` and not ``newton``: :class:`~mlefit._newton.Newton` where
-    :func:`~mlefit._defaults.use_newton` says a Hessian is cheap, else L-BFGS; a model
-    that declares its likelihood not smooth (``smooth = False``: kinks, where the Hessian
-    says nothing) is fitted by L-BFGS; :class:`~mlefit._solver_subsampled.SubsampledNewton`
-    only when asked for (``optimizer="subsampled"``). ``reduce``: try the
+    :func:`~mlefit._defaults.use_newton` says a Hessian is cheap,
+    :class:`~mlefit._solver_subsampled.SubsampledNewton` where
+    :func:`~mlefit._defaults.use_subsampled` says a pass over the data is what a fit
+    costs (and ``subsample``: the compiled program of ``fit`` draws the subsample), else
+    L-BFGS; a model that declares its likelihood not smooth (``smooth = False``: kinks,
+    where a Hessian says nothing) is fitted by L-BFGS. ``reduce``: try the
     sufficient-statistics reduction (which reads the data). ``n_eff``: the observations
     one evaluation passes over, where the caller reduced the data itself (1 for
     sufficient statistics).
@@ -50,8 +52,11 @@ def choose_solver(optimizer, newton: bool, problem, u0, transforms, data, weight
     p = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(u0))
     if n_eff is None:
         n_eff = 1 if isinstance(fit_logp, Reduced) else data[0].shape[0]
-    if default_solver(n_eff, p) == "newton" and getattr(problem.source, "smooth", True):
+    rule = default_solver(n_eff, p) if getattr(problem.source, "smooth", True) else "lbfgs"
+    if rule == "newton":
         return Newton(eig=True, restart=True), fit_logp
+    if rule == "subsampled" and subsample:
+        return SubsampledNewton(), fit_logp
     return OptaxSolver(default_optimizer()), fit_logp
 
 

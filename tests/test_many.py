@@ -97,6 +97,10 @@ def test_lbfgs_and_newton_agree(xs, res):
     r = mlefit.fit_many(normal, xs, INIT, optimizer=optax.lbfgs())
     assert bool(r.converged.all())
     assert rel_err(r.params["sigma"], res.params["sigma"]) < 1e-8
+    by_name = mlefit.fit_many(normal, xs, INIT, optimizer="lbfgs")  # fit's L-BFGS
+    assert bool(by_name.converged.all())
+    assert rel_err(by_name.params["sigma"], res.params["sigma"]) < 1e-8
+    assert int(np.max(by_name.steps)) > int(np.max(res.steps))  # not Newton's steps
 
 
 def test_many_parameters_default_to_lbfgs():
@@ -419,7 +423,7 @@ def test_bad_input_errors(xs):
         mlefit.fit_many(normal, xs, INIT, weights=w)
     with pytest.raises(TypeError, match="mask: expected a boolean"):
         mlefit.fit_many(normal, xs, INIT, mask=np.ones((B, N)))
-    with pytest.raises(ValueError, match="optimizer: the only named optimizer is 'newton'"):
+    with pytest.raises(ValueError, match="named optimizers of fit_many are 'newton' and 'lbfgs'"):
         mlefit.fit_many(normal, xs, INIT, optimizer="bfgs")
     with pytest.raises(ValueError, match="share the data-set and observation axes"):
         mlefit.fit_many(lambda p, x, y: 0.0, (xs, xs[:, :3]), INIT)

@@ -86,7 +86,7 @@ def test_newton_option_errors_before_compiling():
     x = np.arange(5.0)
     logp = lambda p, x: st.norm.logpdf(x, p["mu"], 1.0)  # noqa: E731
     with pytest.raises(ValueError,
-                       match="named optimizers are 'newton' and 'subsampled', got 'bfgs'"):
+                       match="named optimizers are 'newton', 'subsampled' and 'lbfgs', got 'bfgs'"):
         mlefit.fit(logp, x, {"mu": 0.0}, optimizer="bfgs")
     with pytest.raises(ValueError, match="does not combine with batch_size"):
         mlefit.fit(logp, x, {"mu": 0.0}, optimizer="newton", batch_size=2)

@@ -28,7 +28,7 @@ from mlefit import models
 from mlefit._constraints import split_init
 from mlefit._defaults import default_solver, subsample_size
 from mlefit._model import Problem
-from mlefit._solver_optax import OptaxSolver
+from mlefit._solver_optax import OptaxSolver, lbfgs_optimizer
 from mlefit._solver_subsampled import SubsampledNewton, subsample_indices
 from mlefit._solvers import choose_solver
 
@@ -219,27 +219,109 @@ def test_five_hundred_parameters():
                                atol=1e-8)
 
 
-def test_default_rule_is_newton_or_lbfgs():
-    """Subsampled Newton only on request: not the default (compile time, see
-    mlefit._defaults.default_solver)."""
+def test_default_rule():
+    """Newton where a Hessian is cheap, subsampled Newton where a pass over the data is
+    what a fit costs (p <= 64, n >= 10 m, n p >= 3e7), else L-BFGS
+    (mlefit._defaults.use_subsampled: the measurements behind the constants)."""
     assert default_solver(1_000, 5) == "newton"
     assert default_solver(1, 64) == "newton"  # sufficient statistics
-    assert default_solver(10**6, 33) == "lbfgs"
-    assert default_solver(500_000, 17) == "lbfgs"
+    assert default_solver(10**6, 33) == "subsampled"  # the logistic benchmark
+    assert default_solver(10**6, 64) == "subsampled"
+    assert default_solver(10**6, 65) == "lbfgs"  # p > 64
+    assert default_solver(909_090, 33) == "lbfgs"  # n p just below 3e7
+    assert default_solver(909_091, 33) == "subsampled"
+    assert default_solver(500_000, 17) == "lbfgs"  # Poisson benchmark: on request
     assert default_solver(200_000, 650) == "lbfgs"  # the softmax benchmark
+    assert default_solver(10**7, 1) == "newton"  # n p^2 <= 2e7: a Hessian is cheap
 
 
-def test_subsampled_is_chosen_on_request_only():
-    n, d = 80_000, 16
-    X = np.ones((n, d + 1))
-    y = np.zeros(n)
-    u0, transforms = split_init(jnp.zeros(d + 1), jnp.float64)
+def _choose(n, p, logp=logistic_logp, smooth=True, optimizer=None):
+    # zero-stride views: the rule reads shapes and dtypes only, nothing is allocated
+    X = np.broadcast_to(np.ones(1), (n, p))
+    y = np.broadcast_to(np.zeros(1), (n,))
+    u0, transforms = split_init(jnp.zeros(p), jnp.float64)
+    source = type("Source", (), {"smooth": smooth})()
+    problem = Problem(logp=logp, name="logistic", source=source)
+    return choose_solver(optimizer, False, problem, u0, transforms, (X, y), None, None)[0]
+
+
+def test_default_fit_chooses_subsampled_for_large_data():
+    assert isinstance(_choose(80_000, 17), OptaxSolver)
+    assert isinstance(_choose(10**6, 33), SubsampledNewton)
+    assert isinstance(_choose(10**6, 33, smooth=False), OptaxSolver)  # kinks: L-BFGS
+    by_name = _choose(10**6, 33, optimizer=lbfgs_optimizer())  # optimizer="lbfgs"
+    assert isinstance(by_name, OptaxSolver) and by_name.optimizer is lbfgs_optimizer()
+    u0, transforms = split_init(jnp.zeros(3), jnp.float64)
     problem = Problem(logp=logistic_logp, name="logistic")
-    solver, _ = choose_solver(None, False, problem, u0, transforms, (X, y), None, None)
-    assert isinstance(solver, OptaxSolver)
-    solver, _ = choose_solver(SubsampledNewton(), False, problem, u0, transforms, (X, y),
-                              None, None)
-    assert isinstance(solver, SubsampledNewton)
+    solver, _ = choose_solver(SubsampledNewton(), False, problem, u0, transforms,
+                              (np.ones((100, 3)), np.zeros(100)), None, None)
+    assert isinstance(solver, SubsampledNewton)  # on request, whatever the size
+
+
+@pytest.fixture
+def small_rule(monkeypatch):
+    """The default rule with a lower work threshold, so that a 2e5-row fit takes it."""
+    import mlefit._defaults as defaults
+
+    monkeypatch.setattr(defaults, "SUBSAMPLE_MIN_WORK", 1e6)
+
+
+def test_default_subsampled_fit_reaches_the_mle(small_rule, monkeypatch):
+    import statsmodels.api as sm
+
+    import mlefit._program as program
+
+    bound = []
+    real = program.bind_subsample
+    monkeypatch.setattr(program, "bind_subsample",
+                        lambda *a, **k: bound.append(1) or real(*a, **k))
+    X, y = _logistic_data(n=200_000, d=10, seed=3)  # n p^2 > 2e7: not Newton
+    res = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]))
+    assert bound  # the default ran subsampled Newton
+    _converged(res)
+    ref = sm.Logit(y, X).fit(disp=0, tol=1e-12, maxiter=100)
+    np.testing.assert_allclose(np.asarray(res.params), ref.params, rtol=1e-6, atol=1e-8)
+    assert abs(float(res.nll) + ref.llf / len(y)) <= 1e-12 * abs(ref.llf / len(y))
+
+
+def test_lbfgs_by_name(logistic, logistic_fit):
+    """``optimizer="lbfgs"``: L-BFGS where the default would take Newton (20,000 x 6)."""
+    X, y, params, nll = logistic
+    default = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]))
+    res = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer="lbfgs")
+    _converged(res)
+    np.testing.assert_allclose(np.asarray(res.params), params, rtol=1e-6, atol=1e-8)
+    assert int(res.steps) > int(default.steps)  # L-BFGS's steps, not Newton's
+
+
+class _Stalls(SubsampledNewton):
+    """Subsampled Newton that gives up at once (a stand-in for curvature that finds no
+    descent)."""
+
+    def step(self, f, c, tol):
+        state, _ = super().step(f, c, tol)
+        return state, jnp.asarray(mlefit.Status.STALLED, jnp.int32)
+
+
+def test_a_default_subsampled_fit_that_stalls_is_refitted_by_lbfgs(logistic, monkeypatch):
+    import mlefit._fit as fit_module
+
+    real = fit_module.choose_solver
+
+    def choose(*args, **kwargs):
+        solver, logp = real(*args, **kwargs)
+        stand_in = not isinstance(args[0], SubsampledNewton)  # the default's choice
+        return (_Stalls(min_rows=2000) if stand_in else solver), logp
+
+    monkeypatch.setattr(fit_module, "choose_solver", choose)
+    X, y, params, nll = logistic
+    res = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]))
+    _converged(res)  # by L-BFGS, from the start
+    np.testing.assert_allclose(np.asarray(res.params), params, rtol=1e-6, atol=1e-8)
+    stalled = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]),
+                         optimizer=_Stalls(min_rows=2000))
+    # asked for by name: no second solver
+    assert int(stalled.status_code) == int(mlefit.Status.STALLED)
 
 
 def test_bad_options_are_named():
@@ -257,7 +339,7 @@ def test_bad_options_are_named():
         mlefit.fit(logp, x, 0.0, optimizer="subsampled", batch_size=2)
     with pytest.raises(ValueError, match="'subsampled' is a full-batch method.*stream"):
         mlefit.fit(logp, mlefit.ArrayStream(x, chunk_size=5), 0.0, optimizer=SUB)
-    with pytest.raises(ValueError, match="named optimizers are 'newton' and 'subsampled'"):
+    with pytest.raises(ValueError, match="named optimizers are 'newton', 'subsampled' and 'lbfgs'"):
         mlefit.fit(logp, x, 0.0, optimizer="subsample")
 
 
@@ -274,20 +356,37 @@ jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, {tests!r})
 import mlefit
 from test_subsampled import _logistic_data, logistic_logp
-from mlefit._solver_subsampled import SubsampledNewton
+from mlefit._solver_subsampled import SubsampledNewton, per_shard_subsample
 assert len(jax.devices()) == 4
+mesh = mlefit.data_mesh()
 X, y = _logistic_data(n=20_001)  # not a multiple of 4: padded with zero weights
 sub = SubsampledNewton(min_rows=2000)
 one = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer=sub)
-four = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer=sub,
-                  mesh=mlefit.data_mesh())
+four = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer=sub, mesh=mesh)
+# a multiple of 4 (no padding, no weights), by the default rule's solver choice
+X2, y2 = X[:20_000], y[:20_000]
+one2 = mlefit.fit(logistic_logp, (X2, y2), jnp.zeros(X.shape[1]), optimizer=sub)
+four2 = mlefit.fit(logistic_logp, (X2, y2), jnp.zeros(X.shape[1]), optimizer=sub, mesh=mesh)
+# where the subsample's rows come from: column 0 holds the row's index
+S = mlefit.shard((np.arange(20_000.0)[:, None],), mesh, weights=np.r_[np.ones(10_000),
+                 np.zeros(5_000), np.ones(5_000)])
+(rows,), w = jax.jit(lambda d, w: per_shard_subsample(0, 1000, mesh, ("obs",), d, w))(
+    S.data, S.weights)
+shards = [np.asarray(s.data)[:, 0].tolist() for s in rows.addressable_shards]
+weights = [np.asarray(s.data).tolist() for s in w.addressable_shards]
 print("RESULT " + json.dumps({{"one": np.asarray(one.params).tolist(),
       "four": np.asarray(four.params).tolist(), "g": float(four.grad_norm),
-      "status": int(four.status_code), "nll": [float(one.nll), float(four.nll)]}}))
+      "status": int(four.status_code), "nll": [float(one.nll), float(four.nll)],
+      "one2": np.asarray(one2.params).tolist(), "four2": np.asarray(four2.params).tolist(),
+      "status2": int(four2.status_code), "sharded2": len(four2.params.sharding.device_set),
+      "shards": shards, "weights": weights}}))
 """
 
 
 def test_sharded_fit_over_four_devices():
+    """The fit over four devices equals the one-device fit, and each device draws its
+    subsample from its own rows (per_shard_subsample), weighted by the inverse of its
+    sampling probability."""
     import json
 
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
@@ -300,3 +399,14 @@ def test_sharded_fit_over_four_devices():
     assert r["status"] == 0 and r["g"] <= 1e-9
     np.testing.assert_allclose(r["four"], r["one"], rtol=1e-7, atol=1e-9)
     assert abs(r["nll"][0] - r["nll"][1]) <= 1e-13
+    assert r["status2"] == 0
+    np.testing.assert_allclose(r["four2"], r["one2"], rtol=1e-7, atol=1e-9)
+    # 1,000 rows over 4 shards of 5,000: 250 per shard, from its own block of rows;
+    # shard 2 has no positive weight (its rows get weight 0), shard 3 has 5,000
+    assert [len(s) for s in r["shards"]] == [250] * 4
+    for d, rows in enumerate(r["shards"]):
+        assert all(5_000 * d <= i < 5_000 * (d + 1) for i in rows)
+    assert len(set(r["shards"][0])) == 250  # distinct rows: one per stratum of 20
+    np.testing.assert_allclose(r["weights"][0], 5_000 / 250)
+    np.testing.assert_allclose(r["weights"][2], 0.0)
+    np.testing.assert_allclose(r["weights"][3], 5_000 / 250)
