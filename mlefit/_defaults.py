@@ -93,14 +93,18 @@ def use_subsampled(n_obs: int, n_params: int) -> bool:
     ``p <= 64``, ``n >= 10 m`` (``m = subsample_size(n, p)``) and ``n p >= 3e7``.
 
     Its steps cost one pass over the data each, and it takes 5-7 of them where L-BFGS
-    takes 9-11 steps (measured, 2 cores, float64; steady state, subsampled against
-    L-BFGS): logistic 1e6 x 33 0.28 s against 0.36 s, 5e5 x 33 0.15 s against 0.20 s,
-    2e5 x 33 0.065 s against 0.094 s, 3e5 x 64 0.20 s against 0.24 s, Poisson 5e5 x 17
-    0.077 s against 0.133 s; at 1e5 x 33 (``n = 5 m``) it lost (0.047 s against 0.040 s).
-    Its program compiles in 0.3-0.5 s more (a Newton loop on the subsample), which the
-    faster steps repay in the first fit only from about ``n p = 3e7`` (1e6 x 33: first
-    call 1.44 s against 1.49 s); below that it is the faster choice for repeated fits of
-    the same shape, on request (``optimizer="subsampled"``).
+    takes 9-11 (measured on 2 cores, float64, steady state: logistic 1e6 x 33 0.28 s
+    against 0.36 s, 5e5 x 33 0.19 s against 0.23 s, 3e5 x 64 0.17 s against 0.25 s,
+    Poisson 5e5 x 17 0.08 s against 0.13 s; level within the noise at 1e5-2e5 rows).
+    Its program compiles in 0.3-0.5 s more (Newton's loop on the subsample), which the
+    faster steps repay in the first fit only from about ``n p = 3e7`` (first call,
+    logistic 1e6 x 33: 1.35 s against 1.58 s; 2e6 x 33: 1.62 s against 2.28 s); below
+    that it is the faster choice for repeated fits of one shape, on request
+    (``optimizer="subsampled"``). Tables: ``benchmarks/RESULTS.md``, "Subsampled Newton".
+
+    Example:
+        >>> use_subsampled(10**6, 33), use_subsampled(5 * 10**5, 17), use_subsampled(10**6, 65)
+        (True, False, False)
     """
     m = subsample_size(n_obs, n_params)
     return (n_params <= SUBSAMPLE_MAX_PARAMS and n_obs >= SUBSAMPLE_MIN_RATIO * m
