@@ -32,6 +32,7 @@ from ._options import check_options
 from ._precision import warn_if_float32
 from ._result import FitResult
 from ._solver_optax import OptaxSolver, default_optimizer
+from ._solver_subsampled import SubsampledNewton
 from ._solvers import choose_solver
 from ._suffstats import (
     plan_for,
@@ -82,6 +83,12 @@ def fit_traced(model, data, init, weights, weights_kind, optimizer, newton: bool
     u0, transforms = split_init(init, dtype)
     opts = check_options(n, dtype, None if newton else optimizer, None, None, None,
                          max_steps, tol, record_history)
+    if isinstance(opts.optimizer, SubsampledNewton):
+        raise ValueError(
+            "optimizer: 'subsampled' draws its subsample inside fit's own compiled program "
+            "and is not available inside jit, vmap or grad; use the default (Newton or "
+            "L-BFGS by the problem's size) or optimizer='lbfgs' there."
+        )
     u_aval = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), u0)
     check_model_output(problem.logp, u_aval, data)
     weights = check_weights(weights, n, dtype)

@@ -39,6 +39,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ._constraints import constrain
 from ._defaults import (
@@ -125,8 +126,6 @@ def per_shard_subsample(seed: int, m: int, mesh, spec, data: tuple, weights):
     mean NLL estimates the whole data's, and its Hessian is reduced across devices by
     XLA like every other sum over observations.
     """
-    from jax.sharding import PartitionSpec
-
     n_dev = int(np.prod([mesh.shape[a] for a in (spec if isinstance(spec, tuple) else (spec,))]))
     m_local = -(-m // n_dev)
     u = jnp.asarray(np.random.default_rng(seed).random((n_dev, m_local)))
@@ -375,8 +374,6 @@ def on_shards(solver, data: tuple):
     """``solver`` set to draw its subsample per shard (:func:`per_shard_subsample`) where
     the data are split over several devices by a ``NamedSharding`` along the
     observations; otherwise ``solver`` unchanged."""
-    from jax.sharding import NamedSharding
-
     if not isinstance(solver, SubsampledNewton) or not isinstance(data[0], jax.Array):
         return solver
     sharding = data[0].sharding

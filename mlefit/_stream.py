@@ -46,6 +46,7 @@ from ._model import AbstractModel, _ModuleLogProb, as_problem
 from ._options import check_options
 from ._progress import progress_bar
 from ._result import FitResult
+from ._solver_optax import LBFGS
 from ._sources import ArrayStream, _as_source, _IterableSource
 from ._status import Status
 from ._trees import all_finite as _all_finite
@@ -342,6 +343,8 @@ def lbfgs_host(value_and_grad, u0, tol: float, max_steps: int, memory: int = 10)
 # -- fit over a source ---------------------------------------------------------------------
 def _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_steps, tol,
                  history):
+    if batch_size is None and optimizer == LBFGS:
+        optimizer = None  # what a full-batch fit over a stream runs anyway
     if batch_size is None and optimizer is not None:
         raise ValueError(
             "optimizer: a full-batch fit over a stream uses mlefit's host L-BFGS (each "

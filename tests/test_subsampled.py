@@ -294,6 +294,15 @@ def test_lbfgs_by_name(logistic, logistic_fit):
     assert int(res.steps) > int(default.steps)  # L-BFGS's steps, not Newton's
 
 
+def test_lbfgs_by_name_over_a_stream():
+    """A full-batch fit over a stream runs mlefit's host L-BFGS: ``"lbfgs"`` names it."""
+    x = np.arange(10.0)
+    logp = lambda p, x: jst.norm.logpdf(x, p, 1.0)  # noqa: E731
+    res = mlefit.fit(logp, mlefit.ArrayStream(x, chunk_size=5), 0.0, optimizer="lbfgs")
+    _converged(res)
+    assert abs(float(res.params) - 4.5) <= 1e-9  # the sample mean: |grad| <= 1e-9
+
+
 class _Stalls(SubsampledNewton):
     """Subsampled Newton that gives up at once (a stand-in for curvature that finds no
     descent)."""
@@ -341,6 +350,19 @@ def test_bad_options_are_named():
         mlefit.fit(logp, mlefit.ArrayStream(x, chunk_size=5), 0.0, optimizer=SUB)
     with pytest.raises(ValueError, match="named optimizers are 'newton', 'subsampled' and 'lbfgs'"):
         mlefit.fit(logp, x, 0.0, optimizer="subsample")
+
+
+def test_inside_jit_the_solver_is_refused_by_name(logistic):
+    import jax
+
+    X, y, params, _ = logistic
+    with pytest.raises(ValueError, match="'subsampled'.*not available inside jit, vmap or grad"):
+        jax.jit(lambda X, y: mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]),
+                                        optimizer="subsampled").params)(X, y)
+    # optimizer="lbfgs" works there (the traced core's L-BFGS)
+    got = jax.jit(lambda X, y: mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]),
+                                          optimizer="lbfgs").params)(X, y)
+    np.testing.assert_allclose(np.asarray(got), params, rtol=1e-6, atol=1e-8)
 
 
 def test_init_not_finite_is_reported():
