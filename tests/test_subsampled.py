@@ -131,16 +131,56 @@ def test_user_log_density_with_constraints_matches_exact_newton():
                                    rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("model", ["logistic", "poisson"])
+def _softmax_data(n=N, d=4, k=3, seed=2):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    W = np.linspace(-0.8, 0.8, d * k).reshape(d, k)
+    return X, np.argmax(X @ W + rng.gumbel(size=(n, k)), axis=1)
+
+
+def _gaussian_data(n=N, d=4, seed=3):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    return X, 0.5 + X @ np.linspace(-1.0, 1.0, d) + 0.7 * rng.normal(size=n)
+
+
+READY = {
+    "logistic": (lambda: models.Logistic(), lambda: (lambda X, y: (X[:, 1:], y))(
+        *_logistic_data())),
+    "poisson": (lambda: models.PoissonRegression(), lambda: (lambda X, y: (X[:, 1:], y))(
+        *_poisson_data())),
+    "softmax": (lambda: models.Softmax(num_classes=3), _softmax_data),
+    "linear_gaussian": (lambda: models.LinearGaussian(), _gaussian_data),
+}
+
+
+@pytest.mark.parametrize("model", sorted(READY))
 def test_ready_made_models_with_the_solver(model):
-    X, y = _logistic_data() if model == "logistic" else _poisson_data()
-    m = models.Logistic() if model == "logistic" else models.PoissonRegression()
-    res = mlefit.fit(m, (X[:, 1:], y), optimizer=SUB)
-    ref = mlefit.fit(m, (X[:, 1:], y), optimizer="newton")
+    """The conditional ready-made models by subsampled Newton reach exact Newton's MLE
+    (LinearGaussian: from its sufficient statistics, the subsample's and the data's)."""
+    make, data = READY[model]
+    m, (X, y) = make(), data()
+    res = mlefit.fit(m, (X, y), optimizer=SUB)
+    ref = mlefit.fit(m, (X, y), optimizer="newton")
     _converged(res)
     assert abs(float(res.nll) - float(ref.nll)) <= 1e-12 * abs(float(ref.nll))
-    np.testing.assert_allclose(np.asarray(res.params["coef"]), np.asarray(ref.params["coef"]),
-                               rtol=1e-6, atol=1e-8)
+    for k in ref.params:
+        np.testing.assert_allclose(np.asarray(res.params[k]), np.asarray(ref.params[k]),
+                                   rtol=1e-6, atol=1e-8)
+
+
+def test_float32_data():
+    """float32 data: the default tolerance 1e-5 and the float64 fit's MLE within what
+    float32 sums resolve (1e-4 on coefficients of order 1)."""
+    X, y = _logistic_data()
+    ref = mlefit.fit(logistic_logp, (X, y), jnp.zeros(X.shape[1]), optimizer="newton")
+    X32, y32 = X.astype(np.float32), y.astype(np.float32)
+    with pytest.warns(UserWarning, match="float32"):
+        res = mlefit.fit(logistic_logp, (X32, y32), jnp.zeros(X.shape[1], jnp.float32),
+                         optimizer=SUB)
+    _converged(res, tol=1e-5)
+    assert np.asarray(res.params).dtype == np.float32
+    np.testing.assert_allclose(np.asarray(res.params), np.asarray(ref.params), atol=1e-4)
 
 
 def test_reproducible_from_the_seed(logistic, logistic_fit):
