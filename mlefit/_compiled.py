@@ -53,21 +53,20 @@ def clear_memory() -> None:
 
 
 def compiled_call(fn: Callable, static: tuple, dynamic: tuple, fingerprint: Callable,
-                  small: bool = False):
+                  opt_level: int | None = None):
     """``fn(*static, *dynamic)``, compiled once per static part and input layout.
 
     ``static`` must be hashable (the model, transforms, options); ``dynamic`` is a tuple
     of array pytrees. ``fingerprint()`` describes ``static`` as a string for the disk key,
-    or returns ``None`` when it cannot (then nothing is stored). ``small``: a program
-    whose run takes milliseconds, compiled without LLVM's optimisations on the CPU
-    (half the compile time; see :func:`compiler_options`).
+    or returns ``None`` when it cannot (then nothing is stored). ``opt_level``: LLVM's
+    optimisation level on the CPU (:func:`compiler_options`; ``None``: XLA's default).
     """
     leaves, tree = jax.tree_util.tree_flatten(dynamic)
     layout = tuple(_leaf_layout(x) for x in leaves)
-    key = (fn, static, tree, layout, _switches(), small)
+    key = (fn, static, tree, layout, _switches(), opt_level)
     exe = _MEMO.get(key)
     if exe is None:
-        exe = _load_or_compile(fn, static, dynamic, tree, layout, fingerprint, small)
+        exe = _load_or_compile(fn, static, dynamic, tree, layout, fingerprint, opt_level)
         _MEMO[key] = exe
         if len(_MEMO) > _MEMO_SIZE:
             _MEMO.popitem(last=False)
@@ -95,25 +94,28 @@ def _leaf_layout(x):
 _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def compiler_options(small: bool = False) -> dict:
+def compiler_options(opt_level: int | None = None) -> dict:
     """Per-program XLA options of a compiled fit (none off the CPU).
 
-    ``small``: LLVM optimisation level 0. For a small fit (milliseconds to run) XLA:CPU
-    spends most of its compile time in LLVM's optimisations; at level 0 the Spector
-    logit's fit program compiled in half the CPU time (0.68 s against 1.35 s, loaded
-    2-core machine), and ran as fast within the noise.
+    ``opt_level``: LLVM's optimisation level (``None``: XLA's default). Level 0 for a
+    small fit (milliseconds to run): XLA:CPU spends most of its compile time in LLVM's
+    optimisations, and at level 0 the Spector logit's fit program compiled in half the
+    CPU time (0.68 s against 1.35 s, loaded 2-core machine) and ran as fast within the
+    noise. Level 1 for subsampled Newton's program (its subsample's Newton loop holds
+    many small kernels): 0.62 s against 0.79 s for a 1e6 x 33 logistic fit, medians of
+    5, the same run time (0.25 s); L-BFGS programs gain nothing from it.
     """
     if jax.default_backend() != "cpu":
         return {}
     options = {} if os.environ.get("MLEFIT_CPU_FUSION_EMITTERS") == "1" else dict(_CPU_OPTIONS)
-    if small:
-        options["xla_backend_optimization_level"] = 0
+    if opt_level is not None:
+        options["xla_backend_optimization_level"] = int(opt_level)
     return options
 
 
-def _compile(fn, static, dynamic, small: bool = False):
+def _compile(fn, static, dynamic, opt_level: int | None = None):
     lowered = jax.jit(functools.partial(fn, *static)).lower(*dynamic)
-    options = compiler_options(small)
+    options = compiler_options(opt_level)
     if options:
         try:
             return lowered.compile(compiler_options=options)
@@ -122,22 +124,23 @@ def _compile(fn, static, dynamic, small: bool = False):
     return lowered.compile()
 
 
-def _load_or_compile(fn, static, dynamic, tree, layout, fingerprint, small=False):
+def _load_or_compile(fn, static, dynamic, tree, layout, fingerprint, opt_level=None):
     directory = executable_dir()
     path = None
     if directory is not None and all(lay[-1] is None for lay in layout):
         desc = fingerprint()
         if desc is not None:
             name = f"{fn.__module__}.{fn.__qualname__}"
-            digest = _digest(environment(), name, desc, str(tree), repr(layout), repr(small))
+            digest = _digest(environment(), name, desc, str(tree), repr(layout),
+                             repr(opt_level))
             path = Path(directory) / f"{digest}.exe"
             exe = _load(path)
             if exe is not None:
                 return exe
     if path is None:
-        return _compile(fn, static, dynamic, small)
+        return _compile(fn, static, dynamic, opt_level)
     with _fresh_compilation() as fresh:
-        exe = _compile(fn, static, dynamic, small)
+        exe = _compile(fn, static, dynamic, opt_level)
     if fresh:
         _store(path, exe)
     return exe

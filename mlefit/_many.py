@@ -451,7 +451,7 @@ def _fit_many_compiled(static: tuple, dynamic: tuple, params_aval, obs_aval):
     return compiled_call(
         _fit_many_static_first, static, dynamic,
         lambda: fit_fingerprint(fit_logp, transforms, solver, static[4:], params_aval, obs_aval),
-        small=solver == NEWTON and per_set * max(p, 1) <= 1 << 16,
+        opt_level=0 if solver == NEWTON and per_set * max(p, 1) <= 1 << 16 else None,
     )
 
 

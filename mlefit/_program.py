@@ -95,13 +95,14 @@ def full_batch(solver, logp, transforms, u0, data, weights, tol, max_steps: int,
               _with_inference(solver))
     params_aval, obs_aval = avals(u0), avals(data, skip=1)
     p = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(u0))
-    small = _is_small(data, p)
+    # LLVM -O0 for a small fit, -O1 for subsampled Newton (_compiled.compiler_options)
+    level = 0 if _is_small(data, p) else (1 if isinstance(solver, SubsampledNewton) else None)
 
     def call(fn, dynamic):
         fingerprint = lambda: fit_fingerprint(  # noqa: E731
             logp, transforms, solver, static[3:], params_aval, obs_aval
         )
-        return _wait(compiled_call(fn, static, dynamic, fingerprint, small=small))
+        return _wait(compiled_call(fn, static, dynamic, fingerprint, opt_level=level))
 
     bar = progress_bar(progress, unit="step")
     if bar is not None:

@@ -27,6 +27,9 @@ fixed key: stratified sampling of the rows with positive weight (rank ``r`` of a
 positive-weight row; ``m`` strata of the ranks, one uniform draw in each), so the same
 data give the same subsample and the same fit, and zero-weight rows (padding) never
 enter. The sampled rows keep their weights: ``f_S`` is their weighted mean NLL.
+With the data split over devices (``fit(..., mesh=...)``), every device draws its share
+from its own rows (:func:`per_shard_subsample`: no rows move between devices) and XLA
+reduces the subsample's sums across devices, as it does the full passes'.
 """
 
 from __future__ import annotations
