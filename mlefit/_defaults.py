@@ -47,7 +47,7 @@ SUBSAMPLE_PER_PARAM = 20
 SUBSAMPLE_MIN_ROWS = 20_000
 SUBSAMPLE_MAX_PARAMS = 64
 SUBSAMPLE_MIN_RATIO = 10
-SUBSAMPLE_MIN_WORK = 3e7
+SUBSAMPLE_MIN_WORK = 8e7
 
 
 def default_tol(dtype) -> float:
@@ -90,20 +90,21 @@ def subsample_size(n_obs: int, n_params: int, per_param: int = SUBSAMPLE_PER_PAR
 
 def use_subsampled(n_obs: int, n_params: int) -> bool:
     """The default solver's rule for subsampled Newton (:mod:`mlefit._solver_subsampled`):
-    ``p <= 64``, ``n >= 10 m`` (``m = subsample_size(n, p)``) and ``n p >= 3e7``.
+    ``p <= 64``, ``n >= 10 m`` (``m = subsample_size(n, p)``) and ``n p >= 8e7``.
 
     Its steps cost one pass over the data each, and it takes 5-7 of them where L-BFGS
-    takes 9-11 (measured on 2 cores, float64, steady state: logistic 1e6 x 33 0.28 s
-    against 0.36 s, 5e5 x 33 0.19 s against 0.23 s, 3e5 x 64 0.17 s against 0.25 s,
-    Poisson 5e5 x 17 0.08 s against 0.13 s; level within the noise at 1e5-2e5 rows).
-    Its program compiles in 0.3-0.5 s more (Newton's loop on the subsample), which the
-    faster steps repay in the first fit only from about ``n p = 3e7`` (first call,
-    logistic 1e6 x 33: 1.35 s against 1.58 s; 2e6 x 33: 1.62 s against 2.28 s); below
-    that it is the faster choice for repeated fits of one shape, on request
-    (``optimizer="subsampled"``). Tables: ``benchmarks/RESULTS.md``, "Subsampled Newton".
+    takes 9-11 (measured on 2 cores, float64, steady state: logistic 1e6 x 33 0.25-0.28 s
+    against 0.34-0.36 s, 3e6 x 33 0.61-0.68 s against 0.93-1.08 s, 3e5 x 64 0.17 s
+    against 0.25 s, Poisson 5e5 x 17 0.074-0.08 s against 0.12-0.13 s). But its program
+    compiles in about 0.2-0.3 s more (Newton's loop on the subsample), which the faster
+    steps repay in a fresh process's first fit only from ``n p`` of about 8e7 (first
+    call, medians of fresh processes: logistic 1e6 x 33 1.2 s against 0.92 s, 2e6 x 33
+    1.64 s against 1.43 s, 3e6 x 33 1.56 s against 1.70 s). Below that it is the faster
+    choice for repeated fits of one shape, on request (``optimizer="subsampled"``).
+    Tables: ``benchmarks/RESULTS.md``, "Subsampled Newton".
 
     Example:
-        >>> use_subsampled(10**6, 33), use_subsampled(5 * 10**5, 17), use_subsampled(10**6, 65)
+        >>> use_subsampled(3 * 10**6, 33), use_subsampled(10**6, 33), use_subsampled(10**7, 65)
         (True, False, False)
     """
     m = subsample_size(n_obs, n_params)
@@ -115,11 +116,11 @@ def default_solver(n_obs: int, n_params: int) -> str:
     """The default solver's cost rule: ``"newton"`` where :func:`use_newton` says a
     Hessian is cheap (``p <= 64`` and ``n p^2 <= 2e7``), ``"subsampled"`` where
     :func:`use_subsampled` says a pass over the data is what a fit costs (``p <= 64``,
-    ``n p >= 3e7``), else ``"lbfgs"``. ``n_obs`` is 1 for a fit from sufficient
+    ``n p >= 8e7``), else ``"lbfgs"``. ``n_obs`` is 1 for a fit from sufficient
     statistics (always Newton when ``p <= 64``).
 
     Example:
-        >>> default_solver(1000, 5), default_solver(10**6, 33), default_solver(10**6, 100)
+        >>> default_solver(1000, 5), default_solver(4 * 10**6, 33), default_solver(10**6, 33)
         ('newton', 'subsampled', 'lbfgs')
     """
     if use_newton(n_obs, n_params):

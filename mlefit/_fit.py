@@ -115,7 +115,7 @@ def fit(
             exact-Hessian Newton where a Hessian is cheap (``p <= 64`` free parameters
             and ``n_obs * p^2 <= 2e7``; ``n_obs`` counts 1 for a fit from sufficient
             statistics); subsampled Newton for large data and ``p <= 64``
-            (``n_obs * p >= 3e7`` and ``n_obs >= 10 m``; ``m = max(20 p, 20,000)``
+            (``n_obs * p >= 8e7`` and ``n_obs >= 10 m``; ``m = max(20 p, 20,000)``
             sampled rows give the curvature, one full pass over the data per step,
             converging to the MLE of all rows; :mod:`mlefit._solver_subsampled`); else
             L-BFGS (``optax.lbfgs`` with a weak-Wolfe line search). ``"subsampled"``:

@@ -261,15 +261,16 @@ def test_five_hundred_parameters():
 
 def test_default_rule():
     """Newton where a Hessian is cheap, subsampled Newton where a pass over the data is
-    what a fit costs (p <= 64, n >= 10 m, n p >= 3e7), else L-BFGS
+    what a fit costs (p <= 64, n >= 10 m, n p >= 8e7), else L-BFGS
     (mlefit._defaults.use_subsampled: the measurements behind the constants)."""
     assert default_solver(1_000, 5) == "newton"
     assert default_solver(1, 64) == "newton"  # sufficient statistics
-    assert default_solver(10**6, 33) == "subsampled"  # the logistic benchmark
-    assert default_solver(10**6, 64) == "subsampled"
-    assert default_solver(10**6, 65) == "lbfgs"  # p > 64
-    assert default_solver(909_090, 33) == "lbfgs"  # n p just below 3e7
-    assert default_solver(909_091, 33) == "subsampled"
+    assert default_solver(10**6, 33) == "lbfgs"  # the logistic benchmark: on request
+    assert default_solver(4 * 10**6, 33) == "subsampled"
+    assert default_solver(2 * 10**6, 64) == "subsampled"
+    assert default_solver(10**7, 65) == "lbfgs"  # p > 64
+    assert default_solver(2_424_242, 33) == "lbfgs"  # n p just below 8e7
+    assert default_solver(2_424_243, 33) == "subsampled"
     assert default_solver(500_000, 17) == "lbfgs"  # Poisson benchmark: on request
     assert default_solver(200_000, 650) == "lbfgs"  # the softmax benchmark
     assert default_solver(10**7, 1) == "newton"  # n p^2 <= 2e7: a Hessian is cheap
@@ -287,9 +288,9 @@ def _choose(n, p, logp=logistic_logp, smooth=True, optimizer=None):
 
 def test_default_fit_chooses_subsampled_for_large_data():
     assert isinstance(_choose(80_000, 17), OptaxSolver)
-    assert isinstance(_choose(10**6, 33), SubsampledNewton)
-    assert isinstance(_choose(10**6, 33, smooth=False), OptaxSolver)  # kinks: L-BFGS
-    by_name = _choose(10**6, 33, optimizer=lbfgs_optimizer())  # optimizer="lbfgs"
+    assert isinstance(_choose(4 * 10**6, 33), SubsampledNewton)
+    assert isinstance(_choose(4 * 10**6, 33, smooth=False), OptaxSolver)  # kinks: L-BFGS
+    by_name = _choose(4 * 10**6, 33, optimizer=lbfgs_optimizer())  # optimizer="lbfgs"
     assert isinstance(by_name, OptaxSolver) and by_name.optimizer is lbfgs_optimizer()
     u0, transforms = split_init(jnp.zeros(3), jnp.float64)
     problem = Problem(logp=logistic_logp, name="logistic")
