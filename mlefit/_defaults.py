@@ -97,11 +97,12 @@ def use_subsampled(n_obs: int, n_params: int) -> bool:
     against 0.34-0.36 s, 3e6 x 33 0.61-0.68 s against 0.93-1.08 s, 3e5 x 64 0.17 s
     against 0.25 s, Poisson 5e5 x 17 0.074-0.08 s against 0.12-0.13 s). But its program
     compiles in about 0.2-0.3 s more (Newton's loop on the subsample), which the faster
-    steps repay in a fresh process's first fit only from ``n p`` of about 8e7 (first
-    call, medians of fresh processes: logistic 1e6 x 33 1.2 s against 0.92 s, 2e6 x 33
-    1.64 s against 1.43 s, 3e6 x 33 1.56 s against 1.70 s). Below that it is the faster
-    choice for repeated fits of one shape, on request (``optimizer="subsampled"``).
-    Tables: ``benchmarks/RESULTS.md``, "Subsampled Newton".
+    steps repay in a fresh process's first fit only from ``n p`` of about 8e7
+    (``python -m benchmarks.first_fit``, medians of fresh processes, logistic x 33:
+    1e6 rows 1.16 s against 1.12 s, 2e6 rows 1.67 s against 1.41 s, 3e6 rows 1.59 s
+    against 2.20 s). Below that it is the faster choice for repeated fits of one shape,
+    on request (``optimizer="subsampled"``). Tables: ``benchmarks/RESULTS.md``,
+    "Subsampled Newton".
 
     Example:
         >>> use_subsampled(3 * 10**6, 33), use_subsampled(10**6, 33), use_subsampled(10**7, 65)
