@@ -99,6 +99,21 @@ def test_the_subsample_optimum_is_not_the_answer(logistic, logistic_fit):
     assert np.max(np.abs(np.asarray(logistic_fit.params) - beta)) < 1e-7
 
 
+def test_a_warm_start_is_kept(logistic, logistic_fit):
+    """Started at the full data's MLE (statsmodels'), the fit stays there: one pass, not a
+    move to the subsample's optimum and back (6 steps from zeros); started at the
+    subsample's optimum's distance from it, it still reaches it."""
+    X, y, beta, nll = logistic
+    warm = mlefit.fit(logistic_logp, (X, y), jnp.asarray(beta), optimizer=SUB)
+    _converged(warm)
+    assert int(warm.steps) <= 2 < int(logistic_fit.steps)
+    np.testing.assert_allclose(np.asarray(warm.params), beta, rtol=1e-6, atol=1e-8)
+    far = mlefit.fit(logistic_logp, (X, y), jnp.asarray(beta + 0.5), optimizer=SUB)
+    _converged(far)
+    np.testing.assert_allclose(np.asarray(far.params), beta, rtol=1e-6, atol=1e-8)
+    assert abs(float(far.nll) - nll) <= 1e-12 * nll
+
+
 def test_poisson_reaches_the_full_data_mle():
     X, y = _poisson_data()
     import statsmodels.api as sm
