@@ -40,6 +40,7 @@ from ._inference import expected_information_of, seed_inference
 from ._likelihood import check_penalty, penalised, penalty_at
 from ._minibatch import minibatch_loop
 from ._model import as_problem
+from ._objective import objective
 from ._options import check_named_optimizer, check_options
 from ._precision import warn_if_float32
 from ._program import full_batch, run_with_fallback
@@ -269,8 +270,13 @@ def fit(
                                 data=data, weights=weights, tol=tol_arr,
                                 max_steps=opts.max_steps, record_history=opts.history,
                                 layout=layout, progress=progress)
+        def first_order():
+            f = objective(fit_logp, transforms, data, weights)
+            jax.eval_shape(jax.grad(f), u0)
+
         out, inference = run_with_fallback(
-            run, solver, chosen=not newton and not isinstance(opts.optimizer, SubsampledNewton))
+            run, solver, chosen=not newton and not isinstance(opts.optimizer, SubsampledNewton),
+            first_order=first_order)
     elif checkpoint is None and resume_from is None and layout is None and not progress:
         out = _fit_minibatch_compiled(
             problem.logp, transforms, opts.optimizer, u0, data, weights, opts.key, tol_arr,

@@ -46,7 +46,7 @@ def _with_inference(solver) -> bool:
     return isinstance(solver, Newton)
 
 
-def run_with_fallback(run, solver, chosen: bool):
+def run_with_fallback(run, solver, chosen: bool, first_order=None):
     """``run(solver)``, or with L-BFGS where a second-order solver cannot work for this model.
 
     Two models cannot be fitted by Newton or subsampled Newton: one JAX differentiates
@@ -55,7 +55,9 @@ def run_with_fallback(run, solver, chosen: bool):
     anywhere Newton looked (an ordered model with +-inf end cut points: Newton stalls at
     its start). Where the default chose the solver (``chosen``), such a model is fitted
     by L-BFGS instead, and so is one where subsampled Newton stalled; where the user
-    asked for the solver, the first raises an error that says so.
+    asked for the solver, the first raises an error that says so, once ``first_order()``
+    (tracing the gradient alone, nothing compiled) has shown that the model is
+    differentiable once: an error there is the model's own and is raised as it is.
     """
     if not isinstance(solver, (Newton, SubsampledNewton)):
         return run(solver)[:2]
@@ -65,6 +67,8 @@ def run_with_fallback(run, solver, chosen: bool):
         out, inference, hess_finite = run(solver)
     except HESSIAN_ERRORS as e:
         if not chosen:
+            if first_order is not None:
+                first_order()  # a model that fails at first order: its own error
             raise ValueError(
                 f"optimizer: {name!r} needs second derivatives of the model, which JAX "
                 f"cannot take here ({type(e).__name__}: {e}); use the default or an optax "

@@ -497,3 +497,46 @@ def test_a_model_with_a_host_derivative_is_fitted_and_never_wrong():
     assert abs(float(res.params["mu"]) - x.mean()) < 1e-12
     assert res.status == Status.CONVERGED
     assert abs(float(res.stderr["mu"]) - 0.5) < 1e-12
+
+
+def _once_differentiable(bad_bwd: bool):
+    """The logistic location model, ``log p(x) = -softplus(z) - softplus(-z)`` with
+    ``z = x - mu`` (up to a constant), through a ``custom_vjp`` softplus: JAX
+    differentiates it once, never twice (nor can mlefit reduce it to sufficient
+    statistics); with ``bad_bwd`` the backward rule returns the wrong structure (a user's
+    bug that shows only when the gradient is traced)."""
+    @jax.custom_vjp
+    def softplus(r):
+        return jnp.logaddexp(0.0, r)
+
+    def fwd(r):
+        return softplus(r), r
+
+    def bwd(r, g):
+        return (g * jax.nn.sigmoid(r), g) if bad_bwd else (g * jax.nn.sigmoid(r),)
+
+    softplus.defvjp(fwd, bwd)
+    return lambda p, x: -softplus(x - p["mu"]) - softplus(p["mu"] - x)
+
+
+_LOGISTIC_X = np.array([0.5, 1.0, 4.0, 2.5, -0.3, 1.7, 0.9])
+
+
+def test_newton_on_request_names_the_missing_second_derivative():
+    x = _LOGISTIC_X
+    with pytest.raises(ValueError, match="'newton' needs second derivatives"):
+        mlefit.fit(_once_differentiable(False), x, init={"mu": 0.0}, optimizer="newton")
+    # the default falls back to L-BFGS for such a model: the score sum tanh(z / 2) = 0
+    res = mlefit.fit(_once_differentiable(False), x, init={"mu": 0.0})
+    z = x - float(res.params["mu"])
+    assert abs(np.mean(np.tanh(z / 2))) < 1e-8
+
+
+def test_a_bug_in_the_first_derivative_is_not_called_a_missing_second_one():
+    """A model whose gradient itself fails to trace gets JAX's own error, not the advice
+    to use a first-order optimiser (which would fail the same way)."""
+    with pytest.raises((TypeError, ValueError)) as info:
+        mlefit.fit(_once_differentiable(True), _LOGISTIC_X, init={"mu": 0.0},
+                   optimizer="newton")
+    assert "second derivatives" not in str(info.value)
+    assert "bwd" in str(info.value)
