@@ -15,6 +15,12 @@ Where (read once, when mlefit is imported):
 - ``MLEFIT_CACHE_DIR=0`` (or ``off``, ``false``, ``no``, ``none``, any case): no cache. A folder
   with such a name is spelled ``./0``.
 
+Size: the folder mlefit turned on is kept under ``MLEFIT_CACHE_MAX_MB`` megabytes (default
+2048, read at each check). After mlefit stores a compiled fit it adds up the entries
+(JAX's ``*-cache`` files, mlefit's ``mlefit-executables/*.exe``); above the limit it
+removes the least recently used (by modification time: mlefit's entries are touched when
+loaded, JAX's when written) until the folder is at 80% of the limit (:func:`trim`).
+
 :func:`disable_compilation_cache` turns it off in a running process and
 :func:`enable_compilation_cache` on again (or elsewhere). A folder that cannot be used (a
 file, a path below a file, a folder that cannot be written or created) never stops mlefit:
@@ -23,6 +29,7 @@ it gives one ``RuntimeWarning`` naming the folder and the reason, and fits run u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -30,10 +37,15 @@ import jax
 
 __all__ = [
     "enable_compilation_cache", "disable_compilation_cache", "default_cache_dir",
-    "executable_dir", "ENV_VAR", "OFF_VALUES",
+    "executable_dir", "ENV_VAR", "OFF_VALUES", "MAX_MB_VAR", "DEFAULT_MAX_MB", "max_bytes",
+    "trim",
 ]
 
 ENV_VAR = "MLEFIT_CACHE_DIR"
+MAX_MB_VAR = "MLEFIT_CACHE_MAX_MB"
+DEFAULT_MAX_MB = 2048
+_ENTRY_SUFFIXES = ("-cache", ".exe")  # JAX's entries, mlefit's whole fits'
+_TRIM_TO = 0.8  # a trim leaves the folder at this fraction of the limit
 # Values of MLEFIT_CACHE_DIR that turn the cache off (compared lower-cased, stripped).
 OFF_VALUES = frozenset({"0", "off", "false", "no", "none"})
 _ENABLED: str | None = None  # the directory mlefit set as JAX's cache, if any
@@ -166,6 +178,74 @@ def executable_dir() -> str | None:
     if _ENABLED is None or jax.config.jax_compilation_cache_dir != _ENABLED:
         return None
     return os.path.join(_ENABLED, "mlefit-executables")
+
+
+def max_bytes() -> int:
+    """The cache folder's size limit in bytes: ``$MLEFIT_CACHE_MAX_MB`` megabytes (a
+    positive number), else ``DEFAULT_MAX_MB``; an unusable value warns once and the default
+    applies."""
+    raw = os.environ.get(MAX_MB_VAR, "").strip()
+    if raw:
+        try:
+            mb = float(raw)
+            if not mb > 0 or mb == float("inf"):
+                raise ValueError
+        except ValueError:
+            warnings.warn_explicit(
+                f"{MAX_MB_VAR}={raw!r} is not a positive number of megabytes; the cache is "
+                f"kept under the default {DEFAULT_MAX_MB} MB.",
+                RuntimeWarning, __file__, 0, module=__name__, registry=_WARNED)
+        else:
+            return int(mb * 1024 * 1024)
+    return DEFAULT_MAX_MB * 1024 * 1024
+
+
+def trim(directory: str | os.PathLike, limit: int) -> int:
+    """Removes the least recently modified cache entries under ``directory`` (JAX's
+    ``*-cache`` files and their ``*-atime`` companions at the top, ``*.exe`` files in
+    ``mlefit-executables``) while they add up to more than ``limit`` bytes, down to
+    ``0.8 limit``; returns the bytes removed. Other files are left alone, and an entry
+    another process removed first is skipped.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for i, name in enumerate(["a-cache", "b-cache", "notes.txt"]):
+        ...     _ = (d / name).write_bytes(b"x" * 100)
+        ...     os.utime(d / name, (i, i))
+        >>> trim(d, 150), sorted(p.name for p in d.iterdir())
+        (100, ['b-cache', 'notes.txt'])
+    """
+    entries = []
+    for folder in (os.fspath(directory), os.path.join(os.fspath(directory), "mlefit-executables")):
+        try:
+            scan = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in scan:
+            if not e.name.endswith(_ENTRY_SUFFIXES):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            entries.append((st.st_mtime, st.st_size, e.path))
+    total = sum(size for _, size, _ in entries)
+    if total <= limit:
+        return 0
+    removed = 0
+    for _, size, path in sorted(entries):
+        if total - removed <= _TRIM_TO * limit:
+            break
+        try:
+            os.remove(path)
+        except OSError:
+            continue
+        removed += size
+        if path.endswith("-cache"):  # JAX's LRU bookkeeping for the entry, if any
+            with contextlib.suppress(OSError):
+                os.remove(path[: -len("-cache")] + "-atime")
+    return removed
 
 
 def _reset_jax_cache_state() -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ._cache import executable_dir
+from ._cache import executable_dir, max_bytes, trim
 from ._objective import Reduced
 
 __all__ = ["compiled_call", "model_fingerprint", "clear_memory"]
@@ -202,7 +202,10 @@ def _load(path: Path):
         if version != _FORMAT:
             return None
         _register_linalg_kernels()
-        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        exe = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: the last to be trimmed
+        return exe
     except Exception:  # noqa: BLE001 - a damaged or foreign entry is recompiled and replaced
         return None
 
@@ -221,6 +224,7 @@ def _store(path: Path, exe) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         os.replace(tmp, path)  # atomic: a concurrent reader sees all of it or nothing
+        trim(path.parent.parent, max_bytes())  # the whole cache folder under its limit
     except Exception:  # noqa: BLE001 - storing is an optimisation; the fit goes on
         return
 

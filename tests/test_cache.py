@@ -379,3 +379,74 @@ def test_a_stored_fit_compiled_while_jax_cache_was_warm_runs(tmp_path):
     shutil.rmtree(tmp_path / "mlefit-executables")  # JAX's cache stays warm
     assert run() == first  # compiled with JAX's cache warm, stored, loaded, run
     assert run() == first and first[0] == "converged"
+
+
+def _entry(path, size, mtime):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_trim_removes_the_least_recently_used_entries_down_to_80_percent(tmp_path):
+    from mlefit._cache import trim
+
+    exe = tmp_path / "mlefit-executables"
+    old_jax = _entry(tmp_path / "jit_f-aaa-cache", 400, 100)
+    old_atime = _entry(tmp_path / "jit_f-aaa-atime", 8, 100)
+    old_exe = _entry(exe / "a.exe", 300, 200)
+    mid_jax = _entry(tmp_path / "jit_g-bbb-cache", 200, 300)
+    new_exe = _entry(exe / "b.exe", 100, 400)
+    other = _entry(tmp_path / "notes.txt", 5000, 0)  # not an entry: never counted or removed
+    tmp = _entry(exe / "x.tmp", 5000, 0)  # a store being written: left alone
+    # 1000 bytes of entries under a 1000-byte limit: nothing to do
+    assert trim(tmp_path, 1000) == 0
+    assert old_jax.exists() and old_exe.exists()
+    # limit 700: remove oldest first until at most 0.8 * 700 = 560 bytes remain
+    assert trim(tmp_path, 700) == 700
+    assert not old_jax.exists() and not old_atime.exists() and not old_exe.exists()
+    assert mid_jax.exists() and new_exe.exists() and other.exists() and tmp.exists()
+    assert trim(tmp_path / "missing", 1) == 0  # no folder: nothing to do
+
+
+def test_cache_size_limit_from_the_environment(monkeypatch):
+    from mlefit import _cache
+
+    monkeypatch.delenv(_cache.MAX_MB_VAR, raising=False)
+    assert _cache.max_bytes() == _cache.DEFAULT_MAX_MB * 2**20
+    monkeypatch.setenv(_cache.MAX_MB_VAR, "0.5")
+    assert _cache.max_bytes() == 2**19
+    for bad in ("lots", "-3", "0", "nan", "inf"):
+        monkeypatch.setenv(_cache.MAX_MB_VAR, bad)
+        _cache._WARNED.clear()
+        with pytest.warns(RuntimeWarning, match=f"{_cache.MAX_MB_VAR}={bad!r} is not a positive"):
+            assert _cache.max_bytes() == _cache.DEFAULT_MAX_MB * 2**20
+
+
+def test_storing_a_fit_keeps_the_cache_folder_under_its_limit(tmp_path, monkeypatch):
+    """A stored fit trims the folder: an old entry goes, the fit just stored stays."""
+    from mlefit import _cache, _compiled
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        _cache._ENABLED = str(tmp_path)
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+        _compiled.clear_memory()
+        x = np.linspace(0.0, 1.0, 20)
+        logp = lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"])  # noqa: E731
+        init = {"mu": 0.0, "sigma": mlefit.Positive(1.0)}
+        mlefit.fit(logp, x, init)
+        (first,) = (tmp_path / "mlefit-executables").glob("*.exe")
+        size = first.stat().st_size
+        os.utime(first, (1e9, 1e9))
+        stale = _entry(tmp_path / "jit_stale-ccc-cache", size, 1e8)  # the oldest entry
+        jax_entries = sum(p.stat().st_size for p in tmp_path.glob("*-cache"))
+        # room for JAX's own entries, the stale one and one fit, not two
+        monkeypatch.setenv(_cache.MAX_MB_VAR, str((jax_entries + 1.5 * size) / 2**20))
+        mlefit.fit(logp, np.linspace(0.0, 1.0, 2000), init)  # another shape: stored anew
+        assert not stale.exists() and not first.exists()
+        assert len(list((tmp_path / "mlefit-executables").glob("*.exe"))) == 1
+    finally:
+        _cache._ENABLED = None
+        jax.config.update("jax_compilation_cache_dir", before)
+        _compiled.clear_memory()
