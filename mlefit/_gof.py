@@ -123,11 +123,25 @@ def _supported_names() -> str:
 
 
 def _observations(res) -> np.ndarray:
-    """The fitted sample; integer weights are frequency weights and are expanded."""
+    """The fitted sample; integer frequency weights are expanded (each observation
+    repeated ``weights[i]`` times); variance weights only where they are all equal (rows
+    of weight 0 dropped), since an EDF test compares identically distributed draws."""
     x = np.asarray(res.data[0])
     if res.weights is None:
         return x
     w = np.asarray(res.weights, dtype=float)
+    if getattr(res, "weights_kind", "frequency") == "variance":
+        positive = w[w > 0]
+        if positive.size and not np.all(positive == positive[0]):
+            i = int(np.flatnonzero(w > 0)[np.argmax(positive != positive[0])])
+            raise ValueError(
+                "res: the fit has variance weights (weights_kind='variance') that differ "
+                f"(weights[{i}] = {float(w[i])!r} against {float(positive[0])!r}): each "
+                "observation then has its own distribution, and an EDF statistic compares "
+                "one distribution with one sample. Refit unweighted, or with integer "
+                "frequency weights (weights_kind='frequency')."
+            )
+        return x[w > 0]
     if not np.all(w == np.round(w)):
         i = int(np.argmax(w != np.round(w)))
         raise ValueError(
@@ -184,8 +198,9 @@ def gof(
 
     Args:
         res: a single fit of Normal, LogNormal, Exponential, Gamma, Weibull, Beta,
-            StudentT or Laplace. Integer weights are taken as frequency weights (the
-            sample is expanded); other weights are refused.
+            StudentT or Laplace. Integer frequency weights expand the sample (each
+            observation repeated ``weights[i]`` times); variance weights are accepted only
+            where they are all equal; other weights are refused.
         statistics: names among ``"ks"``, ``"cvm"``, ``"ad"``.
         n_boot: number of bootstrap samples.
         key: a PRNG key, e.g. ``jax.random.key(0)``.

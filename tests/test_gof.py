@@ -203,3 +203,22 @@ def test_unsupported_models_and_arguments_are_refused(normal_fit):
     weighted = mlefit.fit(m.Normal(), x[:5], weights=np.array([0.5, 1.0, 1.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match=r"non-integer weights \(weights\[0\] = 0.5\)"):
         weighted.gof(key=jax.random.key(0))
+
+
+def test_variance_weights_are_not_taken_as_counts(normal_fit):
+    """Variance weights are precisions, not repeats: unequal ones are refused (naming the
+    kind), equal ones test the sample as it is (rows of weight 0 dropped)."""
+    _, x = normal_fit
+    w = np.ones(20)
+    w[3] = 2.0
+    unequal = mlefit.fit(m.Normal(), x[:20], weights=w, weights_kind="variance")
+    with pytest.raises(ValueError, match=r"variance weights \(weights_kind='variance'\).*"
+                                         r"weights\[3\]"):
+        unequal.gof(key=jax.random.key(0))
+    w_eq = np.full(20, 3.0)
+    w_eq[5] = 0.0
+    equal = mlefit.fit(m.Normal(), x[:20], weights=w_eq, weights_kind="variance")
+    plain = mlefit.fit(m.Normal(), np.delete(x[:20], 5))
+    ge, gp = (r.gof(("ks",), n_boot=19, key=jax.random.key(1)) for r in (equal, plain))
+    assert ge.n_obs == 19
+    assert ge.statistic["ks"] == pytest.approx(gp.statistic["ks"], rel=1e-10)
