@@ -166,7 +166,8 @@ def fit(
             marked ``(fixed)``, with std err 0 (they are constants); they are not in
             ``param_names``, ``cov``, or the parameter count ``k`` of AIC, BIC and
             ``lr_test``. A new fixed value compiles a new fit. For a ready-made model,
-            ``model.fix(name=value)`` is the same model as an object of its own.
+            ``model.fix(name=value)`` is the same model as an object of its own. Works
+            over streams too (``penalty`` does not, yet).
         penalty: ``f(params) -> scalar`` added to the TOTAL NLL: the fit minimises
             ``N(w) + f(w)``, i.e. the mean ``nll(w) + f(w) / n_obs`` (ridge:
             ``f = lam * sum(w**2)``). ``params`` as ``log_prob`` receives them
@@ -217,10 +218,11 @@ def fit(
         optimizer = None
         max_steps = DEFAULT_MAX_STEPS_NEWTON if max_steps is None else max_steps
     penalty = check_penalty(penalty, log_prior)
-    if is_source(data) and (fixed or penalty is not None):
+    if is_source(data) and penalty is not None:
         raise ValueError(
-            "fixed, penalty: not available for streams of batches yet; fit data in memory, "
-            "or write the fixed values or the penalty into log_prob."
+            "penalty, log_prior: not available for streams of batches yet; fit data in "
+            "memory, or write the penalty into log_prob (divided by the number of "
+            "observations)."
         )
     if data_traced(data) or is_traced(init, weights, fixed) or under_transformation():
         check_traced_options(
@@ -237,7 +239,7 @@ def fit(
             model, data, init, weights=weights, optimizer=optimizer, batch_size=batch_size,
             epochs=epochs, key=key, max_steps=max_steps, tol=tol, history=history, mesh=mesh,
             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume_from=resume_from,
-            progress=progress, resume_check=resume_check,
+            progress=progress, resume_check=resume_check, fixed=fixed,
         )
     columns = column_names(data)  # DataFrame/Series names: they name the parameters
     data, weights, layout = as_sharded(data, weights, mesh)

@@ -357,7 +357,7 @@ def _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_ste
 def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=None,
                epochs=None, key=None, max_steps=None, tol=None, history=True, mesh=None,
                checkpoint=None, checkpoint_every=1, resume_from=None,
-               progress=False, resume_check="all") -> FitResult:
+               progress=False, resume_check="all", fixed=None) -> FitResult:
     """``mlefit.fit`` over a stream (see :func:`mlefit.fit` and :class:`ArrayStream`).
 
     SGD with ``progress`` shows a bar over the observations read; Ctrl-C between chunks
@@ -381,7 +381,7 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
         )
     src = _as_source(source)
     sample = check_data(src.sample())
-    problem, init = as_problem(model, init, sample)
+    problem, init = as_problem(model, init, sample, fixed=fixed)
     dtype = float_dtype(sample)
     u0, transforms = split_init(init, dtype)
     opts = _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_steps, tol,

@@ -275,11 +275,37 @@ def test_ready_made_model_and_module_over_a_stream():
     assert float(v) == pytest.approx(0.5 * np.log(2 * np.pi * sigma**2) + 0.5, rel=1e-12)
 
 
+def test_fixed_parameters_over_a_stream():
+    """fixed= holds a parameter over a stream as in memory: the Gaussian mean with a fixed
+    scale is the sample mean (closed form), a fixed mean gives the scale about it, and a
+    ready-made model's fixed scale too; SGD leaves the fixed value untouched."""
+    s = mlefit.ArrayStream(G, chunk_size=256)
+    res = mlefit.fit(normal, s, {"mu": 0.0, "sigma": mlefit.Positive(1.0)},
+                     fixed={"sigma": 3.0}, tol=1e-10)
+    assert float(res.params["mu"]) == pytest.approx(G.mean(), abs=1e-8)
+    assert float(res.params["sigma"]) == 3.0
+    res = mlefit.fit(normal, s, {"mu": 0.0, "sigma": mlefit.Positive(1.0)},
+                     fixed={"mu": 1.0}, tol=1e-10)
+    assert float(res.params["sigma"]) == pytest.approx(np.sqrt(np.mean((G - 1.0) ** 2)),
+                                                       abs=1e-8)
+    res = mlefit.fit(mlefit.models.Normal(), s, fixed={"scale": 2.0}, tol=1e-10)
+    assert float(res.params["loc"]) == pytest.approx(G.mean(), abs=1e-8)
+    assert float(res.params["scale"]) == 2.0
+    memory = mlefit.fit(mlefit.models.Normal(), G, fixed={"scale": 2.0}, tol=1e-10)
+    assert res.param_names == memory.param_names
+    sgd = mlefit.fit(normal, s, {"mu": 0.0, "sigma": mlefit.Positive(1.0)},
+                     fixed={"sigma": 3.0}, optimizer=adam(), batch_size=64, epochs=2,
+                     key=jax.random.key(0))
+    assert float(sgd.params["sigma"]) == 3.0 and np.isfinite(float(sgd.params["mu"]))
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def test_bad_stream_input(tmp_path):
     s = mlefit.ArrayStream((X, Y))
     with pytest.raises(ValueError, match="weights: for a stream"):
         mlefit.fit(logistic, s, init(), weights=np.ones(N))
+    with pytest.raises(ValueError, match="penalty, log_prior: not available for streams"):
+        mlefit.fit(logistic, s, init(), penalty=lambda p: jnp.sum(p["b"] ** 2))
     with pytest.raises(ValueError, match="mesh: a streamed fit runs on one device"):
         mlefit.fit(logistic, s, init(), mesh=mlefit.data_mesh())
     with pytest.raises(ValueError, match="optimizer: a full-batch fit over a stream"):
