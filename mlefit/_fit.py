@@ -218,12 +218,6 @@ def fit(
         optimizer = None
         max_steps = DEFAULT_MAX_STEPS_NEWTON if max_steps is None else max_steps
     penalty = check_penalty(penalty, log_prior)
-    if is_source(data) and penalty is not None:
-        raise ValueError(
-            "penalty, log_prior: not available for streams of batches yet; fit data in "
-            "memory, or write the penalty into log_prob (divided by the number of "
-            "observations)."
-        )
     if data_traced(data) or is_traced(init, weights, fixed) or under_transformation():
         check_traced_options(
             max_steps=max_steps, tol=tol, history=history, epochs=epochs, key=key,
@@ -239,7 +233,7 @@ def fit(
             model, data, init, weights=weights, optimizer=optimizer, batch_size=batch_size,
             epochs=epochs, key=key, max_steps=max_steps, tol=tol, history=history, mesh=mesh,
             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume_from=resume_from,
-            progress=progress, resume_check=resume_check, fixed=fixed,
+            progress=progress, resume_check=resume_check, fixed=fixed, penalty=penalty,
         )
     columns = column_names(data)  # DataFrame/Series names: they name the parameters
     data, weights, layout = as_sharded(data, weights, mesh)

@@ -322,6 +322,19 @@ class ArrayStream:
     def sample(self) -> tuple:
         return self.read(0, self.chunk_size)[0]
 
+    def total_weight(self) -> float:
+        """``W = sum_i v_i`` over the stream (``n_obs`` without weights), reading the
+        weights only."""
+        if self._weights is None:
+            return float(self.n_obs)
+        def chunk_sum(start: int, stop: int) -> float:
+            w = self._weights_of(lambda c: c.read(start, stop), stop - start,
+                                 lambda i: start + i)
+            return float(np.sum(w))
+
+        return sum(chunk_sum(a, min(a + self.chunk_size, self.n_obs))
+                   for a in range(0, self.n_obs, self.chunk_size))
+
     def chunks(self, rows: int, order: str = "none", key=None, epoch: int = 0):
         """Yields :class:`_Chunk` s of ``rows`` rows (the last padded), in ``order``."""
         n = self.n_obs
@@ -392,6 +405,17 @@ class _IterableSource:
         self.shapes = [(a.shape[1:], np.dtype(a.dtype)) for a in batch]
         self.first_rows = batch[0].shape[0]
         return batch
+
+    def total_weight(self) -> float:
+        """The number of observations over one pass of the batches (each weighs 1)."""
+        if self.one_shot:
+            raise ValueError(
+                "penalty: a penalised fit needs the number of observations before it "
+                "starts, but a one-shot iterator can be read only once; pass a re-iterable "
+                "(mlefit.batches of a list of batches, or mlefit.ArrayStream)."
+            )
+        return float(sum(np.shape(_checked_batch(b, i, 0, 0)[0])[0]
+                         for i, b in enumerate(iter(self.source))))
 
     def chunks(self, rows: int, order: str = "none", key=None, epoch: int = 0):
         start = 0

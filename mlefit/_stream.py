@@ -40,7 +40,7 @@ from ._defaults import STALL_TOL_FACTOR as _STALL_TOL_FACTOR
 from ._diagnose import init_not_finite_message
 from ._fingerprint import fingerprint, source_fingerprint
 from ._information import Inference, hessian_total, inference_from_sums, information_sums
-from ._likelihood import _resolve, total_loglik
+from ._likelihood import _resolve, penalised, penalty_at, total_loglik
 from ._minibatch import MinibatchState, sgd_step
 from ._model import AbstractModel, _ModuleLogProb, as_problem
 from ._options import check_options
@@ -357,7 +357,7 @@ def _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_ste
 def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=None,
                epochs=None, key=None, max_steps=None, tol=None, history=True, mesh=None,
                checkpoint=None, checkpoint_every=1, resume_from=None,
-               progress=False, resume_check="all", fixed=None) -> FitResult:
+               progress=False, resume_check="all", fixed=None, penalty=None) -> FitResult:
     """``mlefit.fit`` over a stream (see :func:`mlefit.fit` and :class:`ArrayStream`).
 
     SGD with ``progress`` shows a bar over the observations read; Ctrl-C between chunks
@@ -389,6 +389,9 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
     check_checkpoint_options(checkpoint, checkpoint_every, resume_from, batch_size is not None,
                              resume_check)
     check_model_output(problem.logp, u0, sample)  # abstract: constrained params have u's shapes
+    if penalty is not None:  # W, the stream's total weight, read before the fit
+        problem = penalised(problem, penalty, src.total_weight(),
+                            jax.eval_shape(lambda u: constrain(u, transforms), u0))
     logp = problem.logp
 
     last = {}
@@ -425,7 +428,7 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
             status = (Status.NON_FINITE if bad or not bool(_all_finite(value, grad))
                       else Status.CONVERGED if float(_max_norm(grad)) <= opts.tol
                       else Status.MAX_STEPS)
-    return FitResult(
+    return penalty_at(FitResult(
         params=problem.finalize(constrain(u, transforms)),
         u=u,
         nll=value,
@@ -441,7 +444,7 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
         minibatch=opts.batch_size is not None,
         tol=float(opts.tol),
         source=StreamedData(src),
-    )
+    ))
 
 
 def _stream_init_message(problem, u0, transforms, src) -> str:

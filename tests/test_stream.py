@@ -299,13 +299,49 @@ def test_fixed_parameters_over_a_stream():
     assert float(sgd.params["sigma"]) == 3.0 and np.isfinite(float(sgd.params["mu"]))
 
 
+def test_penalised_fit_over_a_stream_matches_in_memory():
+    """A ridge-penalised logistic fit over a stream (full batch) is the in-memory one: the
+    same estimate, objective, penalty and log-likelihood; over batches too. A one-shot
+    iterator cannot give the number of observations first: refused."""
+    ridge = lambda p: 5.0 * jnp.sum(p["b"] ** 2)  # noqa: E731
+    memory = mlefit.fit(logistic, (X, Y), init(), penalty=ridge, optimizer="lbfgs")
+    for src in (mlefit.ArrayStream((X, Y), chunk_size=256),
+                mlefit.batches([(X[i:i + 300], Y[i:i + 300]) for i in range(0, N, 300)])):
+        res = mlefit.fit(logistic, src, init(), penalty=ridge)
+        assert res.optimizer_status == mlefit.Status.CONVERGED
+        for k in ("b", "c"):
+            np.testing.assert_allclose(np.asarray(res.params[k]),
+                                       np.asarray(memory.params[k]), atol=1e-7)
+        assert float(res.nll) == pytest.approx(float(memory.nll), rel=1e-12)
+        assert float(res.penalty) == pytest.approx(float(memory.penalty), rel=1e-7)
+        assert float(res.loglik) == pytest.approx(float(memory.loglik), rel=1e-10)
+    # the penalty shrinks: the unpenalised fit's slopes are larger
+    plain = mlefit.fit(logistic, (X, Y), init())
+    assert np.sum(np.asarray(res.params["b"]) ** 2) < np.sum(np.asarray(plain.params["b"]) ** 2)
+    w = RNG.uniform(0.5, 2.0, size=N)
+    weighted = mlefit.fit(logistic, mlefit.ArrayStream((X, Y), weights=w, chunk_size=256),
+                          init(), penalty=ridge)
+    ref = mlefit.fit(logistic, (X, Y), init(), weights=w, weights_kind="frequency",
+                     penalty=ridge)
+    np.testing.assert_allclose(np.asarray(weighted.params["b"]), np.asarray(ref.params["b"]),
+                               atol=1e-7)
+    # SGD with a global shuffle takes the in-memory penalised fit's steps (rounding only)
+    sgd = dict(optimizer=adam(), batch_size=64, epochs=2, key=jax.random.key(5),
+               penalty=ridge)
+    s = mlefit.ArrayStream((X, Y), chunk_size=200, shuffle="global")
+    got, want = mlefit.fit(logistic, s, init(), **sgd), mlefit.fit(logistic, (X, Y), init(), **sgd)
+    np.testing.assert_allclose(np.asarray(got.params["b"]), np.asarray(want.params["b"]),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="penalty: a penalised fit needs the number"):
+        mlefit.fit(logistic, mlefit.batches(iter([(X, Y)])), init(), penalty=ridge,
+                   optimizer=adam(), batch_size=100, epochs=1, key=jax.random.key(0))
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def test_bad_stream_input(tmp_path):
     s = mlefit.ArrayStream((X, Y))
     with pytest.raises(ValueError, match="weights: for a stream"):
         mlefit.fit(logistic, s, init(), weights=np.ones(N))
-    with pytest.raises(ValueError, match="penalty, log_prior: not available for streams"):
-        mlefit.fit(logistic, s, init(), penalty=lambda p: jnp.sum(p["b"] ** 2))
     with pytest.raises(ValueError, match="mesh: a streamed fit runs on one device"):
         mlefit.fit(logistic, s, init(), mesh=mlefit.data_mesh())
     with pytest.raises(ValueError, match="optimizer: a full-batch fit over a stream"):
