@@ -167,7 +167,7 @@ def fit(
             ``param_names``, ``cov``, or the parameter count ``k`` of AIC, BIC and
             ``lr_test``. A new fixed value compiles a new fit. For a ready-made model,
             ``model.fix(name=value)`` is the same model as an object of its own. Works
-            over streams too (``penalty`` does not, yet).
+            over streams too, as does ``penalty``.
         penalty: ``f(params) -> scalar`` added to the TOTAL NLL: the fit minimises
             ``N(w) + f(w)``, i.e. the mean ``nll(w) + f(w) / n_obs`` (ridge:
             ``f = lam * sum(w**2)``). ``params`` as ``log_prob`` receives them
@@ -177,6 +177,8 @@ def fit(
             inverse Hessian of the penalised objective: the curvature of the posterior
             at its mode (Laplace approximation) for a MAP fit, not the sampling
             covariance of the penalised estimator (which is smaller, and biased).
+            Over a stream, ``n_obs`` (the total weight) is read before the fit: a
+            one-shot iterator is refused.
         log_prior: ``log pi(params)``, the same as ``penalty = -log_prior`` (MAP).
 
     A full-batch fit is one compiled program, shared by fits of the same model on data

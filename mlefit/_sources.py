@@ -327,6 +327,7 @@ class ArrayStream:
         weights only."""
         if self._weights is None:
             return float(self.n_obs)
+
         def chunk_sum(start: int, stop: int) -> float:
             w = self._weights_of(lambda c: c.read(start, stop), stop - start,
                                  lambda i: start + i)
