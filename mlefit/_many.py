@@ -10,9 +10,6 @@ the default step budget is smaller than ``fit``'s).
 
 from __future__ import annotations
 
-import copy
-import warnings
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -21,10 +18,11 @@ import optax
 
 from ._checks import check_model_output, float_dtype, numeric_arrays
 from ._compiled import compiled_call
-from ._constraints import constrain, is_constraint, split_init
+from ._constraints import constrain, split_init
 from ._defaults import DEFAULT_MAX_STEPS_MANY, DEFAULT_MAX_STEPS_MANY_NEWTON, use_newton
 from ._diagnose import _init_not_finite_message
 from ._iterate import iterate
+from ._many_starts import batched_model_init, check_batched_u0, nan_starts, used_rows
 from ._model import AbstractModel, Problem, as_problem
 from ._newton import NEWTON, Newton
 from ._objective import Reduced, objective
@@ -131,10 +129,6 @@ def _check_batched_finite(data: tuple, weights) -> None:
             )
 
 
-def _used(a: np.ndarray, w: np.ndarray | None, b: int) -> np.ndarray:
-    """The observations of data set ``b`` with positive weight (host array)."""
-    return a[b] if w is None else a[b][w[b] > 0]
-
 
 def _host_data(data: tuple, weights):
     return tuple(np.asarray(a) for a in data), None if weights is None else np.asarray(weights)
@@ -155,230 +149,10 @@ def _check_model_data(model: AbstractModel, hdata: tuple, hw) -> None:
     except ValueError:
         for b in range(hdata[0].shape[0]):
             try:
-                model.check_data(*(_used(a, hw, b) for a in hdata))
+                model.check_data(*(used_rows(a, hw, b) for a in hdata))
             except ValueError as e:
                 raise ValueError(f"data set {b}: {e}") from e
         raise
-
-
-# ---------------------------------------------------------------------------------------
-# Starting points
-# ---------------------------------------------------------------------------------------
-def _constraint_key(x):
-    """What must agree between data sets for a leaf: its constraint (None: unconstrained)."""
-    if not is_constraint(x):
-        return None
-    return (type(x), getattr(x, "low", None), getattr(x, "high", None))
-
-
-def _stack_inits(inits: list, B: int):
-    """One init pytree whose leaves (and constraint values) carry a leading axis ``B``."""
-    flat0, treedef = jax.tree_util.tree_flatten(inits[0], is_leaf=is_constraint)
-    keys0 = [_constraint_key(x) for x in flat0]
-    columns = [[] for _ in flat0]
-    for b, init in enumerate(inits):
-        flat, td = jax.tree_util.tree_flatten(init, is_leaf=is_constraint)
-        if td != treedef or [_constraint_key(x) for x in flat] != keys0:
-            raise ValueError(
-                f"init: the model's start for data set {b} has a different structure or "
-                f"constraints ({td}) than for data set 0 ({treedef})."
-            )
-        for col, x, k in zip(columns, flat, keys0, strict=True):
-            col.append(x if k is None else x.value)
-    leaves = []
-    for leaf0, col in zip(flat0, columns, strict=True):
-        stacked = np.stack([np.asarray(v) for v in col])
-        if is_constraint(leaf0):
-            leaf = copy.copy(leaf0)
-            leaf.value = stacked
-            leaves.append(leaf)
-        else:
-            leaves.append(stacked)
-    return treedef.unflatten(leaves)
-
-
-def _init_values(model, *obs):
-    flat = jax.tree_util.tree_leaves(model.init(*obs), is_leaf=is_constraint)
-    return [jnp.asarray(x.value if is_constraint(x) else x) for x in flat]
-
-
-@eqx.filter_jit
-def _vmapped_init_values(model, data):
-    return jax.vmap(lambda *obs: _init_values(model, *obs))(*data)
-
-
-_NOT_TRACEABLE = (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerArrayConversionError,
-    jax.errors.TracerIntegerConversionError,
-)
-
-
-_INIT_STRUCTURE: dict = {}  # (model, shapes of one data set) -> (treedef, leaves) or None
-
-
-def _init_structure(model: AbstractModel, one_set: tuple):
-    """The pytree structure and constraint leaves of ``model.init``, or None if untraceable."""
-    try:
-        key = (model, one_set)
-        hash(key)
-    except TypeError:
-        key = None
-    if key is not None and key in _INIT_STRUCTURE:
-        return _INIT_STRUCTURE[key]
-    captured = {}
-
-    def structure(*obs):
-        captured["init"] = model.init(*obs)
-        return _init_values(model, *obs)
-
-    try:
-        jax.eval_shape(structure, *one_set)
-        out = jax.tree_util.tree_flatten(captured["init"], is_leaf=is_constraint)
-    except _NOT_TRACEABLE:
-        out = None
-    if key is not None:
-        if len(_INIT_STRUCTURE) > 256:
-            _INIT_STRUCTURE.clear()
-        _INIT_STRUCTURE[key] = out
-    return out
-
-
-def _traced_model_init(model: AbstractModel, data: tuple):
-    """``model.init`` vmapped over the data sets, or ``None`` when it is not traceable."""
-    one_set = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
-    found = _init_structure(model, one_set)
-    if found is None:
-        return None
-    flat, treedef = found
-    values = _vmapped_init_values(model, data)
-    leaves = []
-    for leaf, v in zip(flat, values, strict=True):
-        v = np.asarray(v)
-        if is_constraint(leaf):
-            leaf = copy.copy(leaf)
-            leaf.value = v
-            leaves.append(leaf)
-        else:
-            leaves.append(v)
-    return treedef.unflatten(leaves)
-
-
-def _bad_starts(init, B: int) -> np.ndarray:
-    """Data sets whose start is not finite or violates its constraint."""
-    bad = np.zeros(B, bool)
-    for leaf in jax.tree_util.tree_leaves(init, is_leaf=is_constraint):
-        v = np.asarray(leaf.value if is_constraint(leaf) else leaf, dtype=float).reshape(B, -1)
-        bad |= ~np.isfinite(v).all(axis=1)
-        if is_constraint(leaf):
-            lo, hi = leaf.bounds()
-            bad |= ~((v > lo) & (v < hi)).all(axis=1)
-    return bad
-
-
-def _replace_starts(init, bad: np.ndarray):
-    """``init`` with the starts of the ``bad`` data sets replaced by a good one's (a
-    placeholder that passes the checks of ``init``; see :func:`nan_starts`)."""
-    good = int(np.argmin(bad))
-
-    def fix(leaf):
-        v = np.array(leaf.value if is_constraint(leaf) else leaf)
-        v[bad] = v[good]
-        if is_constraint(leaf):
-            leaf = copy.copy(leaf)
-            leaf.value = v
-            return leaf
-        return v
-
-    return jax.tree.map(fix, init, is_leaf=is_constraint)
-
-
-def nan_starts(u0, bad: np.ndarray | None):
-    """Unconstrained starts ``u0`` with those of the ``bad`` data sets set to NaN: those
-    fits stop at their first evaluation with status ``INIT_NOT_FINITE`` and NaN parameters,
-    and do not hold up the others."""
-    if bad is None or not bad.any():
-        return u0
-
-    def fix(x):
-        v = np.array(x, dtype=x.dtype)
-        v[bad] = np.nan
-        return v
-
-    return jax.tree.map(fix, u0)
-
-
-def _host_init_error(model: AbstractModel, hdata: tuple, hw, b: int) -> str:
-    """Why the model's start fails for data set ``b``: its own message when ``init`` on the
-    host (NumPy) raises one, else a generic reason."""
-    try:
-        model.init(*(_used(a, hw, b) for a in hdata))
-    except ValueError as e:
-        return str(e)
-    return "its start is not finite or outside the constraints"
-
-
-def batched_model_init(model: AbstractModel, data: tuple, weights, hdata: tuple, hw):
-    """The model's data-driven start for every data set, stacked on a leading axis.
-
-    Without padding, ``model.init`` is vmapped over the data sets when it is traceable
-    (the ready-made models' are: written once for NumPy and ``jax.numpy``); otherwise,
-    or with padding, it runs per data set on the host, on the used observations.
-    Returns ``(init, bad)``. A data set whose start fails (``init`` raises ``ValueError``,
-    or gives a non-finite or out-of-constraint value, e.g. all values equal: no MLE) is
-    flagged in ``bad``, with a warning that names it and the model's reason; its start is
-    another data set's, and :func:`nan_starts` later makes it NaN, so that fit stops at the
-    first evaluation with status ``INIT_NOT_FINITE``. (Run from another data set's start
-    it would go on until ``max_steps`` as its scale collapses, and the batched loop, which
-    runs until its slowest member stops, with it.)
-    """
-    B = hdata[0].shape[0]
-    init = None
-    if hw is None or (hw > 0).all():
-        init = _traced_model_init(model, data)
-    failed = []
-    if init is None:
-        inits = [None] * B
-        init_one = model.init  # an equinox bound method: building it costs ~0.1 ms
-        for b in range(B):
-            try:
-                inits[b] = init_one(*(_used(a, hw, b) for a in hdata))
-            except ValueError as e:
-                failed.append((b, str(e)))
-        if len(failed) == B:
-            b, e = failed[0]
-            raise ValueError(f"data set {b}: {e}")
-        good = next(i for i in inits if i is not None)
-        init = _stack_inits([good if i is None else i for i in inits], B)
-    bad = _bad_starts(init, B)
-    bad[[b for b, _ in failed]] = True
-    if bad.all():
-        why = dict(failed).get(0) or _host_init_error(model, hdata, hw, 0)
-        raise ValueError(
-            f"init: the {model.name} model's start is not valid for any data set; "
-            f"data set 0: {why}"
-        )
-    if bad.any():
-        init = _replace_starts(init, bad)
-        b = int(np.argmax(bad))
-        why = dict(failed).get(b) or _host_init_error(model, hdata, hw, b)
-        warnings.warn(
-            f"fit_many: the {model.name} model's start failed for {int(bad.sum())} data set(s) "
-            f"(first: data set {b}: {why}); those data sets are not fitted: their status is "
-            "'init_not_finite' and their parameters NaN.",
-            stacklevel=3,
-        )
-    return init, bad
-
-
-def _check_batched_u0(u0, B: int) -> None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(u0)[0]:
-        if leaf.ndim == 0 or leaf.shape[0] != B:
-            name = jax.tree_util.keystr(path, simple=True, separator=".") or "<root>"
-            raise ValueError(
-                f"init: with batched_init=True every parameter needs a leading axis of size "
-                f"B={B} (one start per data set); parameter {name!r} has shape {leaf.shape}."
-            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -581,7 +355,7 @@ def fit_many(
 
     u0, transforms = split_init(init, dtype)
     if batched_init:
-        _check_batched_u0(u0, B)
+        check_batched_u0(u0, B)
         u0 = nan_starts(u0, bad_starts)
     solver = _choose_solver(optimizer, n, _count_params(u0, batched_init))
     if max_steps is None:

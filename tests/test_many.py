@@ -14,6 +14,7 @@ import scipy.stats
 
 import mlefit
 import mlefit._many as many
+import mlefit._many_starts as starts
 from mlefit import models as M
 from mlefit.models import Gamma, Normal
 
@@ -343,7 +344,7 @@ def test_ready_made_starts_are_vmapped_and_equal_the_host_ones(name):
     model, gen = TRACED_INITS[name]
     data = gen(np.random.default_rng(7))
     data = data if isinstance(data, tuple) else (data,)
-    traced = many._traced_model_init(model, tuple(jnp.asarray(a) for a in data))
+    traced = starts._traced_model_init(model, tuple(jnp.asarray(a) for a in data))
     assert traced is not None, f"{name}.init is not traceable: fit_many would loop in Python"
     got = _start_values(traced)
     for b in range(data[0].shape[0]):
