@@ -32,6 +32,7 @@ from ._lrtest import lr_test as lr_test
 from ._many import fit_many as fit_many
 from ._model import AbstractModel as AbstractModel
 from ._result import FitResult as FitResult
+from ._solver_subsampled import SubsampledNewton as SubsampledNewton
 from ._sources import ArrayStream as ArrayStream
 from ._sources import batches as batches
 from ._status import Status as Status

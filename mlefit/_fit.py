@@ -120,7 +120,9 @@ def fit(
             sampled rows give the curvature, one full pass over the data per step,
             converging to the MLE of all rows; :mod:`mlefit._solver_subsampled`); else
             L-BFGS (``optax.lbfgs`` with a weak-Wolfe line search). ``"subsampled"``:
-            subsampled Newton whatever the size. ``"lbfgs"``: L-BFGS whatever the size.
+            subsampled Newton whatever the size, or ``mlefit.SubsampledNewton(m=...,
+            seed=...)`` to choose the subsample's size and draw. ``"lbfgs"``: L-BFGS
+            whatever the size.
             ``"newton"``: damped Newton whatever the size (default ``max_steps`` 1,000):
             ``(H + lam diag|H|) d = -g`` with the exact Hessian every step,
             Marquardt's scaling and saddle-free steps where ``H`` is indefinite. Or any

@@ -190,11 +190,19 @@ class _State(NamedTuple):
 class SubsampledNewton(AbstractSolver):
     """Newton steps with curvature from ``m`` sampled rows and gradients from all ``n``.
 
+    ``fit(model, data, init, optimizer=mlefit.SubsampledNewton(m=50_000, seed=1))``.
+    Newton on the subsample's mean NLL ``f_S`` gives the start ``x_S`` and the curvature
+    ``B = H_S(x_S)``; then each step is ``d = -(B + lam D)^-1 g`` with ``g`` the FULL
+    data's gradient (one pass), Armijo-tested, ``B`` BFGS-corrected by the full-data
+    secant pairs (details in the module docstring). Near the MLE each pass contracts the
+    error by about ``sqrt(p / m)``: a larger ``m`` means fewer passes and a costlier start.
+
     ``m = min(n, max(per_param * p, min_rows))`` (:func:`mlefit._defaults.subsample_size`)
-    unless ``m`` is given; ``seed`` fixes the subsample. See the module docstring for the
-    steps. It converges only by the loop's rule on the FULL-data gradient,
-    ``max|g| <= tol`` (a step that predicts a gain below the rounding level of ``f`` is
-    taken when ``f`` stays within rounding, but is no verdict: ``B`` is not the Hessian).
+    unless ``m`` is given; ``seed`` fixes the subsample (stratified over the rows with
+    positive weight; the same data and seed give the same fit). It converges only by the
+    loop's rule on the FULL-data gradient, ``max|g| <= tol`` (a step that predicts a gain
+    below the rounding level of ``f`` is taken when ``f`` stays within rounding, but is no
+    verdict: ``B`` is not the Hessian).
     Its own verdicts: ``STALLED`` after 30 refused steps in a row (the loop then counts a
     gradient within ``100 tol`` as converged); ``INIT_NOT_FINITE`` when ``f`` is not finite
     at the start (nor at the subsample's optimum); ``NON_FINITE`` at ``f = -inf``.
