@@ -23,20 +23,36 @@ def search(f, u, d, **kw):
 
 
 def quadratic(seed, n):
+    """``(H, b)`` of ``f(u) = u^T H u / 2 - b^T u`` with ``H`` positive definite."""
     rng = np.random.default_rng(seed)
     A = rng.standard_normal((n, n))
-    H = A @ A.T + 0.1 * np.eye(n)
-    b = rng.standard_normal(n)
-    return lambda u: 0.5 * u @ (jnp.asarray(H) @ u) - jnp.asarray(b) @ u
+    return jnp.asarray(A @ A.T + 0.1 * np.eye(n)), jnp.asarray(rng.standard_normal(n))
+
+
+def _quadratic_value(u, H, b):
+    return 0.5 * u @ (H @ u) - b @ u
+
+
+_LS = scale_by_wolfe_linesearch()
+
+
+@jax.jit
+def _search_quadratic(u, d, H, b):
+    """The line search on a quadratic given as data: one compiled program per size."""
+    f = lambda v: _quadratic_value(v, H, b)  # noqa: E731
+    value, grad = jax.value_and_grad(f)(u)
+    step, state = _LS.update(d, _LS.init(u), u, value=value, grad=grad, value_fn=f)
+    return value, grad, step, state
 
 
 @settings(max_examples=30, deadline=None)
 @given(seed=hs.integers(0, 2**31 - 1), n=hs.integers(1, 6), scale=hs.floats(1e-3, 1e3))
 def test_accepted_step_meets_the_weak_wolfe_conditions(seed, n, scale):
-    f = quadratic(seed, n)
+    H, b = quadratic(seed, n)
+    f = lambda v: _quadratic_value(v, H, b)  # noqa: E731
     u = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(n))
     d = -scale * jax.grad(f)(u)  # a descent direction, too long or too short by `scale`
-    value, grad, step, state = search(f, u, d)
+    value, grad, step, state = _search_quadratic(u, d, H, b)
     t = float(state.step)
     slope = float(grad @ d)
     assert t > 0
