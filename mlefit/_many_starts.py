@@ -35,6 +35,15 @@ def _constraint_key(x):
     return (type(x), getattr(x, "low", None), getattr(x, "high", None))
 
 
+def _with_value(leaf, value):
+    """``value`` in place of ``leaf``: a copy of a constraint leaf holding it, else itself."""
+    if not is_constraint(leaf):
+        return value
+    leaf = copy.copy(leaf)
+    leaf.value = value
+    return leaf
+
+
 def _stack_inits(inits: list, B: int):
     """One init pytree whose leaves (and constraint values) carry a leading axis ``B``."""
     flat0, treedef = jax.tree_util.tree_flatten(inits[0], is_leaf=is_constraint)
@@ -49,16 +58,8 @@ def _stack_inits(inits: list, B: int):
             )
         for col, x, k in zip(columns, flat, keys0, strict=True):
             col.append(x if k is None else x.value)
-    leaves = []
-    for leaf0, col in zip(flat0, columns, strict=True):
-        stacked = np.stack([np.asarray(v) for v in col])
-        if is_constraint(leaf0):
-            leaf = copy.copy(leaf0)
-            leaf.value = stacked
-            leaves.append(leaf)
-        else:
-            leaves.append(stacked)
-    return treedef.unflatten(leaves)
+    return treedef.unflatten([_with_value(leaf0, np.stack([np.asarray(v) for v in col]))
+                              for leaf0, col in zip(flat0, columns, strict=True)])
 
 
 def _init_values(model, *obs):
@@ -116,16 +117,8 @@ def _traced_model_init(model: AbstractModel, data: tuple):
         return None
     flat, treedef = found
     values = _vmapped_init_values(model, data)
-    leaves = []
-    for leaf, v in zip(flat, values, strict=True):
-        v = np.asarray(v)
-        if is_constraint(leaf):
-            leaf = copy.copy(leaf)
-            leaf.value = v
-            leaves.append(leaf)
-        else:
-            leaves.append(v)
-    return treedef.unflatten(leaves)
+    return treedef.unflatten([_with_value(leaf, np.asarray(v))
+                              for leaf, v in zip(flat, values, strict=True)])
 
 
 def _bad_starts(init, B: int) -> np.ndarray:
