@@ -81,7 +81,7 @@ def _start(code: str, args=(), env=None, log_dir=None):
     """Starts ``python -c HEADER+code args``; its output goes to files (no pipe can fill)."""
     out = open(os.path.join(log_dir, f"out{args}.txt"), "w+")  # noqa: SIM115
     err = open(os.path.join(log_dir, f"err{args}.txt"), "w+")  # noqa: SIM115
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | (env or {})
+    env = dict(os.environ) | (env or {})  # XLA_FLAGS: the suite's (tests/conftest.py)
     proc = subprocess.Popen(
         [sys.executable, "-c", HEADER + textwrap.dedent(code), *map(str, args)],
         stdout=out, stderr=err, text=True, cwd=ROOT, env=env,
@@ -169,7 +169,7 @@ class _Runs:
     """The subprocesses, started together so that they overlap the reference fits here."""
 
     def __init__(self, log_dir):
-        env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+        env = {"XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4"}
         self._four = _start(FOUR_DEVICES, env=env, log_dir=log_dir)
         port = _free_port()
         self._two = [_start(WORKER, (pid, port), log_dir=log_dir) for pid in (0, 1)]

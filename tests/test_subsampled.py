@@ -472,7 +472,8 @@ def test_sharded_fit_over_four_devices():
     sampling probability."""
     import json
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ['XLA_FLAGS']} "
+               "--xla_force_host_platform_device_count=4")
     code = textwrap.dedent(MESH.format(tests=os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
