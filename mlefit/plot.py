@@ -22,25 +22,22 @@ integrated numerically), so they work for any unconditional model, without scipy
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain
 from ._inference import flat_names_of
+from ._numeric_dist import continuous_cdf, integer_support, logpdf, quantiles
 
 __all__ = ["history", "density", "qq", "ecdf", "profile", "estimates", "fitted_label"]
 
 _DISCRETE_MODELS = {
     "poisson", "negativebinomial", "bernoulli", "binomial", "geometric", "categorical",
 }
-# Points of the grid on which a continuous CDF is integrated (quantiles to ~1e-4 of scale).
-_CDF_POINTS = 8001
 
 
 def _pyplot():
@@ -100,114 +97,6 @@ def fitted_label(res, digits: int = 4, max_params: int = 6) -> str:
     if len(parts) > max_params:
         parts = parts[:max_params] + ["..."]
     return f"{res.model_name}({', '.join(parts)})"
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _logpdf_compiled(logp, transforms, u, xs):
-    params = constrain(u, transforms)
-    return jax.vmap(lambda x: logp(params, x))(xs)
-
-
-def _logpdf(res, xs: np.ndarray) -> np.ndarray:
-    """``log p(x; params)`` of the fitted model at each point of ``xs`` (-inf outside support)."""
-    xs = np.asarray(xs, dtype=float)
-    # pad to a power of two (>= 64) so that a few compiled sizes serve every plot
-    size = max(64, 1 << (xs.size - 1).bit_length())
-    padded = np.concatenate([xs, np.full(size - xs.size, xs[0])])
-    dtype = jnp.asarray(res.nll).dtype
-    lp = _logpdf_compiled(res.problem.logp, res.transforms, res.u, jnp.asarray(padded, dtype))
-    lp = np.asarray(lp, dtype=float)[: xs.size]
-    return np.where(np.isnan(lp), -np.inf, lp)
-
-
-# -- numerical distribution functions ------------------------------------------------
-def _support_edge(res, outside: float, inside: float) -> float:
-    """The edge of the support between a point outside it and one inside (to ~1e-14)."""
-    for _ in range(8):  # each pass narrows the bracket 63-fold
-        pts = np.linspace(outside, inside, 64)
-        ok = _logpdf(res, pts) > -np.inf
-        k = int(np.argmax(ok))  # first point inside, walking from `outside`
-        outside, inside = pts[k - 1], pts[k]
-    return float(outside)
-
-
-def _support(res, x: np.ndarray, grid: np.ndarray, lp: np.ndarray):
-    """``(low, high)``: the support of the fitted density, ``-inf``/``inf`` when unbounded."""
-    inside = lp > -np.inf
-    low, high = -np.inf, np.inf
-    below = (grid < x.min()) & ~inside
-    if below.any():
-        a = grid[below].max()
-        b = grid[(grid > a) & inside].min(initial=x.min())
-        low = _support_edge(res, a, b)
-    above = (grid > x.max()) & ~inside
-    if above.any():
-        a = grid[above].min()
-        b = grid[(grid < a) & inside].max(initial=x.max())
-        high = _support_edge(res, a, b)
-    return low, high
-
-
-def _continuous_cdf(res, x: np.ndarray):
-    """``(grid, cdf)`` of the fitted continuous model, integrating exp(log p) numerically.
-
-    The integral runs over a variable ``t`` that maps onto the whole support, with
-    ``cdf = int p(x(t)) x'(t) dt`` by the trapezoid rule on a uniform ``t`` grid:
-    ``x = c + s tan(t)`` on the real line (dense near the data, reaching far into heavy
-    tails); ``x = low + exp(t)`` on a half-line and ``x = low + (high - low) sigmoid(t)``
-    on an interval, which also tame densities that are infinite at an edge (a gamma
-    shape below 1, a beta parameter below 1).
-    """
-    q25, q50, q75 = np.percentile(x, [25, 50, 75])
-    scale = max(q75 - q25, 0.1 * float(np.std(x)), 1e-6 * max(abs(q50), 1.0))
-    theta = np.linspace(-np.pi / 2, np.pi / 2, _CDF_POINTS + 2)[1:-1]
-    grid = q50 + scale * np.tan(theta)
-    lp = _logpdf(res, grid)
-    low, high = _support(res, x, grid, lp)
-    if math.isfinite(low) and math.isfinite(high):
-        t = np.linspace(-40.0, 40.0, _CDF_POINTS)
-        sig = 1.0 / (1.0 + np.exp(-t))
-        grid, dxdt = low + (high - low) * sig, (high - low) * sig * (1.0 - sig)
-    elif math.isfinite(low) or math.isfinite(high):
-        edge, sign = (low, 1.0) if math.isfinite(low) else (high, -1.0)
-        s = max(abs(q50 - edge), scale)
-        t = np.linspace(math.log(s) - 35.0, math.log(s) + 28.0, _CDF_POINTS)
-        grid, dxdt = edge + sign * np.exp(t), np.exp(t)
-        if sign < 0:
-            grid, dxdt, t = grid[::-1], dxdt[::-1], -t[::-1]
-    else:
-        t, dxdt = theta, scale / np.cos(theta) ** 2
-    if t is not theta:
-        lp = _logpdf(res, grid)
-    f = np.exp(lp) * dxdt
-    f = np.where(np.isfinite(f), f, 0.0)
-    steps = 0.5 * (f[1:] + f[:-1]) * np.diff(t)
-    cdf = np.concatenate([[0.0], np.cumsum(steps)])
-    total = cdf[-1]
-    if not total > 0:
-        raise ValueError("the fitted density integrates to 0 on the real line; cannot plot it")
-    return grid, cdf / total
-
-
-def _integer_support(res, x: np.ndarray):
-    """``(k, pmf)`` on the integers from min(0, min x) up to where the tail mass is negligible."""
-    lo = int(min(0.0, np.floor(x.min())))
-    hi = int(np.ceil(x.max()))
-    span = max(hi - lo, 1)
-    k = np.arange(lo, hi + 10 * span + 50)
-    pmf = np.exp(_logpdf(res, k.astype(float)))
-    return k, np.where(np.isfinite(pmf), pmf, 0.0)
-
-
-def _quantiles(res, x: np.ndarray, probs: np.ndarray, discrete: bool) -> np.ndarray:
-    if discrete:
-        k, pmf = _integer_support(res, x)
-        cdf = np.cumsum(pmf) / pmf.sum()
-        idx = np.minimum(np.searchsorted(cdf, probs - 1e-12), k.size - 1)
-        return k[idx].astype(float)
-    grid, cdf = _continuous_cdf(res, x)
-    rising = np.concatenate([[True], np.diff(cdf) > 0])
-    return np.interp(probs, cdf[rising], grid[rising])
 
 
 # -- public plots --------------------------------------------------------------------
@@ -283,7 +172,7 @@ def density(res, data=None, ax=None, *, discrete: bool | None = None, bins="auto
         ks = np.arange(values.min(), values.max() + 1)
         observed = np.zeros(ks.size)
         observed[np.searchsorted(ks, values)] = counts
-        expected = x.size * np.exp(_logpdf(res, ks.astype(float)))
+        expected = x.size * np.exp(logpdf(res, ks.astype(float)))
         ax.bar(ks - 0.2, observed, width=0.4, alpha=0.7, label=f"observed (n = {x.size})")
         ax.bar(ks + 0.2, expected, width=0.4, alpha=0.7, color="C3",
                label=f"expected: {fitted}")
@@ -294,7 +183,7 @@ def density(res, data=None, ax=None, *, discrete: bool | None = None, bins="auto
         ax.hist(x, bins=bins, density=True, alpha=0.5, label=f"data (n = {x.size})")
         pad = 0.05 * (x.max() - x.min() or 1.0)
         grid = np.linspace(x.min() - pad, x.max() + pad, 400)
-        lp = _logpdf(res, grid)
+        lp = logpdf(res, grid)
         # outside the support (log p = -inf) draw nothing rather than a line at zero
         pdf = np.where(lp > -np.inf, np.exp(lp), np.nan)
         ax.plot(grid, pdf, color="C3", lw=2, label=fitted)
@@ -370,12 +259,12 @@ def qq(res, data=None, ax=None, *, discrete: bool | None = None, level: float | 
     x = np.sort(_observations(res, data))
     discrete = _is_discrete(res) if discrete is None else discrete
     probs = (np.arange(1, x.size + 1) - 0.5) / x.size
-    theo = _quantiles(res, x, probs, discrete)
+    theo = quantiles(res, x, probs, discrete)
     fig, ax = _figure_and_axes(ax)
     if level is not None:
         ranks, lo_u, hi_u = simultaneous_band(x.size, level, n_sim, seed=seed)
-        lo = _quantiles(res, x, lo_u, discrete)
-        hi = _quantiles(res, x, hi_u, discrete)
+        lo = quantiles(res, x, lo_u, discrete)
+        hi = quantiles(res, x, hi_u, discrete)
         bx = theo[ranks - 1]
         ax.fill_between(bx, lo, hi, color="C0", alpha=0.15, lw=0)
         ax.plot(bx, lo, color="C0", lw=0.8, ls="--", gid="envelope_lower",
@@ -429,13 +318,13 @@ def ecdf(res, data=None, ax=None, *, level: float | None = 0.95, discrete: bool 
         ax.step(xs, hi, where="post", color="C0", lw=0.6, ls="--", gid="dkw_upper")
     ax.step(xs, fn, where="post", color="C0", lw=1.5, gid="ecdf", label=f"ECDF (n = {n})")
     if discrete:
-        k, pmf = _integer_support(res, x)
+        k, pmf = integer_support(res, x)
         cdf = np.cumsum(pmf) / pmf.sum()
         keep = (k >= xs[0] - 1) & (k <= xs[-1])
         ax.step(k[keep], cdf[keep], where="post", color="C3", lw=1.5, gid="fitted",
                 label=fitted_label(res))
     else:
-        grid, cdf = _continuous_cdf(res, x)
+        grid, cdf = continuous_cdf(res, x)
         g = np.linspace(xs[0], xs[-1], 400)
         ax.plot(g, np.interp(g, grid, cdf), color="C3", lw=1.5, gid="fitted",
                 label=fitted_label(res))
