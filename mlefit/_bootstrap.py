@@ -167,6 +167,15 @@ def _start_at(res: FitResult):
     return treedef.unflatten(out)
 
 
+def with_penalty(res, fit_options: dict) -> dict:
+    """``fit_options`` with the fit's own penalty (a penalised or MAP fit's replicates are
+    refitted by the same estimator), unless they name a penalty or prior themselves."""
+    f = res.problem.penalty
+    if f is None or "penalty" in fit_options or "log_prior" in fit_options:
+        return fit_options
+    return {**fit_options, "penalty": f}
+
+
 def _check(res, n, level):
     if not isinstance(res, FitResult):
         raise TypeError(f"res: expected a FitResult from mlefit.fit, got {type(res).__name__}")
@@ -201,6 +210,9 @@ def bootstrap(
         key: a PRNG key, e.g. ``jax.random.key(0)``.
         level: coverage of the percentile intervals.
         **fit_options: passed to :func:`mlefit.fit_many` (``optimizer``, ``max_steps``, ``tol``).
+            A penalised or MAP fit's replicates are refitted with its penalty (the
+            bootstrap of the estimator that was used), unless ``penalty=`` or
+            ``log_prior=`` is given here.
 
     Example:
         >>> import jax, numpy as np, mlefit
@@ -227,7 +239,7 @@ def bootstrap(
             f"model: sample returned {len(sims)} array(s) per data set but the fit has "
             f"{len(data)} data array(s)."
         )
-    fits = fit_many(model, sims, _start_at(res), **fit_options)
+    fits = fit_many(model, sims, _start_at(res), **with_penalty(res, fit_options))
     converged = np.asarray(fits.converged)
     n_failed = int(converged.size - converged.sum())
     if converged.sum() < 2:

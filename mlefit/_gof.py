@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._bootstrap import with_penalty
 from ._many import fit_many
+from ._model import FixedModel
 from ._status import Status
 from .models import Beta, Exponential, Gamma, Laplace, LogNormal, Normal, StudentT, Weibull
 
@@ -159,8 +161,9 @@ def _check(res, statistics, n_boot) -> tuple:
     if res.batch_shape:
         raise TypeError("res: gof takes a single fit, got a batched result; index it (res[i])")
     model = res.problem.source
-    if not isinstance(model, SUPPORTED):
-        name = getattr(model, "name", None) or type(model).__name__
+    base = model.model if isinstance(model, FixedModel) else model  # fit(..., fixed=...)
+    if not isinstance(base, SUPPORTED):
+        name = getattr(base, "name", None) or type(base).__name__
         raise TypeError(
             f"res: gof supports the continuous univariate ready-made models "
             f"({_supported_names()}), not {name!r}: the EDF statistics compare the sample "
@@ -177,7 +180,7 @@ def _check(res, statistics, n_boot) -> tuple:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot: the number of bootstrap replicates must be an int >= 1, "
                          f"got {n_boot!r}")
-    return model, statistics
+    return model, base, statistics
 
 
 def gof(
@@ -200,7 +203,10 @@ def gof(
         res: a single fit of Normal, LogNormal, Exponential, Gamma, Weibull, Beta,
             StudentT or Laplace. Integer frequency weights expand the sample (each
             observation repeated ``weights[i]`` times); variance weights are accepted only
-            where they are all equal; other weights are refused.
+            where they are all equal; other weights are refused. Parameters held fixed
+            (``fit(..., fixed=...)``) stay fixed in the refits, and a penalised or MAP
+            fit's refits use its penalty: the null distribution is that of the estimator
+            that was used.
         statistics: names among ``"ks"``, ``"cvm"``, ``"ad"``.
         n_boot: number of bootstrap samples.
         key: a PRNG key, e.g. ``jax.random.key(0)``.
@@ -214,23 +220,24 @@ def gof(
         >>> g.pvalue["ad"] < 0.01  # a skewed sample is not normal
         True
     """
-    model, statistics = _check(res, statistics, n_boot)
+    model, base, statistics = _check(res, statistics, n_boot)
     x = _observations(res)
     dtype = jnp.asarray(res.nll).dtype
-    if res.status not in (_KINKED_OK if isinstance(model, _KINKED) else (Status.CONVERGED,)):
+    if res.status not in (_KINKED_OK if isinstance(base, _KINKED) else (Status.CONVERGED,)):
         warnings.warn(f"gof: the fit has status {res.status}; the statistics are taken at "
                       "its parameters all the same", stacklevel=3)
     params = jax.tree.map(lambda p: jnp.asarray(p, dtype), res.params)
-    observed = _statistics(model, params, jnp.asarray(x, dtype))
+    observed = _statistics(base, params, jnp.asarray(x, dtype))
     keys = jax.random.split(key, int(n_boot))
-    sims = _simulate(model, params, int(x.shape[0]), keys)
-    fits = fit_many(model, sims, **fit_options)
-    if isinstance(model, _KINKED):
+    sims = _simulate(base, params, int(x.shape[0]), keys)
+    # refitted as the fit was: the same fixed values (model) and penalty
+    fits = fit_many(model, sims, **with_penalty(res, fit_options))
+    if isinstance(base, _KINKED):
         ok = np.isin(np.asarray(fits.status, dtype=int), [int(s) for s in _KINKED_OK])
     else:
         ok = np.asarray(fits.converged, dtype=bool)
     ok = ok & np.all([np.isfinite(np.asarray(v)) for v in jax.tree.leaves(fits.params)], axis=0)
-    null = _many_statistics(model, fits.params, sims)
+    null = _many_statistics(model, fits.params, sims)  # a FixedModel merges fixed values
     used = int(ok.sum())
     if used == 0:
         warnings.warn(f"gof: none of the {n_boot} refits converged; the p-values are NaN",

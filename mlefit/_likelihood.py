@@ -29,7 +29,7 @@ from ._model import AbstractModel
 
 __all__ = [
     "logpdfs", "mean_nll", "total_loglik", "nll", "loglik",
-    "penalised", "check_penalty", "penalty_at",
+    "penalised", "check_penalty", "penalty_at", "penalty_value",
 ]
 
 
@@ -185,7 +185,8 @@ def penalised(problem, penalty, total_weight: float, params_aval):
 
 
 @eqx.filter_jit
-def _penalty_value(penalty, transforms, u):
+def penalty_value(penalty, transforms, u):
+    """``f(params)`` at the unconstrained ``u`` (``params = constrain(u, transforms)``)."""
     return penalty(constrain(u, transforms))
 
 
@@ -194,7 +195,7 @@ def penalty_at(res):
     f = res.problem.penalty
     if f is None:
         return res
-    return dataclasses.replace(res, penalty=_penalty_value(f, res.transforms, res.u))
+    return dataclasses.replace(res, penalty=penalty_value(f, res.transforms, res.u))
 
 
 class _Merged(eqx.Module):

@@ -22,6 +22,7 @@ from ._constraints import constrain, split_init
 from ._defaults import DEFAULT_MAX_STEPS_MANY, DEFAULT_MAX_STEPS_MANY_NEWTON, use_newton
 from ._diagnose import _init_not_finite_message
 from ._iterate import iterate
+from ._likelihood import check_penalty, penalised, penalty_value
 from ._many_starts import batched_model_init, check_batched_u0, nan_starts, used_rows
 from ._model import AbstractModel, Problem, as_problem
 from ._newton import NEWTON, Newton
@@ -253,6 +254,23 @@ def _choose_solver(optimizer, n_obs: int, n_params: int):
     return optimizer
 
 
+def _common_total_weight(penalty, n: int, weights) -> float:
+    """``W``, the total weight every data set shares (``n`` without weights), for a
+    penalty's ``f / W``; ``ValueError`` naming two data sets whose totals differ."""
+    if penalty is None or weights is None:
+        return float(n)
+    totals = np.asarray(jnp.sum(weights, axis=1), dtype=float)
+    differ = np.flatnonzero(np.abs(totals - totals[0]) > 1e-12 * abs(totals[0]))
+    if differ.size:
+        b = int(differ[0])
+        raise ValueError(
+            "penalty: fit_many adds f(params) / W to every data set's mean NLL, so the data "
+            f"sets must share their total weight W; data set 0 has {totals[0]:g} and data "
+            f"set {b} has {totals[b]:g}. Fit such data sets one by one with mlefit.fit."
+        )
+    return float(totals[0])
+
+
 def fit_many(
     model,
     data,
@@ -267,6 +285,8 @@ def fit_many(
     history: bool = False,
     check_finite: bool = True,
     use_suffstats: bool = True,
+    penalty=None,
+    log_prior=None,
 ) -> FitResult:
     """Fits one model to B independent data sets in one compiled call; returns a batched FitResult.
 
@@ -317,6 +337,12 @@ def fit_many(
             :mod:`mlefit._suffstats`, fit from per-data-set feature means computed once
             instead of the raw observations in every step (same NLL to rounding; 10k
             Gamma fits: see the module docs). False always uses the observations.
+        penalty: ``f(params) -> scalar`` added to each data set's TOTAL NLL, as in
+            :func:`mlefit.fit`: each fit minimises ``nll_b(w) + f(w) / W`` with ``W`` the
+            data sets' common total weight (``n`` without weights; data sets whose total
+            weights differ are refused). ``res.penalty`` is ``f`` at each estimate, and
+            ``res.loglik`` the likelihood alone.
+        log_prior: ``log pi(params)``, the same as ``penalty = -log_prior`` (MAP).
 
     Returns:
         A batched :class:`FitResult`. Its ``data`` holds the data with padding replaced by
@@ -353,6 +379,7 @@ def fit_many(
         if batched_init and init is not None and problem.module_static is not None:
             raise ValueError("batched_init: an equinox Module model is its own (shared) start.")
 
+    penalty = check_penalty(penalty, log_prior)
     u0, transforms = split_init(init, dtype)
     if batched_init:
         check_batched_u0(u0, B)
@@ -369,6 +396,8 @@ def fit_many(
     # Constrained parameters have the shapes and dtypes of u: checks need no values.
     params_aval = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), u0_one)
     check_model_output(problem.logp, params_aval, one_set)
+    problem = penalised(problem, penalty, _common_total_weight(penalty, n, weights),
+                        params_aval)
     one_obs = tuple(jax.ShapeDtypeStruct(a.shape[2:], a.dtype) for a in data)
     if weights is not None:
         data = fill_padding(data, weights)
@@ -390,7 +419,9 @@ def fit_many(
         msg = _init_not_finite_message(problem, init, u0_first, transforms, first)
         raise ValueError(f"every data set failed at the start; data set 0: {msg}")
     n_obs = jax.device_put(np.full((B,), n, dtype)) if weights is None else jnp.sum(weights, axis=1)
+    f = problem.penalty
     return FitResult(
+        penalty=None if f is None else jax.vmap(lambda v: penalty_value(f, transforms, v))(u),
         params=problem.finalize(params),
         u=u,
         nll=value,

@@ -1,6 +1,7 @@
 """Fixed parameters and penalised (MAP) fits: closed forms and scipy/scikit-learn peers."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.scipy.stats as jst
 import numpy as np
@@ -213,3 +214,83 @@ def test_bad_penalty():
         mlefit.fit(normal, X_NORMAL, INIT, penalty=1.0)
     with pytest.raises(ValueError, match=r"penalty: must return a float scalar"):
         mlefit.fit(normal, X_NORMAL, INIT, penalty=lambda p: jnp.stack([p["mu"], p["mu"]]))
+
+
+# -- fit_many, bootstrap and gof of penalised and fixed fits -----------------------------------
+def _gamma_log_prior(a, b):
+    """log of a Gamma(a, rate b) prior on an exponential rate (conjugate)."""
+    return lambda p: jst.gamma.logpdf(p["rate"], a, scale=1.0 / b)
+
+
+def test_fit_many_map_of_exponential_rates_is_the_conjugate_closed_form():
+    """Exponential rate with a Gamma(a, b) prior: MAP rate = (W + a - 1) / (sum w x + b)."""
+    x = np.random.default_rng(21).exponential(2.0, (6, 40))
+    a, b = 3.0, 4.0
+    res = mlefit.fit_many(models.Exponential(), x, log_prior=_gamma_log_prior(a, b))
+    np.testing.assert_allclose(res.params["rate"], (40 + a - 1) / (x.sum(1) + b), rtol=1e-9)
+    # the likelihood alone in loglik; the prior's negative in penalty (as fit)
+    rate = np.asarray(res.params["rate"])
+    np.testing.assert_allclose(res.loglik, st.expon.logpdf(x, scale=1 / rate[:, None]).sum(1),
+                               rtol=1e-12)
+    np.testing.assert_allclose(res.penalty, -st.gamma.logpdf(rate, a, scale=1 / b), rtol=1e-12)
+    one = mlefit.fit(models.Exponential(), x[4], log_prior=_gamma_log_prior(a, b))
+    assert float(res[4].penalty) == pytest.approx(float(one.penalty), rel=1e-10)
+    assert float(res[4].objective) == pytest.approx(float(one.objective), rel=1e-12)
+    # frequency weights of equal totals W = 30: (W + a - 1) / (sum w x + b)
+    w = np.ones((6, 40))
+    w[:, :10] = 0.0
+    prior = _gamma_log_prior(a, b)
+    res_w = mlefit.fit_many(models.Exponential(), x, weights=w, penalty=lambda p: -prior(p))
+    np.testing.assert_allclose(res_w.params["rate"],
+                               (30 + a - 1) / ((w * x).sum(1) + b), rtol=1e-9)
+
+
+def test_fit_many_refuses_a_penalty_over_data_sets_of_other_total_weights():
+    x = np.ones((3, 5))
+    w = np.ones((3, 5))
+    w[2, 0] = 0.0
+    with pytest.raises(ValueError, match="data set 0 has 5 and data set 2 has 4"):
+        mlefit.fit_many(models.Exponential(), x, weights=w, penalty=lambda p: p["rate"] ** 2)
+    with pytest.raises(ValueError, match="give one of them"):
+        mlefit.fit_many(models.Exponential(), x, penalty=lambda p: 0.0,
+                        log_prior=lambda p: 0.0)
+
+
+_PIN = 1e8  # a penalty that pins the Gamma shape at 2 acts as fixing it
+
+
+@pytest.fixture(scope="module")
+def pinned_and_fixed():
+    x = X_GAMMA * 0.8 + 0.3  # not exactly gamma: p-values away from 1
+    pinned = mlefit.fit(models.Gamma(), x, penalty=lambda p: _PIN * (p["shape"] - 2.0) ** 2)
+    fixed = mlefit.fit(models.Gamma(), x, fixed={"shape": 2.0})
+    assert float(pinned.params["shape"]) == pytest.approx(2.0, abs=1e-6)
+    return x, pinned, fixed
+
+
+def test_bootstrap_refits_a_penalised_fit_with_its_penalty(pinned_and_fixed):
+    _, pinned, fixed = pinned_and_fixed
+    key = jax.random.key(5)
+    bp = mlefit.bootstrap(pinned, n=200, key=key)
+    bf = mlefit.bootstrap(fixed, n=200, key=key)
+    assert bp.stderr["shape"] < 1e-5  # each replicate pinned too (unpenalised: about 0.2)
+    assert bp.stderr["scale"] == pytest.approx(bf.stderr["scale"], rel=1e-4)
+    # penalty=None asks for the plain MLE of each replicate
+    free = mlefit.bootstrap(pinned, n=200, key=key, penalty=None)
+    assert free.stderr["shape"] > 0.05
+
+
+def test_gof_of_a_fit_with_a_fixed_parameter_agrees_with_scipy(pinned_and_fixed):
+    """scipy's goodness_of_fit with known_params refits only the free ones, as mlefit."""
+    x, pinned, fixed = pinned_and_fixed
+    key = jax.random.key(6)
+    g = fixed.gof("ad", n_boot=199, key=key)
+    ref = st.goodness_of_fit(st.gamma, x, known_params={"a": 2.0, "loc": 0.0},
+                             statistic="ad", n_mc_samples=199, rng=7)
+    assert g.statistic["ad"] == pytest.approx(ref.statistic, rel=1e-6)
+    sd = np.sqrt(2 * ref.pvalue * (1 - ref.pvalue) / 199)  # two estimates from 199 draws
+    assert abs(g.pvalue["ad"] - ref.pvalue) < 4 * sd + 0.02
+    # a penalised fit's replicates are refitted with the penalty: pinned = fixed
+    gp = pinned.gof("ad", n_boot=199, key=key)
+    assert gp.statistic["ad"] == pytest.approx(g.statistic["ad"], rel=1e-5)
+    np.testing.assert_allclose(gp.null_statistics["ad"], g.null_statistics["ad"], rtol=1e-4)
