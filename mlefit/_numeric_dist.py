@@ -37,7 +37,8 @@ def logpdf(res, xs: np.ndarray) -> np.ndarray:
     size = max(64, 1 << (xs.size - 1).bit_length())
     padded = np.concatenate([xs, np.full(size - xs.size, xs[0])])
     dtype = jnp.asarray(res.nll).dtype
-    lp = _logpdf_compiled(res.problem.logp, res.transforms, res.u, jnp.asarray(padded, dtype))
+    lp = _logpdf_compiled(res.problem.log_density, res.transforms, res.u,
+                          jnp.asarray(padded, dtype))
     lp = np.asarray(lp, dtype=float)[: xs.size]
     return np.where(np.isnan(lp), -np.inf, lp)
 

@@ -106,6 +106,16 @@ def test_density_continuous(normal_fit):
     assert ax.get_xlabel() == "x"  # no name given
 
 
+def test_density_of_a_penalised_fit_is_the_model_density(normal_fit):
+    """The penalty is part of the objective, not of the fitted distribution."""
+    _, x = normal_fit
+    res = mlefit.fit(mlefit.models.Normal(), x, penalty=lambda p: 50.0 * p["loc"] ** 2)
+    assert float(res.penalty) / N > 1e-3  # exp(-f / n): a shift far above the tolerance
+    grid, pdf = plot.density(res).axes[0].lines[0].get_data()
+    mu, sigma = float(res.params["loc"]), float(res.params["scale"])
+    np.testing.assert_allclose(pdf, scipy.stats.norm.pdf(grid, mu, sigma), rtol=1e-12)
+
+
 def test_density_labels_the_variable_and_the_fitted_parameters(normal_fit):
     res, _ = normal_fit
     ax = plot.density(res, label="duration (days)").axes[0]
