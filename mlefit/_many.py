@@ -28,6 +28,7 @@ from ._model import AbstractModel, Problem, as_problem
 from ._newton import NEWTON, Newton
 from ._objective import Reduced, objective
 from ._options import check_options
+from ._precision import warn_if_float32
 from ._program import fit_fingerprint
 from ._result import FitResult
 from ._solver_optax import LBFGS, OptaxSolver
@@ -359,6 +360,7 @@ def fit_many(
     data = check_batched_data(data)
     B, n = data[0].shape[:2]
     dtype = float_dtype(data)
+    warn_if_float32(dtype)
     weights = check_batched_weights(weights, mask, (B, n), dtype)
     if check_finite:
         _check_batched_finite(data, weights)

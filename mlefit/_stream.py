@@ -44,6 +44,7 @@ from ._likelihood import _resolve, penalised, penalty_at, total_loglik
 from ._minibatch import MinibatchState, sgd_step
 from ._model import AbstractModel, _ModuleLogProb, as_problem
 from ._options import check_options
+from ._precision import warn_if_float32
 from ._progress import progress_bar
 from ._result import FitResult
 from ._solver_optax import LBFGS
@@ -383,6 +384,7 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
     sample = check_data(src.sample())
     problem, init = as_problem(model, init, sample, fixed=fixed)
     dtype = float_dtype(sample)
+    warn_if_float32(dtype)
     u0, transforms = split_init(init, dtype)
     opts = _fit_options(src, sample, dtype, optimizer, batch_size, epochs, key, max_steps, tol,
                         history)

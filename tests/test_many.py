@@ -541,6 +541,7 @@ def test_models_that_are_not_affine_are_fitted_from_the_observations():
     assert rel_err(r.params["mu"], np.asarray(k).mean(axis=1)) < 1e-8  # MLE: the mean
 
 
+@pytest.mark.filterwarnings("ignore:mlefit. this fit runs in float32")
 def test_float32_data_fit_in_float32(xs):
     x32 = xs.astype(np.float32)
     r = mlefit.fit_many(normal, x32, INIT)

@@ -166,11 +166,17 @@ def test_fingerprint_distinguishes_and_agrees():
 
 
 # -- float32 ---------------------------------------------------------------------------------
-def test_float32_fit_warns_once(monkeypatch):
+@pytest.mark.parametrize("how", ["fit", "fit_many", "stream"])
+def test_float32_fit_warns_once(monkeypatch, how):
     monkeypatch.setitem(_precision._WARNED, "float32", False)
     x = RNG.normal(1.0, 2.0, 64).astype(np.float32)
+    run = {
+        "fit": lambda: mlefit.fit(models.Normal(), x),
+        "fit_many": lambda: mlefit.fit_many(models.Normal(), x.reshape(4, 16)),
+        "stream": lambda: mlefit.fit(models.Normal(), mlefit.ArrayStream(x, chunk_size=16)),
+    }[how]
     with pytest.warns(UserWarning, match=r"float32.*about 7 significant digits.*jax_enable_x64"):
-        mlefit.fit(models.Normal(), x)
+        run()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        mlefit.fit(models.Normal(), x)  # once per process
+        run()  # once per process
