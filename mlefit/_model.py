@@ -211,7 +211,7 @@ class FixedValues(eqx.Module):
                 f"fixed: every parameter ({', '.join(names)}) is fixed, so there is nothing "
                 "to fit; evaluate mlefit.loglik(model, params, data) instead."
             )
-        return treedef.unflatten(out)
+        return _in_order_of(init, treedef.unflatten(out))
 
     def merge(self, params, fill=None):
         """``params`` with each fixed slot (``None``) holding its value (or ``fill``).
@@ -235,6 +235,14 @@ class FixedValues(eqx.Module):
                 x = jnp.asarray(v, dtype)
             out.append(x)
         return treedef.unflatten(out)
+
+
+def _in_order_of(template, tree):
+    """``tree`` with its dicts' keys in the order of ``template``'s (JAX rebuilds dicts
+    with sorted keys; the order written is the order ``param_names`` shows)."""
+    if isinstance(template, dict) and isinstance(tree, dict):
+        return {k: _in_order_of(template[k], tree[k]) for k in template}
+    return tree
 
 
 def _unknown_message(name: str, names: list, init) -> str:
@@ -274,6 +282,12 @@ class FixedModel(AbstractModel):
 
     def init(self, *data):
         return self.fixed.free(self.model.init(*data))
+
+    def param_labels(self, *columns) -> dict:
+        """The wrapped model's labels of the free parameters (``coef[age]`` stays
+        ``coef[age]`` when the intercept is fixed)."""
+        labels = self.model.param_labels(*columns)
+        return {k: v for k, v in labels.items() if k not in self.fixed.names}
 
     def check_data(self, *data) -> None:
         self.model.check_data(*data)

@@ -294,3 +294,21 @@ def test_gof_of_a_fit_with_a_fixed_parameter_agrees_with_scipy(pinned_and_fixed)
     gp = pinned.gof("ad", n_boot=199, key=key)
     assert gp.statistic["ad"] == pytest.approx(g.statistic["ad"], rel=1e-5)
     np.testing.assert_allclose(gp.null_statistics["ad"], g.null_statistics["ad"], rtol=1e-4)
+
+
+def test_fixed_parameters_keep_the_column_labels_and_the_order_written():
+    """A fixed scale leaves OLS coefficients (closed form), still named by the columns and
+    shown in the model's order; the labels of a fixed parameter are dropped with it."""
+    import pandas as pd
+    rng = np.random.default_rng(22)
+    df = pd.DataFrame({"age": rng.normal(50, 10, 80), "dose": rng.normal(0, 1, 80)})
+    y = 1.0 + 0.03 * df["age"] - 0.8 * df["dose"] + rng.normal(0, 0.5, 80)
+    res = mlefit.fit(models.LinearGaussian(), (df, y), fixed={"scale": 0.5})
+    assert res.param_names == ["intercept", "coef[age]", "coef[dose]"]
+    design = np.column_stack([np.ones(80), df.to_numpy()])
+    ols = np.linalg.lstsq(design, y.to_numpy(), rcond=None)[0]
+    np.testing.assert_allclose(res.to_frame()["estimate"].to_numpy(), ols, rtol=1e-8)
+    logit = mlefit.fit(models.Logistic(), (df, (y > y.median()).astype(float)),
+                       fixed={"intercept": -1.0})
+    assert logit.param_names == ["coef[age]", "coef[dose]"]
+    assert list(logit.to_frame().index) == ["coef[age]", "coef[dose]"]
