@@ -34,35 +34,6 @@ def on_event(name, **kw):
 jax.monitoring.register_event_listener(on_event)
 """
 
-# A fresh process: fits a small Gaussian, counts JAX's persistent-cache hits and misses.
-_PROBE = _COUNT_CACHE_EVENTS + r"""
-import jax.numpy as jnp, jax.scipy.stats as st
-import mlefit
-x = jnp.linspace(-1.0, 3.0, 50)
-res = mlefit.fit(lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"]), x,
-                 {"mu": 0.0, "sigma": mlefit.Positive(1.0)})
-events["mu"] = float(res.params["mu"])
-events["dir"] = jax.config.jax_compilation_cache_dir
-print(json.dumps(events))
-"""
-
-
-def test_cache_is_on_by_default_in_the_user_cache_folder(tmp_path):
-    """No MLEFIT_CACHE_DIR: the cache is on, in $XDG_CACHE_HOME/mlefit/jax, created 0700."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLEFIT_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
-    env.update(XDG_CACHE_HOME=str(tmp_path), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
-                         text=True, timeout=240, check=True)
-    assert "Warning" not in out.stderr, out.stderr
-    events = json.loads(out.stdout.strip().splitlines()[-1])
-    d = tmp_path / "mlefit" / "jax"
-    assert events["dir"] == str(d) and events["misses"] >= 1
-    assert (d / "mlefit-executables").is_dir() and len(os.listdir(d)) > 1  # entries written
-    assert d.stat().st_mode & 0o777 == 0o700
-    assert events["mu"] == pytest.approx(1.0, abs=1e-9)  # mean of linspace(-1, 3)
-
-
 @pytest.fixture
 def fresh_cache_state(monkeypatch):
     """Lets a test rerun mlefit's import-time set-up in this process; restores JAX after."""
@@ -228,17 +199,22 @@ print(json.dumps({**events,
 """
 
 
-def _store_run(cache_dir, c):
-    env = dict(os.environ, MLEFIT_CACHE_DIR=str(cache_dir), JAX_PLATFORMS="cpu")
+def _store_run(home, c):
+    """The probe in a fresh process with the cache at its default place (no
+    MLEFIT_CACHE_DIR): ``$XDG_CACHE_HOME/mlefit/jax`` with ``XDG_CACHE_HOME=home``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLEFIT_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(XDG_CACHE_HOME=str(home), JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", _STORE_PROBE, str(c)], env=env,
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "Warning" not in out.stderr, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_fresh_processes_reuse_stored_fits_and_never_a_changed_model(tmp_path):
-    """One sequence of fresh processes over one cache folder (each process costs an import
-    of JAX, so the cases share them).
+    """One sequence of fresh processes over one cache folder, the default one (each process
+    costs an import of JAX, so the cases share them).
 
     - The LAPACK kernels (Newton's eigendecomposition, the Cholesky factor of a Newton
       fit_many) are registered only when a process lowers one: loading such a stored fit
@@ -248,10 +224,12 @@ def test_fresh_processes_reuse_stored_fits_and_never_a_changed_model(tmp_path):
       found' when the loaded fit runs): mlefit compiles what it stores afresh, so fits
       stored while JAX's cache is warm load and run.
     """
-    store = tmp_path / "mlefit-executables"
+    cache = tmp_path / "mlefit" / "jax"  # on by default, in the user's cache folder
+    store = cache / "mlefit-executables"
     fits = {"a", "b", "g", "e", "s", "r"}
     first = _store_run(tmp_path, 1.0)
-    assert first["dir"] == str(tmp_path) and first["misses"] >= 1
+    assert first["dir"] == str(cache) and first["misses"] >= 1
+    assert cache.stat().st_mode & 0o777 == 0o700  # created private
     # every fit traced once; the refit with a new closure of the same code came from the store
     assert first["fits_traced"] == len(fits) and len(list(store.glob("*.exe"))) == len(fits)
     # mean of linspace(-1, 3) is 1; shifting the data by C moves the mean by -C

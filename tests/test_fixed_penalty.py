@@ -271,12 +271,12 @@ def pinned_and_fixed():
 def test_bootstrap_refits_a_penalised_fit_with_its_penalty(pinned_and_fixed):
     _, pinned, fixed = pinned_and_fixed
     key = jax.random.key(5)
-    bp = mlefit.bootstrap(pinned, n=200, key=key)
-    bf = mlefit.bootstrap(fixed, n=200, key=key)
+    bp = mlefit.bootstrap(pinned, n=50, key=key)
+    bf = mlefit.bootstrap(fixed, n=50, key=key)
     assert bp.stderr["shape"] < 1e-5  # each replicate pinned too (unpenalised: about 0.2)
     assert bp.stderr["scale"] == pytest.approx(bf.stderr["scale"], rel=1e-4)
     # penalty=None asks for the plain MLE of each replicate
-    free = mlefit.bootstrap(pinned, n=200, key=key, penalty=None)
+    free = mlefit.bootstrap(pinned, n=50, key=key, penalty=None)
     assert free.stderr["shape"] > 0.05
 
 

@@ -70,6 +70,9 @@ signal.signal(signal.SIGINT, signal.default_int_handler)  # a background child i
 import jax, numpy as np, optax, jax.scipy.stats as st
 jax.config.update("jax_enable_x64", True)
 import mlefit
+jax.monitoring.register_event_duration_secs_listener(  # says when each program is compiled
+    lambda name, d, **kw: print("compiled", kw.get("fun_name"), flush=True)
+    if name == "/jax/core/compile/backend_compile_duration" else None)
 x = np.random.default_rng(0).normal(3.0, 2.0, 20_000)
 logp = lambda p, x: st.norm.logpdf(x, p["mu"], p["sigma"])
 init, sgd = {"mu": 0.0, "sigma": mlefit.Positive(1.0)}, optax.sgd(1e-9)
@@ -94,7 +97,14 @@ def test_ctrl_c_stops_a_long_fit_without_progress_bar_promptly(tmp_path):
                              stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert child.stdout.readline().strip() == "fitting"
-        time.sleep(8.0)  # compiled, running in chunks (a 1e9-step budget never ends)
+        # the first chunk's program, then the one that continues a fit (a 1e9-step budget
+        # runs in chunks and never ends): once that is compiled, the fit is running
+        for line in child.stdout:
+            if "_program_continue" in line:
+                break
+        else:
+            raise AssertionError(f"the child ended before fitting: {child.stderr.read()[-2000:]}")
+        time.sleep(1.0)
         sent = time.monotonic()
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=60)
