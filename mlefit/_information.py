@@ -271,8 +271,13 @@ def _at_bound(c_flat, g_c, h_c_diag, low, high, xp=jnp):
     symmetrically at the upper bound). At an interior optimum ``g ~ 0`` and the step is
     negligible; on a boundary the step is of the order of the curvature scale.
     """
-    lo = xp.isfinite(low) & (g_c > 0) & ((h_c_diag <= 0) | (g_c >= h_c_diag * (c_flat - low)))
-    hi = xp.isfinite(high) & (g_c < 0) & ((h_c_diag <= 0) | (-g_c >= h_c_diag * (high - c_flat)))
+    has_low, has_high = xp.isfinite(low), xp.isfinite(high)
+    # distances to the bounds; 0 for a missing bound (masked out below), so that no
+    # 0 * inf is ever formed (NumPy warned "invalid value encountered in multiply")
+    to_low = xp.where(has_low, c_flat - xp.where(has_low, low, 0.0), 0.0)
+    to_high = xp.where(has_high, xp.where(has_high, high, 0.0) - c_flat, 0.0)
+    lo = has_low & (g_c > 0) & ((h_c_diag <= 0) | (g_c >= h_c_diag * to_low))
+    hi = has_high & (g_c < 0) & ((h_c_diag <= 0) | (-g_c >= h_c_diag * to_high))
     return lo | hi
 
 

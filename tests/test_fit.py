@@ -166,6 +166,7 @@ def test_categorical_fit_equals_frequencies():
     assert rel_err(probs, closed_form.categorical(k, 5)) < RTOL
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no NumPy warning reaches the user
 def test_multivariate_gaussian_fit():
     x = RNG.multivariate_normal([1.0, -2.0], [[2.0, 0.6], [0.6, 1.0]], 500)
 
