@@ -240,7 +240,7 @@ class FixedValues(eqx.Module):
 def _in_order_of(template, tree):
     """``tree`` with its dicts' keys in the order of ``template``'s (JAX rebuilds dicts
     with sorted keys; the order written is the order ``param_names`` shows)."""
-    if isinstance(template, dict) and isinstance(tree, dict):
+    if type(template) is dict and type(tree) is dict:  # other mappings keep their own order
         return {k: _in_order_of(template[k], tree[k]) for k in template}
     return tree
 
