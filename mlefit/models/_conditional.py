@@ -199,11 +199,11 @@ class Logistic(AbstractConditionalModel):
     """Logistic regression, ``P(y = 1 | x) = sigmoid(intercept + x @ coef)``, ``y`` in {0, 1}.
 
     Params ``{"intercept": real, "coef": (d,) real}``.
-    ``log p(y | x) = y log sigmoid(eta) + (1 - y) log sigmoid(-eta)`` (the binary
-    cross-entropy, via optax, stable for any ``eta``). Start: ``coef = 0`` and the
-    intercept of the intercept-only MLE, ``log(m / (1 - m))``. Separable data have no
-    finite MLE: the fit stops where the gradient falls below ``tol``, with large
-    coefficients (``|eta|`` around 20).
+    ``log p(y | x) = y log sigmoid(eta) + (1 - y) log sigmoid(-eta) = y eta - softplus(eta)``
+    (the binary cross-entropy in its canonical form, stable for any ``eta``). Start:
+    ``coef = 0`` and the intercept of the intercept-only MLE, ``log(m / (1 - m))``.
+    Separable data have no finite MLE: the fit stops where the gradient falls below
+    ``tol``, with large coefficients (``|eta|`` around 20).
 
     Args:
         intercept: fit an intercept (static, default ``True``).
@@ -301,8 +301,10 @@ class PoissonRegression(AbstractConditionalModel):
     """Poisson regression with log link, ``y | x ~ Poisson(exp(intercept + x @ coef))``.
 
     Params ``{"intercept": real, "coef": (d,) real}``.
-    ``log p(y | x) = y eta - exp(eta) - lgamma(y + 1)`` (``jax.scipy.stats.poisson``).
-    Start: ``coef = 0`` and the intercept-only MLE ``log(mean y)``.
+    ``log p(y | x) = y eta - exp(eta) - lgamma(y + 1)``: ``jax.scipy.stats.poisson``'s
+    log-pmf written in the log rate ``eta`` (no ``log(exp(eta))`` per observation: cheaper,
+    and finite where ``exp(eta)`` underflows). Start: ``coef = 0`` and the intercept-only
+    MLE ``log(mean y)``.
 
     Args:
         intercept: fit an intercept (static, default ``True``).
@@ -312,7 +314,8 @@ class PoissonRegression(AbstractConditionalModel):
     prediction_scale: ClassVar[str] = "log"
 
     def log_prob(self, params, x, y):
-        return jstats.poisson.logpmf(y, jnp.exp(_eta(params, x)))
+        eta = _eta(params, x)
+        return y * eta - jnp.exp(eta) - jax.scipy.special.gammaln(y + 1.0)
 
     def predict(self, params, X) -> jax.Array:
         """``E[y | x] = exp(intercept + x @ coef)`` for each row of ``X``: ``(n,)``."""

@@ -1,7 +1,7 @@
 """Unconditional discrete models: binary outcomes, class labels and counts.
 
 Probabilities are parametrised by logits, so every parameter value is valid and the
-log-probabilities come from the stable ``log_sigmoid`` / ``log_softmax`` (through optax).
+log-probabilities come from the stable ``softplus`` / ``log_softmax`` (jax.nn, optax).
 A class or outcome that never occurs has its MLE at the boundary (probability 0): the
 fit then stops where the gradient falls below ``tol`` (a probability of about ``tol``).
 """
@@ -47,11 +47,21 @@ def class_frequencies(xp, y, num_classes: int):
 
 
 def bernoulli_log_prob(logit, y):
-    """``y log sigmoid(logit) + (1 - y) log sigmoid(-logit)``, stable for any logit."""
+    """``y log sigmoid(logit) + (1 - y) log sigmoid(-logit) = y logit - softplus(logit)``.
+
+    The canonical exponential-family form (natural parameter ``logit``, log-partition
+    ``softplus(logit) = log(1 + e^logit)``, ``jax.nn.softplus``): stable for any logit,
+    the same value for ``y`` in {0, 1} and for proportions in [0, 1], and one
+    ``softplus`` per observation where the two ``log_sigmoid`` of the binary
+    cross-entropy evaluate two (a full pass of a large logistic fit costs about half
+    as much elementwise work). A confident correct prediction (``y = 1``, ``logit =
+    40``) gives ``0`` where the exact value is ``-4e-18``: an absolute error of
+    rounding in ``logit``, as in any sum of log-likelihoods.
+    """
     logit = jnp.asarray(logit)
     if not jnp.issubdtype(logit.dtype, jnp.inexact):
         logit = logit.astype(jnp.result_type(float))
-    return -optax.sigmoid_binary_cross_entropy(logit, y)
+    return y * logit - jax.nn.softplus(logit)
 
 
 def categorical_log_prob(logits, label):
@@ -72,8 +82,8 @@ def with_reference(logits) -> jax.Array:
 class Bernoulli(AbstractModel):
     """Bernoulli distribution of ``y`` in {0, 1}; params ``{"logit": real}``.
 
-    ``p = sigmoid(logit)``; ``log p(y) = y log sigmoid(logit) + (1 - y) log sigmoid(-logit)``
-    (``-optax.sigmoid_binary_cross_entropy``). Start: the closed-form MLE
+    ``p = sigmoid(logit)``; ``log p(y) = y log sigmoid(logit) + (1 - y) log sigmoid(-logit)
+    = y logit - softplus(logit)``. Start: the closed-form MLE
     ``logit = log(m / (1 - m))``, ``m = mean(y)`` (kept inside ``[1/(2n), 1 - 1/(2n)]``).
     :meth:`prob` gives ``p``.
     """
