@@ -1,6 +1,8 @@
 """Issue 18, side by side: the default solver (L-BFGS at these sizes), subsampled Newton
 and L-BFGS by name, and scikit-learn, on problems 2 and 4 of ``benchmarks.run`` (steady
-state, medians of ``--reps`` calls); then both solvers started at the MLE (a refit).
+state, medians of ``--reps`` calls); the same fits of the ready-made model (its own start,
+the intercept-only MLE, where the user's log-density starts at zero); then both solvers
+started at the MLE (a refit).
 
     python -m benchmarks.subsampled_ab --reps 5
 
@@ -64,7 +66,8 @@ def count_passes(logp, data, init, **kw) -> int:
 
 def _mlefit(logp, data, d, init=None, **kw):
     X, y = (jnp.asarray(a) for a in data)
-    init = jnp.zeros(d) if init is None else init
+    if init is None and not isinstance(logp, mlefit.models.AbstractConditionalModel):
+        init = jnp.zeros(d)  # a ready-made model starts from its own init
 
     def run():
         res = mlefit.fit(logp, (X, y), init, **kw)
@@ -100,14 +103,16 @@ def main():
 
     problems = [
         ("logistic 1e6 x 33", logistic_logp, logistic_data(1_000_000), 33,
-         lambda **k: _sklearn(LogisticRegression, DATA, penalty=None, **k)),
+         lambda **k: _sklearn(LogisticRegression, DATA, penalty=None, **k),
+         mlefit.models.Logistic(intercept=False)),
         ("Poisson 5e5 x 17", poisson_logp, poisson_data(500_000), 17,
-         lambda **k: _sklearn(PoissonRegressor, DATA, alpha=0.0, **k)),
+         lambda **k: _sklearn(PoissonRegressor, DATA, alpha=0.0, **k),
+         mlefit.models.PoissonRegression(intercept=False)),
     ]
     print("| problem | tool | compile s | steady s (median) | steps (passes) | mean NLL | "
           "sklearn default / tool | sklearn tol 1e-9 / tool |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, logp, data, d, sk in problems:
+    for name, logp, data, d, sk, model in problems:
         DATA = data
         n = data[0].shape[0]
         default = _mlefit(logp, data, d)  # first: its compile time is measured
@@ -118,6 +123,10 @@ def main():
                 ("mlefit.fit optimizer='lbfgs'", _mlefit(logp, data, d, optimizer="lbfgs")),
                 ("scikit-learn lbfgs tol=1e-4 (default)", sk(tol=1e-4)),
                 ("scikit-learn lbfgs tol=1e-9", sk(tol=1e-9)),
+                (f"ready-made models.{type(model).__name__}, default",
+                 _mlefit(model, data, d)),
+                (f"ready-made models.{type(model).__name__}, optimizer='subsampled'",
+                 _mlefit(model, data, d, optimizer="subsampled")),
                 ("warm start at the MLE: optimizer='subsampled'",
                  _mlefit(logp, data, d, init=mle, optimizer="subsampled")),
                 ("warm start at the MLE: optimizer='lbfgs'",
