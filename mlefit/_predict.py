@@ -25,7 +25,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._constraints import constrain
+from ._data import _frame_names, _is_frame
 from ._inference import inference_of
+from ._model import FixedModel
 from .models._conditional import AbstractConditionalModel
 
 __all__ = ["Prediction", "predict_of"]
@@ -101,12 +103,17 @@ def _mean_se(model, problem, transforms, u, X, cov):
 def predict_of(res, X, kind: str = "observed", groups=None) -> Prediction:
     """``res.predict(X)``: the model's ``predict(params, X)`` with delta-method errors.
 
+    A DataFrame ``X`` is matched to a DataFrame fit by column name. Parameters held
+    fixed (``fixed=``, ``model.fix``) enter with their values and a standard error of 0.
     ``TypeError`` for a batched result or a model without ``predict`` (unconditional
-    models, plain functions); ``ValueError`` naming ``X`` for a design of the wrong shape.
+    models, plain functions); ``ValueError`` naming ``X`` for a design of the wrong shape
+    or a missing column.
     """
     if res.batch_shape:
         raise TypeError("predict: works on a single fit; index the batched result first (res[i])")
     model = res.problem.source
+    if isinstance(model, FixedModel):  # res.params hold the fixed values too
+        model = model.model
     if not isinstance(model, AbstractConditionalModel):
         raise TypeError(_no_predict_message(res))
     if model.prediction_scale not in _SCALES:
@@ -114,10 +121,40 @@ def predict_of(res, X, kind: str = "observed", groups=None) -> Prediction:
             f"{model.name}.prediction_scale: expected one of {_SCALES}, got "
             f"{model.prediction_scale!r}"
         )
+    X = _columns_by_name(res, X)
     design = model.design(res.params, X)  # checked on the host, before compiling
     cov = inference_of(res, kind, groups).cov
     m, se = _mean_se(model, res.problem, res.transforms, res.u, design, cov)
     return Prediction(np.asarray(m), np.asarray(se), model.prediction_scale)
+
+
+def _columns_by_name(res, X):
+    """``X``'s columns in the order of the fit's, where both are named (dataframes).
+
+    A fit of a DataFrame design names ``coef`` by its columns; a DataFrame passed to
+    ``predict`` is matched by those names (its other columns, ``y`` say, are ignored),
+    so a different column order cannot silently give other predictions. A missing column
+    is a ``ValueError`` naming it. Unnamed designs (arrays) are taken by position.
+    """
+    columns = res.problem.columns
+    fitted = columns[0] if columns else None
+    if fitted is None or not _is_frame(X):
+        return X
+    names = _frame_names(X)
+    missing = [c for c in fitted if c not in names]
+    if missing:
+        raise ValueError(
+            f"X: column(s) {missing} missing; {res.model_name} was fitted with columns "
+            f"{list(fitted)}, X has {names}. Pass a DataFrame with those columns (by name, "
+            "any order) or an array of shape (n, d) with them in the fit's order."
+        )
+    idx = [names.index(c) for c in fitted]
+    if idx == list(range(len(names))):
+        return X
+    if hasattr(X, "iloc"):
+        return X.iloc[:, idx]
+    labels = list(X.column_names if hasattr(X, "column_names") else X.columns)
+    return X[[labels[i] for i in idx]]
 
 
 def _no_predict_message(res) -> str:

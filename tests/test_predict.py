@@ -138,3 +138,42 @@ def test_predict_bad_input():
     )
     with pytest.raises(TypeError, match="user function or Module without predict"):
         user.predict(X)
+
+
+def test_prediction_with_a_fixed_intercept_is_the_offset_model():
+    # Holding the intercept at c is a regression with offset c: statsmodels' OLS of y - c
+    # (no constant) and GLM with offset c are the references; the fixed intercept has
+    # no variance, so only the coefficients' covariance enters the standard errors.
+    (X, y, *_), _ = gp.linear()
+    n, c = X.shape[0], 0.7
+    res = mlefit.fit(models.LinearGaussian(), (X, y), fixed={"intercept": c})
+    ref = sm.OLS(y - c, X).fit().get_prediction(X_NEW)
+    pred = res.predict(X_NEW)
+    assert rel_err(pred.mean, c + ref.predicted_mean) < RTOL
+    assert rel_err(pred.se, ref.se_mean * np.sqrt((n - 2) / n)) < RTOL
+    # the same through model.fix
+    again = mlefit.fit(models.LinearGaussian().fix(intercept=c), (X, y)).predict(X_NEW)
+    assert rel_err(again.se, pred.se) < 1e-10
+
+    (Xl, yl, _), _ = gp.logistic()
+    logit = mlefit.fit(models.Logistic(), (Xl, yl), fixed={"intercept": -0.2})
+    glm = sm.GLM(yl, Xl, family=sm.families.Binomial(), offset=np.full(len(yl), -0.2))
+    frame = glm.fit(tol=1e-13).get_prediction(
+        X_NEW, offset=np.full(len(X_NEW), -0.2)).summary_frame()
+    pl = logit.predict(X_NEW)
+    assert rel_err(pl.mean, frame["mean"]) < RTOL
+    assert rel_err(pl.se, frame["mean_se"]) < RTOL
+
+
+def test_dataframe_design_is_matched_by_column_name():
+    (X, y, *_), _ = gp.linear()
+    df = pd.DataFrame(X, columns=["age", "dose"])
+    res = mlefit.fit(models.LinearGaussian(), (df, pd.Series(y, name="y")))
+    new = pd.DataFrame(X_NEW, columns=["age", "dose"])
+    expected = res.predict(X_NEW)  # an array: by position, the fit's order
+    for frame in (new[["dose", "age"]], new.assign(y=1.0, note="x")):
+        got = res.predict(frame)
+        assert rel_err(got.mean, expected.mean) < 1e-12 and rel_err(got.se, expected.se) < 1e-12
+    with pytest.raises(ValueError, match=r"X: column\(s\) \['dose'\] missing; LinearGaussian "
+                       r"was fitted with columns \['age', 'dose'\], X has \['age', 'y'\]"):
+        res.predict(new.assign(y=1.0)[["age", "y"]])
