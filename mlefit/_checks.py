@@ -196,6 +196,8 @@ def check_weights(weights, n: int, dtype):
         return None
     w = weights if isinstance(weights, (jax.Array, np.ndarray)) else np.asarray(weights)
     check_real(w.dtype, "weights")
+    if not (np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.bool_)):
+        raise TypeError(f"weights: expected numbers (one per observation), got dtype {w.dtype}")
     if w.shape != (n,):
         raise ValueError(f"weights: expected shape ({n},) (one per observation), got {w.shape}")
     if isinstance(w, jax.core.Tracer):

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Data", "as_arrays", "column_names"]
+__all__ = ["Data", "as_arrays", "column_names", "check_aligned", "named_arguments"]
 
 # The dataframe interchange protocol's DtypeKind values for numbers.
 _XCHG_NUMERIC = {0: "i", 1: "u", 2: "f", 20: "b"}
@@ -171,6 +171,44 @@ def _one(x, name: str, in_tuple: bool) -> tuple:
     return np.asarray(x), None
 
 
+def _row_index(x):
+    """The row labels of a pandas Series or DataFrame (``index`` with ``equals``), else None."""
+    index = getattr(x, "index", None)
+    return index if hasattr(index, "equals") and hasattr(x, "__array__") else None
+
+
+def named_arguments(data) -> list:
+    """``[(name, x), ...]``: the data arguments as error messages name them (``data``, or
+    ``data[k]`` in a tuple of several)."""
+    if not isinstance(data, tuple):
+        return [("data", data)]
+    if len(data) == 1:
+        return [("data", data[0])]
+    return [(f"data[{k}]", x) for k, x in enumerate(data)]
+
+
+def _label(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def check_aligned(named: list) -> None:
+    """``ValueError`` when pandas objects among ``[(name, x), ...]`` carry different row
+    indexes: rows are paired by position, so ``(X, y.sample(frac=1))`` would fit ``y``
+    to other rows' ``X`` (statsmodels refuses the same). Arrays have no index."""
+    indexed = [(nm, idx) for nm, x in named if (idx := _row_index(x)) is not None]
+    for nm, idx in indexed[1:]:
+        first, ref = indexed[0]
+        if len(idx) == len(ref) and not idx.equals(ref):
+            k = int(np.flatnonzero(np.asarray(idx) != np.asarray(ref))[0]) if (
+                idx.dtype == ref.dtype) else 0
+            raise ValueError(
+                f"{nm}: its index differs from {first}'s (row {k}: {_label(idx[k])!r} "
+                f"against {_label(ref[k])!r}); rows are paired by position. Align them first (e.g. "
+                f"y = y.loc[X.index], or df.dropna() on one frame before splitting it), or "
+                "pass .to_numpy() to pair by position on purpose."
+            )
+
+
 def as_arrays(data) -> Data:
     """Returns the :class:`Data` of anything ``fit`` accepts (the module's rule).
 
@@ -184,8 +222,9 @@ def as_arrays(data) -> Data:
     if isinstance(data, tuple):
         if not data:
             return Data((), ())
-        names = ["data"] if len(data) == 1 else [f"data[{k}]" for k in range(len(data))]
-        pairs = [_one(x, nm, True) for x, nm in zip(data, names, strict=True)]
+        named = named_arguments(data)
+        check_aligned(named)
+        pairs = [_one(x, nm, True) for nm, x in named]
     else:
         pairs = [_one(data, "data", False)]
     return Data(tuple(a for a, _ in pairs), tuple(c for _, c in pairs))

@@ -11,7 +11,8 @@ an evaluation supports it:
   observation (tried one unconstrained parameter at a time, then all together);
 - otherwise what the values say: ``-inf`` is probability 0 (the observations are
   outside the support the starting parameters give), ``NaN`` an undefined expression;
-- when every ``log p`` is finite, the parameters whose gradient is not finite.
+- when every ``log p`` is finite, the parameters whose gradient is not finite;
+- a penalty (or log-prior) that is not finite at the start is named as such.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._constraints import Identity, constrain
-from ._likelihood import logpdfs, mean_nll
+from ._likelihood import logpdfs, mean_nll, penalty_value
 
 __all__ = ["_init_not_finite_message", "init_not_finite_message", "magnitude_problem"]
 
@@ -201,9 +202,18 @@ def init_not_finite_message(problem, u0, transforms, data: tuple, *, where: str 
             f"parametrisation (a start at or too close to the bound of its constraint). "
             f"Starting parameters: {starting}."
         )
-    lp = np.asarray(_logpdfs(problem.logp, params, data))
+    if problem.penalty is not None:
+        value = float(penalty_value(problem.penalty, transforms, u0))
+        if not np.isfinite(value):
+            return (
+                f"init: the penalty of model {problem.name!r} (penalty=, or -log_prior=) is "
+                f"{value} at the starting point{where}; start where it is finite (inside the "
+                f"prior's support). Starting parameters: {starting}."
+            )
+    logp = problem.log_density  # the observations' part (the penalty is finite here)
+    lp = np.asarray(_logpdfs(logp, params, data))
     if not np.isfinite(lp).all():
-        why = _explain_observations(problem.logp, params, transforms, names, data, lp)
+        why = _explain_observations(logp, params, transforms, names, data, lp)
     else:
         grad = _grad_u(problem.logp, transforms, u0, data)
         bad_g = [n for n, g in zip(names, jax.tree_util.tree_leaves(grad), strict=True)

@@ -31,7 +31,7 @@ from ._checks import (
     is_traced,
 )
 from ._constraints import constrain, split_init
-from ._data import column_names
+from ._data import check_aligned, column_names, named_arguments
 from ._defaults import DEFAULT_MAX_STEPS_NEWTON
 from ._diagnose import _init_not_finite_message
 from ._distributed import as_sharded, model_data
@@ -240,6 +240,8 @@ def fit(
             progress=progress, resume_check=resume_check, fixed=fixed, penalty=penalty,
         )
     columns = column_names(data)  # DataFrame/Series names: they name the parameters
+    if weights is not None:  # a weights Series pairs with the data's rows by position too
+        check_aligned([*named_arguments(data), ("weights", weights)])
     data, weights, layout = as_sharded(data, weights, mesh)
     data = check_data(data)
     n = data[0].shape[0] if layout is None else layout.n_obs

@@ -123,8 +123,23 @@ def inference_of(res, kind: str = "observed", groups=None) -> Inference:
     key = _cache_key(kind, cov_options(res, kind, groups))
     cache = _cache_of(res)
     if key not in cache:
-        cache[key] = compute_inference(res, kind, groups=groups)
+        try:
+            cache[key] = compute_inference(res, kind, groups=groups)
+        except jax.errors.UnexpectedTracerError as e:
+            raise TypeError(LEAKED_TRACER) from e
     return cache[key]
+
+
+# A fit inside jax.jit / vmap / grad whose model, penalty or fixed values close over a
+# value of that transformation: the result outlives the value.
+LEAKED_TRACER = (
+    "this result's model, penalty or fixed values hold a value traced by a JAX "
+    "transformation (jax.jit, vmap, grad) that has returned, and inference (stderr, cov, "
+    "summary, the status checks) needs it. Fit with that value concrete (outside the "
+    "transformation), or give it to the model as data (a column of the observations), "
+    "which the result keeps; inside the transformation res.params, res.nll and "
+    "res.status_code are available."
+)
 
 
 def stderr_of(res, kind: str = "observed"):

@@ -439,6 +439,26 @@ class _MergedLogProb(eqx.Module):
         return self.logp(self.fixed.merge(params), *obs)
 
 
+def check_arity(model: AbstractModel, data: tuple) -> None:
+    """``TypeError`` when a ready-made model gets another number of data arguments than
+    its ``log_prob(params, *obs)`` takes (one array, or a tuple such as ``(X, y)``)."""
+    base = model.model if isinstance(model, FixedModel) else model
+    try:
+        obs = list(inspect.signature(base.log_prob).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_POSITIONAL for p in obs):
+        return
+    names = [p.name for p in obs if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    needed = sum(1 for p in obs if p.default is p.empty and p.name in names)
+    if needed <= len(data) <= len(names):
+        return
+    want = ("one array" if len(names) == 1 else
+            f"a tuple ({', '.join(names)}) of {len(names)} arrays")
+    got = "one array" if len(data) == 1 else f"a tuple of {len(data)} arrays"
+    raise TypeError(f"data: {base.name} takes {want}, got {got}.")
+
+
 def as_problem(model, init, data: tuple, fixed=None, columns: tuple | None = None,
                check_data: bool = True):
     """Returns ``(problem, init)`` for any accepted model form.
@@ -458,6 +478,7 @@ def as_problem(model, init, data: tuple, fixed=None, columns: tuple | None = Non
         FixedValues.of(fixed)
     )
     if isinstance(model, AbstractModel):
+        check_arity(model, data)
         if fixed is not None:
             model = model.fix(**{n: fixed.value(n) for n in fixed.names})
         if check_data:

@@ -330,3 +330,61 @@ def test_complex_data_is_named_in_fit_fit_many_and_streams():
         mlefit.fit(normal, mlefit.batches([(z[:100],), (z[100:],)]), normal_init())
     with pytest.raises(TypeError, match=rf"^weights: {COMPLEX}"):
         mlefit.fit(normal, X, normal_init(), weights=np.ones(N, complex))
+
+
+# -- found by a user's review (2026-12-03) ------------------------------------------------
+def test_pandas_rows_with_different_indexes_are_refused():
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(XD, columns=["a", "b"])
+    y = pd.Series(YD, name="y")
+    shuffled = y.sample(frac=1.0, random_state=0)  # the same rows in another order
+    k = int(np.flatnonzero(shuffled.index.to_numpy() != np.arange(N))[0])
+    with pytest.raises(ValueError, match=rf"data\[1\]: its index differs from data\[0\]'s "
+                       rf"\(row {k}: {shuffled.index[k]} against {k}\); rows are paired"):
+        mlefit.fit(models.LinearGaussian(), (X, shuffled))
+    w = pd.Series(np.ones(N), index=np.arange(N) + 1)
+    with pytest.raises(ValueError, match=r"weights: its index differs from data\[0\]'s"):
+        mlefit.fit(models.LinearGaussian(), (X, y), weights=w)
+    # aligned (or arrays, which have no index) fit as before; realigned equals the original
+    ref = mlefit.fit(models.LinearGaussian(), (XD, YD))
+    again = mlefit.fit(models.LinearGaussian(), (X, shuffled.loc[X.index]))
+    np.testing.assert_allclose(np.asarray(again.params["coef"]), np.asarray(ref.params["coef"]),
+                               rtol=1e-10)
+
+
+def test_weights_of_strings_are_a_type_error():
+    with pytest.raises(TypeError, match=r"weights: expected numbers \(one per observation\), "
+                       r"got dtype <U1"):
+        mlefit.fit(normal, X, {"mu": 0.0, "sigma": mlefit.Positive(1.0)},
+                   weights=np.array(["2"] * N))
+
+
+@pytest.mark.parametrize("model, data, message", [
+    (models.LinearGaussian(), XD, r"LinearGaussian takes a tuple \(x, y\) of 2 arrays, got "
+     r"one array"),
+    (models.LinearGaussian(), (XD, YD, YD), r"got a tuple of 3 arrays"),
+    (models.Gamma(), (X ** 2, X ** 2), r"Gamma takes one array, got a tuple of 2 arrays"),
+    (models.Censored(models.Exponential()), X ** 2,
+     r"Censored\(Exponential\) takes a tuple \(x, censor\) of 2 arrays"),
+])
+def test_data_of_the_wrong_arity_names_what_the_model_takes(model, data, message):
+    with pytest.raises(TypeError, match=r"data: .*" + message):
+        mlefit.fit(model, data)
+
+
+@pytest.mark.parametrize("penalty, shown", [
+    (lambda p: jnp.log(p["mu"]), "-inf"), (lambda p: jnp.nan * p["mu"], "nan")])
+def test_a_penalty_not_finite_at_the_start_is_named(penalty, shown):
+    with pytest.raises(ValueError, match=rf"init: the penalty of model '.*' \(penalty=, or "
+                       rf"-log_prior=\) is {shown} at the starting point"):
+        mlefit.fit(normal, X, {"mu": 0.0, "sigma": mlefit.Positive(1.0)}, penalty=penalty)
+
+
+def test_inference_of_a_result_holding_a_finished_tracer_says_why():
+    init = {"mu": 0.0, "sigma": mlefit.Positive(1.0)}
+    res = jax.jit(lambda s: mlefit.fit(normal, X, init, fixed={"sigma": s}))(2.0)
+    assert float(res.params["sigma"]) == 2.0  # the fit itself is right
+    with pytest.raises(TypeError, match="hold a value traced by a JAX transformation"):
+        _ = res.stderr
+    with pytest.warns(UserWarning, match="hold a value traced"):
+        assert res.status == mlefit.Status.CONVERGED  # the optimiser's, checks skipped
