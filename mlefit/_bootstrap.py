@@ -122,10 +122,12 @@ def _param_index(names: list, params) -> list[int]:
     return [names.index(p) for p in params]
 
 
-def _sampler(model, data: tuple, n_obs: int):
-    """``key -> simulated data tuple``; conditional models keep their covariates fixed."""
+def _sampler(model, data: tuple, n_obs: int, fitted: str):
+    """``key -> simulated data tuple``; conditional models keep their covariates fixed.
+    ``fitted``: the fit's model name, for a message about a model that is a function."""
     sample = getattr(model, "sample", None)
-    name = getattr(model, "name", None) or getattr(model, "__name__", type(model).__name__)
+    name = fitted if model is None else (
+        getattr(model, "name", None) or getattr(model, "__name__", type(model).__name__))
     if sample is None or not callable(sample):
         raise TypeError(
             f"model: {name!r} cannot simulate data, so there is no parametric bootstrap for "
@@ -226,7 +228,7 @@ def bootstrap(
     model = res.problem.source if model is None else model
     data = _used_data(res)
     n_obs = int(data[0].shape[0])
-    draw = _sampler(model, data, n_obs)
+    draw = _sampler(model, data, n_obs, res.model_name)
     params = constrain(res.u, res.transforms)
     keys = jax.random.split(key, int(n))
     try:

@@ -163,7 +163,7 @@ def _check(res, statistics, n_boot) -> tuple:
     model = res.problem.source
     base = model.model if isinstance(model, FixedModel) else model  # fit(..., fixed=...)
     if not isinstance(base, SUPPORTED):
-        name = getattr(base, "name", None) or type(base).__name__
+        name = res.model_name if base is None else getattr(base, "name", type(base).__name__)
         raise TypeError(
             f"res: gof supports the continuous univariate ready-made models "
             f"({_supported_names()}), not {name!r}: the EDF statistics compare the sample "

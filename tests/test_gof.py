@@ -196,6 +196,14 @@ def test_unsupported_models_and_arguments_are_refused(normal_fit):
     pois = mlefit.fit(m.Poisson(), np.array([0.0, 1.0, 3.0, 2.0, 2.0]))
     with pytest.raises(TypeError, match="supports the continuous univariate.*not 'Poisson'"):
         pois.gof(key=jax.random.key(0))
+
+    def my_normal(p, x):
+        return jax.scipy.stats.norm.logpdf(x, p["mu"], p["sigma"])
+    user = mlefit.fit(my_normal, x, {"mu": 0.0, "sigma": mlefit.Positive(1.0)})
+    with pytest.raises(TypeError, match="univariate.*not 'my_normal'"):  # was 'NoneType'
+        user.gof(key=jax.random.key(0))
+    with pytest.raises(TypeError, match="model: 'my_normal' cannot simulate data"):
+        mlefit.bootstrap(user, n=10, key=jax.random.key(0))
     with pytest.raises(ValueError, match="statistics: expected names among"):
         res.gof(("ks", "chi2"), key=jax.random.key(0))
     with pytest.raises(ValueError, match="n_boot: .* int >= 1, got 0"):

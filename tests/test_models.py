@@ -6,6 +6,7 @@ several sizes are padded to one length with zero-weight copies of a valid observ
 """
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -613,6 +614,28 @@ BAD = [
 def test_data_outside_the_support_is_a_value_error(model, data, match):
     with pytest.raises(ValueError, match=match):
         mlefit.fit(model, data if len(data) > 1 else data[0])
+
+
+def test_a_class_never_observed_is_warned_about_where_the_status_cannot_tell():
+    # Labels 0 and 1 of a 3-class model: the MLE of P(class 2) is 0 (logit -inf). The fit
+    # stops where that probability is about tol and says converged (the NLL stays of
+    # order 1, so no Newton-step rule sees it); the data check says it, naming the class.
+    y = RNG.integers(0, 2, 60)
+    with pytest.warns(UserWarning, match=r"Categorical: data has no observation of "
+                      r"class\(es\) \[2\] \(of 0\.\.2\): the MLE of their probabilities is 0") as w:
+        res = mlefit.fit(M.Categorical(3), y)
+    assert w[0].filename == __file__  # attributed to the caller's line
+    assert float(M.Categorical.full_logits(res.params)[2]) < -15
+    X3 = RNG.normal(size=(60, 2))
+    with pytest.warns(UserWarning,
+                      match=r"Softmax: labels has no observation of class\(es\) \[2\]"):
+        mlefit.fit(M.Softmax(3), (X3, y))
+    with pytest.warns(UserWarning, match=r"Bernoulli: every observation of data is 1: the MLE "
+                      r"of P\(y = 1\) is 1, its logit \+inf"):
+        assert mlefit.fit(M.Bernoulli(), np.ones(20)).status == mlefit.Status.NOT_AT_MINIMUM
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class present: no warning
+        mlefit.fit(M.Categorical(3), np.r_[y, 2])
 
 
 @pytest.mark.parametrize(

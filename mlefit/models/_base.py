@@ -9,6 +9,8 @@ compiled call instead of a Python loop).
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +110,7 @@ def check_binary(model: str, y, *, arg: str = "y") -> np.ndarray | None:
     require_ndim(model, arg, a, 1, "one label per observation")
     bad = (a != 0) & (a != 1)
     raise_first_bad(model, arg, a, bad, "0 or 1")
+    warn_unobserved(model, arg, a, 2)
     return a
 
 
@@ -119,8 +122,47 @@ def check_labels(model: str, y, num_classes: int, *, arg: str = "labels") -> np.
     require_ndim(model, arg, a, 1, "one integer label per observation")
     bad = (a < 0) | (a >= num_classes) | (a != np.round(a))
     raise_first_bad(model, arg, a, bad, f"an integer label in 0..{num_classes - 1}")
+    warn_unobserved(model, arg, a, num_classes)
     return a
 
+
+def warn_unobserved(model: str, arg: str, a: np.ndarray, num_classes: int) -> None:
+    """A ``UserWarning`` when a class (or outcome) never occurs in ``a``: its MLE
+    probability is 0, so a logit is infinite and there is no finite MLE. The fit stops
+    where that probability is about ``tol`` (the gradient's size); the estimates and
+    standard errors of the logits involved mean nothing. For a binary outcome the status
+    also says ``not_at_minimum``; for one class among several (the NLL stays of order 1)
+    the status cannot tell, hence the warning."""
+    if a.size == 0:
+        return
+    counts = np.bincount(a.astype(np.int64).ravel(), minlength=num_classes)
+    empty = np.flatnonzero(counts == 0).tolist()
+    if not empty:
+        return
+    if num_classes == 2:
+        what = (f"every observation of {arg} is {1 - empty[0]}: the MLE of P(y = 1) is "
+                f"{1 - empty[0]}, its logit {'+' if empty[0] == 0 else '-'}inf")
+        remedy = "add a penalty (or log_prior) that keeps it finite"
+    else:
+        what = (f"{arg} has no observation of class(es) {empty} (of 0..{num_classes - 1}): "
+                "the MLE of their probabilities is 0, their logits -inf")
+        remedy = "drop the class, or add a penalty (or log_prior) that keeps them finite"
+    warnings.warn(
+        f"{model}: {what} (no finite MLE). The fit stops where that probability is within "
+        f"about tol of its limit, and the estimate and standard error of such a logit mean "
+        f"nothing: {remedy}.",
+        UserWarning, stacklevel=_user_level(),
+    )
+
+
+def _user_level() -> int:
+    """The ``stacklevel`` of the first frame outside mlefit, equinox and JAX (where the
+    user called ``fit``), for warnings raised while checking data."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in (
+            "mlefit", "equinox", "jax"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 def check_design(model: str, X) -> np.ndarray | None:
     """Checks that the design matrix is 2-D ``(n, d)`` with ``d >= 1``."""
