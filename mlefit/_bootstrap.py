@@ -143,16 +143,38 @@ def _sampler(model, data: tuple, n_obs: int, fitted: str):
     return lambda key, params: sample(key, params, n_obs)
 
 
-def _used_data(res: FitResult) -> tuple:
+def unweighted_data(res: FitResult, what: str) -> tuple:
+    """The fitted data as an unweighted sample of a definite size, which a parametric
+    bootstrap simulates and refits: integer frequency weights expanded (row ``i``
+    repeated ``weights[i]`` times, the fit's meaning of them); variance weights only where
+    they are all equal (rows of weight 0 dropped), since otherwise each observation has
+    its own distribution. ``ValueError`` naming the first offending weight otherwise;
+    ``what`` (e.g. ``"gof"``) names the caller in it."""
     if res.weights is None:
         return res.data
-    w = np.asarray(res.weights)
-    if not np.isin(w, (0.0, 1.0)).all():
+    w = np.asarray(res.weights, dtype=float)
+    if getattr(res, "weights_kind", "frequency") == "variance":
+        positive = w[w > 0]
+        if positive.size and not np.all(positive == positive[0]):
+            i = int(np.flatnonzero(w > 0)[np.argmax(positive != positive[0])])
+            raise ValueError(
+                "res: the fit has variance weights (weights_kind='variance') that differ "
+                f"(weights[{i}] = {float(w[i])!r} against {float(positive[0])!r}): each "
+                f"observation then has its own distribution, which {what} cannot simulate "
+                "as one sample. Refit unweighted, or with integer frequency weights "
+                "(weights_kind='frequency')."
+            )
+        return tuple(np.asarray(a)[w > 0] for a in res.data)
+    if not np.all(w == np.round(w)):
+        i = int(np.argmax(w != np.round(w)))
         raise ValueError(
-            "res: the fit has observation weights other than 0 and 1; a parametric "
-            "bootstrap needs an (unweighted) sample size to simulate."
+            f"res: the fit has non-integer weights (weights[{i}] = {float(w[i])!r}); {what} "
+            "takes frequency weights only (each observation repeated weights[i] times), "
+            "since a bootstrap replicate must be a sample of a definite size. Refit "
+            "unweighted, or with integer counts."
         )
-    return tuple(np.asarray(a)[w > 0] for a in res.data)
+    counts = w.astype(np.int64)
+    return tuple(np.repeat(np.asarray(a), counts, axis=0) for a in res.data)
 
 
 def _start_at(res: FitResult):
@@ -226,7 +248,7 @@ def bootstrap(
     """
     _check(res, n, level)
     model = res.problem.source if model is None else model
-    data = _used_data(res)
+    data = unweighted_data(res, "a parametric bootstrap")
     n_obs = int(data[0].shape[0])
     draw = _sampler(model, data, n_obs, res.model_name)
     params = constrain(res.u, res.transforms)

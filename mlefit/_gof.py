@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._bootstrap import with_penalty
+from ._bootstrap import unweighted_data, with_penalty
 from ._many import fit_many
 from ._model import FixedModel
 from ._status import Status
@@ -125,34 +125,8 @@ def _supported_names() -> str:
 
 
 def _observations(res) -> np.ndarray:
-    """The fitted sample; integer frequency weights are expanded (each observation
-    repeated ``weights[i]`` times); variance weights only where they are all equal (rows
-    of weight 0 dropped), since an EDF test compares identically distributed draws."""
-    x = np.asarray(res.data[0])
-    if res.weights is None:
-        return x
-    w = np.asarray(res.weights, dtype=float)
-    if getattr(res, "weights_kind", "frequency") == "variance":
-        positive = w[w > 0]
-        if positive.size and not np.all(positive == positive[0]):
-            i = int(np.flatnonzero(w > 0)[np.argmax(positive != positive[0])])
-            raise ValueError(
-                "res: the fit has variance weights (weights_kind='variance') that differ "
-                f"(weights[{i}] = {float(w[i])!r} against {float(positive[0])!r}): each "
-                "observation then has its own distribution, and an EDF statistic compares "
-                "one distribution with one sample. Refit unweighted, or with integer "
-                "frequency weights (weights_kind='frequency')."
-            )
-        return x[w > 0]
-    if not np.all(w == np.round(w)):
-        i = int(np.argmax(w != np.round(w)))
-        raise ValueError(
-            f"res: the fit has non-integer weights (weights[{i}] = {float(w[i])!r}); gof takes "
-            "frequency weights only (each observation repeated weights[i] times), since a "
-            "bootstrap replicate must be a sample of a definite size. Refit unweighted, or "
-            "with integer counts."
-        )
-    return np.repeat(x, w.astype(np.int64))
+    """The fitted sample, unweighted (:func:`mlefit._bootstrap.unweighted_data`)."""
+    return np.asarray(unweighted_data(res, "gof")[0])
 
 
 def _check(res, statistics, n_boot) -> tuple:

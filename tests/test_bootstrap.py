@@ -8,7 +8,7 @@ import pytest
 from scipy.special import gammaln
 
 import mlefit
-from mlefit.models import LinearGaussian, Normal
+from mlefit.models import Gamma, LinearGaussian, Normal
 
 N_OBS, N_BOOT = 50, 1000
 
@@ -90,5 +90,18 @@ def test_errors(fitted):
     weighted = eqx.tree_at(
         lambda r: r.weights, res, np.full(N_OBS, 0.5), is_leaf=lambda v: v is None
     )
-    with pytest.raises(ValueError, match="weights other than 0 and 1"):
+    with pytest.raises(ValueError, match=r"non-integer weights \(weights\[0\] = 0.5\); a "
+                       r"parametric bootstrap takes frequency weights only"):
         mlefit.bootstrap(weighted, n=10, key=key)
+
+
+def test_integer_frequency_weights_bootstrap_the_expanded_sample():
+    # Frequency weights mean repeated rows: the bootstrap of the weighted fit is the
+    # bootstrap of the sample with each row repeated weights[i] times (same size, key).
+    x = np.random.default_rng(4).gamma(3.0, 2.0, 40)
+    w = np.random.default_rng(5).integers(0, 4, 40)
+    key = jax.random.key(1)
+    weighted = mlefit.bootstrap(mlefit.fit(Gamma(), x, weights=w), n=50, key=key)
+    expanded = mlefit.bootstrap(mlefit.fit(Gamma(), np.repeat(x, w)), n=50, key=key)
+    for name in ("shape", "scale"):
+        assert weighted.stderr[name] == pytest.approx(expanded.stderr[name], rel=1e-6)
