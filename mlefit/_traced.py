@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import find_top_trace
 
@@ -100,6 +101,7 @@ class TracedFixed:
 
     def __init__(self, values: dict):
         self.values = dict(values)
+        self.bounds: dict = {}  # name -> (low, high) of a constrained parameter (free())
 
     def insert(self, params):
         leaves, treedef = jax.tree_util.tree_flatten_with_path(
@@ -123,6 +125,8 @@ class TracedFixed:
                 f"{', '.join(map(repr, names))}."
             )
         for name, (_, leaf) in zip(names, leaves, strict=True):
+            if name in self.values and is_constraint(leaf):
+                self.bounds[name] = leaf.bounds()
             if name in self.values and leaf is not None:
                 start = leaf.value if is_constraint(leaf) else leaf
                 if np.shape(start) != np.shape(self.values[name]):
@@ -135,10 +139,16 @@ class TracedFixed:
             [None if n in self.values else x for n, (_, x) in zip(names, leaves, strict=True)])
 
     def model(self, logp: Callable, name: str) -> Callable:
-        """``log_prob(params, *obs) = logp(insert(params), *obs)``, named ``name``."""
+        """``log_prob(params, *obs) = logp(insert(params), *obs)``, named ``name``; NaN
+        where a traced value lies outside its parameter's constraint (the host cannot
+        check it: the fit then ends ``init_not_finite``, as for a traced start outside
+        its constraint)."""
 
         def log_prob(params, *obs):
-            return logp(self.insert(params), *obs)
+            lp = logp(self.insert(params), *obs)
+            inside = [jnp.all((self.values[n] > lo) & (self.values[n] < hi))
+                      for n, (lo, hi) in self.bounds.items()]
+            return jnp.where(jnp.all(jnp.stack(inside)), lp, jnp.nan) if inside else lp
 
         log_prob.__name__ = name
         return log_prob

@@ -323,3 +323,16 @@ def test_traced_data_outside_the_support_is_a_status():
     codes = jax.jit(jax.vmap(lambda x: mlefit.fit(mlefit.models.Gamma(), x, init).status_code))(
         jnp.stack([x, x.at[3].set(-1.0)]))
     assert codes.tolist() == [mlefit.Status.CONVERGED, mlefit.Status.INIT_NOT_FINITE]
+
+
+def test_traced_fixed_value_outside_its_constraint_is_a_status():
+    # The host refuses fixed={"sigma": -1.0} for a Positive sigma; traced, the value is
+    # only known in the program: the fit ends init_not_finite instead of fitting a
+    # normal density with a negative scale (which JAX evaluates without complaint).
+    x = jnp.asarray(np.random.default_rng(3).normal(1.0, 2.0, 50))
+    init = {"mu": 0.0, "sigma": mlefit.Positive(1.0)}
+    normal = lambda p, x: jax.scipy.stats.norm.logpdf(x, p["mu"], p["sigma"])  # noqa: E731
+    codes = jax.jit(jax.vmap(lambda s: mlefit.fit(normal, x, init, fixed={"sigma": s})
+                             .status_code))(jnp.array([2.0, -1.0, 0.0]))
+    assert codes.tolist() == [mlefit.Status.CONVERGED, mlefit.Status.INIT_NOT_FINITE,
+                              mlefit.Status.INIT_NOT_FINITE]
