@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -82,29 +80,9 @@ def _bad_rows(flat: np.ndarray) -> np.ndarray:
     return ~np.isfinite(flat).all(axis=1)
 
 
-# JAX arrays found finite, by id (a JAX array is immutable, so one check holds for its
-# life; a refit of the same data skips the scan: 13 ms of a 1e6 x 33 float64 array).
-# Entries are weak references, dropped with their array; NumPy arrays (mutable) are
-# checked every time.
-_FINITE: dict[int, weakref.ref] = {}
-
-
-def _known_finite(a) -> bool:
-    ref = _FINITE.get(id(a))
-    return ref is not None and ref() is a
-
-
-def _remember_finite(a) -> None:
-    if isinstance(a, jax.Array):
-        key = id(a)
-        _FINITE[key] = weakref.ref(a, lambda _, key=key: _FINITE.pop(key, None))
-
-
 def _check_finite(a, name: str) -> None:
     if not jnp.issubdtype(a.dtype, jnp.inexact) or isinstance(a, jax.core.Tracer):
         return  # traced data (fit inside jit/vmap/grad): a NaN makes the fit's status say so
-    if _known_finite(a):
-        return
     host = host_view(a)
     if host is not None:  # NumPy, no compilation: at most a few ms per 100 MB
         bad = _bad_rows(host.reshape(host.shape[0], -1))
@@ -112,7 +90,6 @@ def _check_finite(a, name: str) -> None:
     else:  # accelerator or multi-device arrays: reduce where the data live
         count, first = (int(v) for v in _finite_summary(a))
     if count == 0:
-        _remember_finite(a)
         return
     raise ValueError(
         f"data: {name} has {count} observation(s) with NaN or inf values "

@@ -459,31 +459,17 @@ def test_nan_in_data_names_count_and_first_index():
         mlefit.fit(linear_gaussian, (X, np.zeros(10)), init={"beta": jnp.zeros(2), "sigma": 1.0})
 
 
-def test_finite_check_of_a_jax_array_is_remembered_for_that_array_only(monkeypatch):
-    # A JAX array is immutable: once found finite it stays finite, and a refit of the same
-    # array skips the scan. Each new array is scanned; a NumPy array (mutable) always.
-    import mlefit._checks as checks
-
-    scans = []
-    real = checks._bad_rows
-    monkeypatch.setattr(checks, "_bad_rows", lambda flat: scans.append(1) or real(flat))
-    x = jnp.asarray(RNG.normal(size=50))
-    for _ in range(3):
-        checks._check_finite(x, "data")
-    assert len(scans) == 1
-    xn = np.asarray(x).copy()
-    checks._check_finite(xn, "data")
-    xn[3] = np.nan  # changed in place: still caught
-    with pytest.raises(ValueError, match=r"first at index 3"):
-        checks._check_finite(xn, "data")
-    # an array that dies leaves no entry a new array (possibly at the same id) could match
-    del x
-    for k in range(20):
-        bad = jnp.asarray(RNG.normal(size=50)).at[k].set(jnp.inf)
-        with pytest.raises(ValueError, match=rf"first at index {k}\)"):
-            checks._check_finite(bad, "data")
-        del bad
-    assert not checks._FINITE or all(r() is not None for r in checks._FINITE.values())
+def test_nan_written_into_numpy_memory_a_jax_array_shares_is_caught_on_refit():
+    # On the CPU, jnp.asarray of a NumPy array may share its memory: the JAX array is not
+    # immutable then, so a refit checks its data again (no "already checked" shortcut).
+    x = RNG.normal(size=4096)
+    a = jnp.asarray(x)
+    mlefit.fit(normal, a, init=GAUSS_INIT)
+    x[3] = np.nan
+    if not np.isnan(float(a[3])):
+        pytest.skip("this JAX copied the NumPy array: its arrays are immutable here")
+    with pytest.raises(ValueError, match=r"1 observation\(s\).*first at index 3"):
+        mlefit.fit(normal, a, init=GAUSS_INIT)
 
 
 def test_mismatched_lengths_name_both():
