@@ -199,8 +199,9 @@ def check_aligned(named: list) -> None:
     for nm, idx in indexed[1:]:
         first, ref = indexed[0]
         if len(idx) == len(ref) and not idx.equals(ref):
-            k = int(np.flatnonzero(np.asarray(idx) != np.asarray(ref))[0]) if (
-                idx.dtype == ref.dtype) else 0
+            diff = (np.flatnonzero(np.asarray(idx) != np.asarray(ref))
+                    if idx.dtype == ref.dtype else np.zeros(1, int))
+            k = int(diff[0]) if diff.size else 0
             raise ValueError(
                 f"{nm}: its index differs from {first}'s (row {k}: {_label(idx[k])!r} "
                 f"against {_label(ref[k])!r}); rows are paired by position. Align them first (e.g. "
