@@ -170,7 +170,7 @@ def _unflatten(res, flat, fill=0.0):
         size = math.prod(shape)
         out.append(flat[..., off:off + size].reshape(flat.shape[:-1] + shape))
         off += size
-    return res.problem.finalize(treedef.unflatten(out), fill=fill)
+    return res.problem.finalize(treedef.unflatten(out), fill=fill, batch_shape=batch)
 
 
 # ---------------------------------------------------------------------------------------

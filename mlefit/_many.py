@@ -24,7 +24,7 @@ from ._diagnose import _init_not_finite_message
 from ._iterate import iterate
 from ._likelihood import check_penalty, penalised, penalty_value
 from ._many_starts import batched_model_init, check_batched_u0, nan_starts, used_rows
-from ._model import AbstractModel, Problem, as_problem
+from ._model import AbstractModel, FixedModel, Problem, as_problem
 from ._newton import NEWTON, Newton
 from ._objective import Reduced, objective
 from ._options import check_options
@@ -372,7 +372,8 @@ def fit_many(
     if isinstance(model, AbstractModel):
         hdata, hw = _host_data(data, weights)
         _check_model_data(model, hdata, hw)
-        problem = Problem(logp=model.log_prob, name=model.name, source=model)
+        problem = Problem(logp=model.log_prob, name=model.name, source=model,
+                          fixed=model.fixed if isinstance(model, FixedModel) else None)
         if init is None:
             init, bad_starts = batched_model_init(model, data, weights, hdata, hw)
             batched_init = True
@@ -424,7 +425,7 @@ def fit_many(
     f = problem.penalty
     return FitResult(
         penalty=None if f is None else jax.vmap(lambda v: penalty_value(f, transforms, v))(u),
-        params=problem.finalize(params),
+        params=problem.finalize(params, batch_shape=(B,)),
         u=u,
         nll=value,
         n_obs=n_obs,

@@ -213,11 +213,13 @@ class FixedValues(eqx.Module):
             )
         return _in_order_of(init, treedef.unflatten(out))
 
-    def merge(self, params, fill=None):
+    def merge(self, params, fill=None, batch_shape: tuple = ()):
         """``params`` with each fixed slot (``None``) holding its value (or ``fill``).
 
-        Values take the dtype of the fitted leaves. A dict without a fixed top-level key
-        (``{"scale": 2.0}`` for ``Gamma().fix(shape=3.0)``) gets the key added.
+        Values take the dtype of the fitted leaves; ``batch_shape`` (``(B,)`` for the
+        results of ``fit_many``) is prepended, the same value for every data set. A dict
+        without a fixed top-level key (``{"scale": 2.0}`` for ``Gamma().fix(shape=3.0)``)
+        gets the key added.
         """
         if isinstance(params, dict):
             missing = [n for n in self.names if n not in params and "." not in n and "[" not in n]
@@ -232,7 +234,7 @@ class FixedValues(eqx.Module):
             name = leaf_name(path)
             if x is None and name in self.names:
                 v = self.value(name) if fill is None else np.full(self.value(name).shape, fill)
-                x = jnp.asarray(v, dtype)
+                x = jnp.broadcast_to(jnp.asarray(v, dtype), tuple(batch_shape) + np.shape(v))
             out.append(x)
         return treedef.unflatten(out)
 
@@ -366,10 +368,11 @@ class Problem(eqx.Module):
         """``log p(params, *obs)`` without any penalty (what a plot of the fit draws)."""
         return self.logp if self.density is None else self.density
 
-    def finalize(self, params, fill=None):
-        """The user-facing pytree: the Module rebuilt, fixed values (or ``fill``) merged."""
+    def finalize(self, params, fill=None, batch_shape: tuple = ()):
+        """The user-facing pytree: the Module rebuilt, fixed values (or ``fill``) merged
+        (repeated over ``batch_shape`` for a batched result)."""
         if self.fixed is not None:
-            params = self.fixed.merge(params, fill)
+            params = self.fixed.merge(params, fill, batch_shape)
         if self.module_static is None:
             return params
         return eqx.combine(params, self.module_static)

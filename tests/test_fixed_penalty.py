@@ -312,3 +312,22 @@ def test_fixed_parameters_keep_the_column_labels_and_the_order_written():
                        fixed={"intercept": -1.0})
     assert logit.param_names == ["coef[age]", "coef[dose]"]
     assert list(logit.to_frame().index) == ["coef[age]", "coef[dose]"]
+
+
+def test_fit_many_of_a_fixed_model_keeps_the_fixed_value_per_data_set():
+    # res[b] is fit(model, x[b]): the fixed shape in params (one per set), its mark in the
+    # summary, std err 0, and what needs it (gof's CDF) works; scale = mean / shape.
+    x = np.random.default_rng(2).gamma(2.0, 1.0, (3, 50))
+    model = models.Gamma().fix(shape=2.0)
+    many = mlefit.fit_many(model, x)
+    np.testing.assert_array_equal(np.asarray(many.params["shape"]), [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(np.asarray(many.params["scale"]), x.mean(axis=1) / 2.0,
+                               rtol=1e-9)
+    np.testing.assert_array_equal(np.asarray(many.stderr["shape"]), [0.0, 0.0, 0.0])
+    one = mlefit.fit(model, x[1])
+    assert "(fixed)" in many[1].summary()
+    assert float(many[1].loglik) == pytest.approx(float(one.loglik), rel=1e-12)
+    key = jax.random.key(0)
+    g_many, g_one = many[1].gof(n_boot=20, key=key), one.gof(n_boot=20, key=key)
+    assert g_many.statistic["ks"] == pytest.approx(g_one.statistic["ks"], rel=1e-9)
+    assert float(mlefit.bootstrap(one, n=20, key=key).stderr["shape"]) == 0.0
