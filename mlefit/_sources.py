@@ -383,6 +383,7 @@ class _IterableSource:
         self.one_shot = isinstance(source, collections.abc.Iterator)
         self._first = None
         self.n_obs = None
+        self.rows_read = None
         self.shuffle = "none"
 
     def _batches(self):
@@ -437,6 +438,7 @@ class _IterableSource:
                 )
             start += m
             yield _pad_chunk(obs, np.ones((m,), np.dtype(jnp.result_type(float))), rows)
+        self.rows_read = start  # observations in the pass just read
 
 
 def _checked_batch(batch, i: int, epoch: int, start: int) -> tuple:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import equinox as eqx
 import jax
@@ -420,10 +421,20 @@ def fit_source(model, source, init, *, weights=None, optimizer=None, batch_size=
             resume_from, key, progress, resume_check,
         )
         hist = hist if opts.history else None
+        nan = jnp.asarray(jnp.nan, hist.dtype if hist is not None else dtype)
         if interrupted:
-            nan = jnp.asarray(jnp.nan, hist.dtype if hist is not None else dtype)
             value, grad, n_obs = nan, jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), u), nan
             status = Status.INTERRUPTED
+        elif one_shot:  # its one pass was the epoch: no pass is left for the NLL at u
+            value, grad = nan, jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), u)
+            n_obs = jnp.asarray(float(src.rows_read or 0), dtype)
+            status = Status.NON_FINITE if bad else Status.MAX_STEPS
+            warnings.warn(
+                "data: a one-shot iterator was read once, for the epoch; the NLL and "
+                "gradient at the estimate need another pass, so res.nll, loglik, AIC and "
+                "BIC are NaN and the status is max_steps (no convergence test). Pass a "
+                "re-iterable (mlefit.batches of a list, or mlefit.ArrayStream) to get them.",
+                UserWarning, stacklevel=3)
         else:
             value, grad = value_and_grad(u)
             n_obs = last["wsum"]

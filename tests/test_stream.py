@@ -199,10 +199,22 @@ def test_list_of_batches():
 
 
 def test_one_shot_iterator():
+    # One epoch of SGD reads the generator once: the estimate is the list's, but no pass is
+    # left for the NLL at it. It was a NaN NLL with status non_finite and n_obs 0; now the
+    # status is max_steps (no convergence test), n_obs counts the epoch, and a warning
+    # says why nll/loglik are NaN.
     gen = ((X[a:a + 256], Y[a:a + 256]) for a in range(0, N, 256))
-    res = mlefit.fit(logistic, mlefit.batches(gen), init(), optimizer=adam(), batch_size=64,
-                     epochs=1)
+    with pytest.warns(UserWarning, match="one-shot iterator was read once, for the epoch"):
+        res = mlefit.fit(logistic, mlefit.batches(gen), init(), optimizer=adam(),
+                         batch_size=64, epochs=1)
     assert int(res.steps) == 16
+    listed = mlefit.fit(logistic, mlefit.batches(
+        [(X[a:a + 256], Y[a:a + 256]) for a in range(0, N, 256)]), init(), optimizer=adam(),
+        batch_size=64, epochs=1)
+    np.testing.assert_array_equal(np.asarray(res.params["b"]), np.asarray(listed.params["b"]))
+    assert res.status == listed.status == mlefit.Status.MAX_STEPS
+    assert float(res.n_obs) == float(listed.n_obs) == N
+    assert np.isnan(float(res.nll)) and np.isfinite(float(listed.nll))
     gen = ((X[a:a + 256], Y[a:a + 256]) for a in range(0, N, 256))
     with pytest.raises(ValueError, match="one-shot iterator"):
         mlefit.fit(logistic, mlefit.batches(gen), init(), optimizer=adam(), batch_size=64,
