@@ -353,7 +353,7 @@ class FitResult(eqx.Module):
         if is_traced(self.nll, self.u, self.status_code):
             return f"FitResult(model={self.model_name}, traced)"
         if self.batch_shape:
-            codes = np.asarray(self.status_code).ravel()
+            codes = np.asarray(refined_status_code(self)).ravel()  # res.status's verdicts
             counts = {str(Status(c)): int((codes == c).sum()) for c in np.unique(codes)}
             return (
                 f"FitResult(model={self.model_name}, batch_shape={self.batch_shape}, "

@@ -67,6 +67,16 @@ def test_matches_closed_form_and_separate_fits(res, xs):
         assert rel_err(res.nll[b], single.nll) < 1e-12  # same optimum: NLL agrees to rounding
 
 
+def test_batched_repr_counts_the_checked_statuses():
+    # Data set 1 is all ones (no finite MLE): the optimiser says converged, res.status
+    # says not_at_minimum, and the repr, the first thing a notebook shows, says the latter.
+    y = np.random.default_rng(8).integers(0, 2, (3, 40)).astype(float)
+    y[1] = 1.0
+    res = mlefit.fit_many(mlefit.models.Bernoulli(), y)
+    assert [str(s) for s in res.status] == ["converged", "not_at_minimum", "converged"]
+    assert "status_counts={'converged': 2, 'not_at_minimum': 1}" in repr(res)
+
+
 def test_indexing_gives_an_ordinary_fit(res, xs):
     r2 = res[2]
     assert isinstance(r2, mlefit.FitResult) and r2.batch_shape == ()
