@@ -562,3 +562,16 @@ def test_float32_data_fit_in_float32(xs):
     # Hessian of order 1/sigma^2 leaves errors up to ~1e-5 * sigma^2.
     assert np.max(np.abs(np.asarray(r.params["mu"]) - mu) / sigma) < 1e-4
     assert rel_err(r.params["sigma"], sigma) < 1e-4
+
+
+def test_a_ready_made_start_blames_nan_not_zero_spread():
+    # check_finite=False lets a NaN reach the model's start: the set's warning names the
+    # NaN and its observation (it said "all 30 observations are equal"), and the other
+    # data sets are fitted as usual.
+    x = np.random.default_rng(1).gamma(2.0, 1.5, (4, 30))
+    x[1, 5] = np.nan
+    with pytest.warns(UserWarning, match=r"data set 1: Gamma: cannot start a fit: data\[5\] "
+                      r"is not finite"):
+        res = mlefit.fit_many(mlefit.models.Gamma(), x, check_finite=False)
+    assert [str(s) for s in res.status] == [
+        "converged", "init_not_finite", "converged", "converged"]

@@ -254,6 +254,13 @@ def data_driven_start(init):
         if array_namespace(*data) is not np:
             return init(self, *data)
         what = f"the moments the {self.name} start needs"
+        for k, a in enumerate(map(host, data)):  # fit checks first; fit_many may not
+            if a is not None and np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+                i = int(np.argmax(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)))
+                name = "data" if len(data) == 1 else f"data[{k}]"
+                raise NoStartError(
+                    f"{self.name}: cannot start a fit: {name}[{i}] is not finite (NaN or "
+                    "inf); remove or impute it.")
         try:
             with np.errstate(over="ignore", under="ignore"):  # diagnosed below
                 out = init(self, *data)
