@@ -154,7 +154,9 @@ def fit(
             fit ends bitwise where an uninterrupted one ends. A checkpoint of another
             fit is a ``ValueError`` before fitting: other shapes, other data of the same
             shapes (checksums of strided rows and of all values), or another version of
-            the model under the same name (a hash of its jaxpr).
+            the model under the same name (a hash of its jaxpr). The optimiser's
+            hyperparameters are not checked (its state's structure is): resuming with
+            another learning rate continues with it.
         resume_check: what must agree with the checkpoint besides the shapes: ``"all"``
             (default: data and model), ``"model"`` (the model only: continue on new
             data on purpose), ``"shapes"`` (neither: new data or an edited model).
