@@ -34,6 +34,7 @@ from ._result import FitResult
 from ._solver_optax import LBFGS, OptaxSolver
 from ._status import Status
 from ._suffstats import plan_for, reduced_mean_loglik, specialise, suffstats
+from ._weights import check_weights_kind, effective_weights, resolve_weights_kind
 
 __all__ = ["fit_many"]
 
@@ -278,6 +279,7 @@ def fit_many(
     init=None,
     *,
     weights=None,
+    weights_kind: str | None = None,
     mask=None,
     batched_init: bool = False,
     optimizer=None,
@@ -317,6 +319,10 @@ def fit_many(
         weights: ``(B, n)`` non-negative observation weights; a zero weight is padding,
             so ragged data sets are padded to a common n (the padded values may be
             anything, even NaN). ``res.n_obs[b] = sum_i weights[b, i]``.
+        weights_kind: ``"frequency"`` (default; non-integer weights are warned about
+            when the kind is not given) or ``"variance"`` (rescaled per data set to sum
+            to its number of positive weights, which is then ``res.n_obs[b]``): what
+            the weights mean for the covariance, AIC/BIC and LR tests, as in ``fit``.
         mask: ``(B, n)`` boolean, False = padding (the same as 0/1 weights; multiplied
             into ``weights`` when both are given).
         batched_init: whether ``init`` has a leading data-set axis.
@@ -361,7 +367,10 @@ def fit_many(
     B, n = data[0].shape[:2]
     dtype = float_dtype(data)
     warn_if_float32(dtype)
+    check_weights_kind(weights_kind, weights)
     weights = check_batched_weights(weights, mask, (B, n), dtype)
+    weights_kind = resolve_weights_kind(weights_kind, weights)
+    weights = effective_weights(weights, weights_kind)  # per data set
     if check_finite:
         _check_batched_finite(data, weights)
     if not isinstance(batched_init, bool):
@@ -421,7 +430,12 @@ def fit_many(
         first = tuple(a[0] for a in data)
         msg = _init_not_finite_message(problem, init, u0_first, transforms, first)
         raise ValueError(f"every data set failed at the start; data set 0: {msg}")
-    n_obs = jax.device_put(np.full((B,), n, dtype)) if weights is None else jnp.sum(weights, axis=1)
+    if weights is None:
+        n_obs = jax.device_put(np.full((B,), n, dtype))
+    elif weights_kind == "variance":  # the count of positive weights, exactly
+        n_obs = jnp.sum(weights > 0, axis=1).astype(dtype)
+    else:
+        n_obs = jnp.sum(weights, axis=1)
     f = problem.penalty
     return FitResult(
         penalty=None if f is None else jax.vmap(lambda v: penalty_value(f, transforms, v))(u),
@@ -439,4 +453,5 @@ def fit_many(
         transforms=transforms,
         minibatch=False,
         tol=float(opts.tol),
+        weights_kind=weights_kind,
     )

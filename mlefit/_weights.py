@@ -94,10 +94,11 @@ def resolve_weights_kind(weights_kind, weights) -> str:
     if host is not None:
         frac = host != np.round(host)
         if frac.any():
-            i = int(np.argmax(frac))
+            i = np.unravel_index(int(np.argmax(frac)), host.shape)  # (i,) or (b, i)
+            where = ", ".join(map(str, i))
             warnings.warn(
                 f"weights: read as frequency weights (counts of repeated observations), but "
-                f"weights[{i}] = {float(host[i])!r} is not a whole number; n_obs = "
+                f"weights[{where}] = {float(host[i])!r} is not a whole number; n_obs = "
                 f"sum(weights) = {float(host.sum()):g} then sets the standard errors, AIC and "
                 "BIC. For weights that give relative precision (e.g. normalised to sum to 1) "
                 "pass weights_kind='variance'; pass weights_kind='frequency' to keep this "
@@ -121,8 +122,9 @@ def effective_weights(weights, weights_kind: str):
     """
     if weights is None or weights_kind == "frequency":
         return weights
-    m = jnp.sum(weights > 0).astype(weights.dtype)
-    return weights * (m / jnp.sum(weights))
+    # per data set (the last axis): fit_many's weights are (B, n)
+    m = jnp.sum(weights > 0, axis=-1, keepdims=True).astype(weights.dtype)
+    return weights * (m / jnp.sum(weights, axis=-1, keepdims=True))
 
 
 def weighted_n_obs(n: int, weights, dtype, weights_kind: str = "frequency") -> jax.Array:

@@ -575,3 +575,29 @@ def test_a_ready_made_start_blames_nan_not_zero_spread():
         res = mlefit.fit_many(mlefit.models.Gamma(), x, check_finite=False)
     assert [str(s) for s in res.status] == [
         "converged", "init_not_finite", "converged", "converged"]
+
+
+@pytest.mark.parametrize("kind", ["variance", "frequency"])
+def test_weights_kind_per_data_set_is_fits(kind):
+    # fit_many(weights=, weights_kind=) is fit per data set: n_obs, standard errors, AIC.
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(1.0, 2.0, (3, 40)), rng.uniform(0.2, 2.0, (3, 40))
+    many = mlefit.fit_many(mlefit.models.Normal(), x, weights=w, weights_kind=kind)
+    for b in range(3):
+        one = mlefit.fit(mlefit.models.Normal(), x[b], weights=w[b], weights_kind=kind)
+        assert float(many.n_obs[b]) == pytest.approx(float(one.n_obs), rel=1e-14)
+        for name in ("loc", "scale"):
+            assert float(many[b].stderr[name]) == pytest.approx(float(one.stderr[name]),
+                                                                rel=1e-8)
+        assert float(many[b].aic) == pytest.approx(float(one.aic), rel=1e-12)
+    assert float(many.n_obs[0]) == (40.0 if kind == "variance" else pytest.approx(w[0].sum()))
+
+
+def test_fractional_frequency_weights_are_warned_about_as_in_fit():
+    x = np.random.default_rng(0).normal(size=(2, 10))
+    w = np.ones((2, 10))
+    w[1, 3] = 0.5
+    with pytest.warns(UserWarning, match=r"weights\[1, 3\] = 0.5 is not a whole number"):
+        mlefit.fit_many(mlefit.models.Normal(), x, weights=w)
+    with pytest.raises(ValueError, match="weights_kind: expected one of"):
+        mlefit.fit_many(mlefit.models.Normal(), x, weights=w, weights_kind="analytic")
