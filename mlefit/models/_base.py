@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import _bad_rows
 from .._constraints import split_init
+from .._data import named_arguments
 from .._diagnose import magnitude_problem
 
 __all__ = [
@@ -238,6 +240,17 @@ def _has_spread(data) -> bool:
     )
 
 
+def _raise_if_not_finite(model: str, data: tuple) -> None:
+    """On a failed start only: a NaN or inf among the data (``fit`` refuses them before,
+    ``fit_many(check_finite=False)`` may not) is the reason, named by its row."""
+    for name, a in named_arguments(tuple(map(host, data))):
+        if a is not None and np.issubdtype(a.dtype, np.inexact):
+            bad = _bad_rows(a.reshape(a.shape[0], -1))
+            if bad.any():
+                raise NoStartError(f"{model}: cannot start a fit: {name}[{int(np.argmax(bad))}] "
+                                   "is not finite (NaN or inf); remove or impute it.")
+
+
 def data_driven_start(init):
     """Decorates a ready-made model's ``init(self, *data)`` to blame the data's magnitude.
 
@@ -254,22 +267,17 @@ def data_driven_start(init):
         if array_namespace(*data) is not np:
             return init(self, *data)
         what = f"the moments the {self.name} start needs"
-        for k, a in enumerate(map(host, data)):  # fit checks first; fit_many may not
-            if a is not None and np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
-                i = int(np.argmax(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)))
-                name = "data" if len(data) == 1 else f"data[{k}]"
-                raise NoStartError(
-                    f"{self.name}: cannot start a fit: {name}[{i}] is not finite (NaN or "
-                    "inf); remove or impute it.")
         try:
             with np.errstate(over="ignore", under="ignore"):  # diagnosed below
                 out = init(self, *data)
         except NoStartError as e:  # "no spread", where the spread may have underflowed
+            _raise_if_not_finite(self.name, data)
             msg = magnitude_problem(data, what) if _has_spread(data) else None
             if msg is None:
                 raise
             raise ValueError(msg) from e
         if not _valid_start(out):
+            _raise_if_not_finite(self.name, data)
             msg = magnitude_problem(data, what)
             if msg is not None:
                 raise ValueError(msg)
