@@ -13,7 +13,7 @@ import numpy as np
 
 from ._checks import host_view
 from ._inference import n_params
-from ._nesting import restriction_of
+from ._nesting import fewer_components, restriction_of
 from ._status import Status
 
 
@@ -45,8 +45,9 @@ def lr_test(restricted, full) -> LRTest:
     fit missed its maximum). Warns (``UserWarning``) for a known pair whose restriction
     is on the boundary of the parameter space (Normal in StudentT as ``df -> infinity``,
     Poisson in NegativeBinomial: see :mod:`mlefit._nesting`; the chi2 p-value is then
-    conservative, twice the correct one for one parameter), for penalised fits, and for
-    fits that did not converge.
+    conservative, twice the correct one for one parameter), for a Mixture against one with
+    fewer components (no chi2 reference at all: the extra components are not identified
+    under the restricted model), for penalised fits, and for fits that did not converge.
 
     Args:
         restricted: the ``FitResult`` of the smaller model.
@@ -105,6 +106,17 @@ def lr_test(restricted, full) -> LRTest:
             "does not hold (Self & Liang 1987) and the p-value is conservative (for one "
             "parameter the reference is the 50:50 mixture of chi2_0 and chi2_1, whose "
             "p-value is half of this one).",
+            stacklevel=2,
+        )
+    orders = fewer_components(restricted.problem.source, full.problem.source)
+    if orders is not None:
+        warnings.warn(
+            f"lr_test: {restricted.model_name} has {orders[0]} mixture component(s) and "
+            f"{full.model_name} {orders[1]}: under the smaller model the extra components' "
+            "weights are 0 and their parameters are not identified, so the statistic has "
+            "no chi-square reference (Hartigan 1985; McLachlan 1987) and this p-value is "
+            "not valid. Calibrate the statistic by a parametric bootstrap: simulate from "
+            "the restricted fit (model.sample), refit both models, compare.",
             stacklevel=2,
         )
     stat = 2.0 * (ll1 - ll0)

@@ -154,6 +154,22 @@ def test_lr_test_warns_on_the_boundary():
         mlefit.lr_test(mlefit.fit(models.Normal(), x), mlefit.fit(models.StudentT(), x))
 
 
+def test_lr_test_warns_that_fewer_mixture_components_have_no_chi2_reference():
+    # Under one Normal the second component of the mixture has weight 0 and its location
+    # and scale are not identified: the warning must say the p-value is not valid.
+    x = RNG.normal(0.0, 1.0, 200)
+    one = mlefit.fit(models.Normal(), x)
+    two = mlefit.fit(models.Mixture([models.Normal(), models.Normal()]), x)
+    with pytest.warns(UserWarning, match=r"Normal has 1 mixture component\(s\) and "
+                      r"Mixture\(Normal, Normal\) 2: .* not identified.* not valid") as rec:
+        mlefit.lr_test(one, two)
+    assert rec[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a regular restriction: no warning
+        mlefit.lr_test(mlefit.fit(models.Exponential(), np.abs(x)),
+                       mlefit.fit(models.Gamma(), np.abs(x)))
+
+
 def test_fingerprint_distinguishes_and_agrees():
     from mlefit._lrtest import data_fingerprint
 
