@@ -35,6 +35,7 @@ from ._solver_optax import LBFGS, OptaxSolver
 from ._status import Status
 from ._suffstats import plan_for, reduced_mean_loglik, specialise, suffstats
 from ._weights import check_weights_kind, effective_weights, resolve_weights_kind
+from .models._base import warn_unobserved_sets
 
 __all__ = ["fit_many"]
 
@@ -156,6 +157,7 @@ def _check_model_data(model: AbstractModel, hdata: tuple, hw) -> None:
             except ValueError as e:
                 raise ValueError(f"data set {b}: {e}") from e
         raise
+    warn_unobserved_sets(model, hdata, hw)
 
 
 # ---------------------------------------------------------------------------------------

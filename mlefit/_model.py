@@ -442,24 +442,31 @@ class _MergedLogProb(eqx.Module):
         return self.logp(self.fixed.merge(params), *obs)
 
 
-def check_arity(model: AbstractModel, data: tuple) -> None:
-    """``TypeError`` when a ready-made model gets another number of data arguments than
-    its ``log_prob(params, *obs)`` takes (one array, or a tuple such as ``(X, y)``)."""
+def data_arguments(model: AbstractModel) -> tuple[int, list[str]] | None:
+    """``(required, names)`` of the data arguments of a ready-made model's
+    ``log_prob(params, *obs)``; ``None`` where its signature does not say (``*obs``)."""
     base = model.model if isinstance(model, FixedModel) else model
     try:
         obs = list(inspect.signature(base.log_prob).parameters.values())[1:]
     except (TypeError, ValueError):
-        return
+        return None
     if any(p.kind is p.VAR_POSITIONAL for p in obs):
-        return
+        return None
     names = [p.name for p in obs if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    needed = sum(1 for p in obs if p.default is p.empty and p.name in names)
-    if needed <= len(data) <= len(names):
+    return sum(1 for p in obs if p.default is p.empty and p.name in names), names
+
+
+def check_arity(model: AbstractModel, data: tuple) -> None:
+    """``TypeError`` when a ready-made model gets another number of data arguments than
+    its ``log_prob(params, *obs)`` takes (one array, or a tuple such as ``(X, y)``)."""
+    arity = data_arguments(model)
+    if arity is None or arity[0] <= len(data) <= len(arity[1]):
         return
+    names = arity[1]
     want = ("one array" if len(names) == 1 else
             f"a tuple ({', '.join(names)}) of {len(names)} arrays")
     got = "one array" if len(data) == 1 else f"a tuple of {len(data)} arrays"
-    raise TypeError(f"data: {base.name} takes {want}, got {got}.")
+    raise TypeError(f"data: {model.name} takes {want}, got {got}.")
 
 
 def as_problem(model, init, data: tuple, fixed=None, columns: tuple | None = None,

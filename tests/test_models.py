@@ -590,16 +590,20 @@ BAD = [
     (M.Categorical(3), (np.array([0, 3, 1]),), r"Categorical: data\[1\] = 3 .*0\.\.2"),
     (M.Logistic(), (X[:4], np.array([0, 1, 1, 2])), r"Logistic: y\[3\] = 2"),
     (M.Logistic(), (X[:4, 0], np.array([0, 1, 1, 0])), r"Logistic: X must be 2-D"),
-    (M.Softmax(3), (X[:3], np.array([0, 5, 1])), r"Softmax: labels\[1\] = 5"),
+    (M.Softmax(3), (X[:3], np.array([0, 5, 1])), r"Softmax: y\[1\] = 5"),
     (M.PoissonRegression(), (X[:2], np.array([1, -1])), r"PoissonRegression: y\[1\] = -1"),
     (M.MLPClassifier(2, 2), (X[:2], np.array([0, 1])), r"MLPClassifier: X has 3 columns"),
-    (M.MLPClassifier(3, 2), (X[:2], np.array([0, 2])), r"MLPClassifier: labels\[1\] = 2"),
+    (M.MLPClassifier(3, 2), (X[:2], np.array([0, 2])), r"MLPClassifier: y\[1\] = 2"),
     (
         M.Censored(M.Exponential()),
         (np.array([1.0, 2.0]), np.array([0, 2])),
         r"Censored\(Exponential\): censor\[1\] = 2",
     ),
-    (M.Censored(M.Weibull()), (np.array([1.0, -2.0]), np.array([0, 1])), r"Weibull: data\[1\]"),
+    (
+        M.Censored(M.Weibull()),
+        (np.array([1.0, -2.0]), np.array([0, 1])),
+        r"^Censored\(Weibull\): x\[1\] = -2\.0 is outside the support",
+    ),
     (
         M.Mixture([M.Normal(), M.Gamma()]),
         (np.array([1.0, -2.0]),),
@@ -628,7 +632,7 @@ def test_a_class_never_observed_is_warned_about_where_the_status_cannot_tell():
     assert float(M.Categorical.full_logits(res.params)[2]) < -15
     X3 = RNG.normal(size=(60, 2))
     with pytest.warns(UserWarning,
-                      match=r"Softmax: labels has no observation of class\(es\) \[2\]"):
+                      match=r"Softmax: y has no observation of class\(es\) \[2\]"):
         mlefit.fit(M.Softmax(3), (X3, y))
     with pytest.warns(UserWarning, match=r"Bernoulli: every observation of data is 1: the MLE "
                       r"of P\(y = 1\) is 1, its logit \+inf"):
@@ -655,6 +659,35 @@ def test_a_class_never_observed_is_warned_about_where_the_status_cannot_tell():
 def test_bad_settings_and_degenerate_data(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("component", [M.Logistic(), M.Softmax(3), M.Censored(M.Normal())])
+def test_a_mixture_of_models_with_more_than_one_data_array_is_refused(component):
+    # Mixture.log_prob(params, x) passes one array to each component; a regression or a
+    # censored model takes two, so it is refused when built, naming the component.
+    with pytest.raises(TypeError, match=rf"Mixture: components\[1\] is {re.escape(component.name)}"
+                       r", whose log-density takes \((X|x), (y|censor)\)"):
+        M.Mixture([M.Normal(), component])
+
+
+def test_fit_many_warns_about_a_class_missing_from_some_data_sets():
+    # Class 1 never occurs in data set 2 (its weight-1 rows); it does elsewhere, so the
+    # pooled check of all data sets cannot see it. Data set 3's only class-0 rows have
+    # weight 0, so class 0 is missing there among the observations used.
+    y = RNG.integers(0, 3, (5, 40)).astype(float)
+    y[2][y[2] == 1] = 0
+    w = np.ones_like(y)
+    w[3][y[3] == 0] = 0
+    with pytest.warns(UserWarning, match=r"Categorical: in 2 of 5 data sets a class of data "
+                      r"never occurs \(first: data set 2, class\(es\) \[1\] of 0\.\.2\)") as rec:
+        mlefit.fit_many(M.Categorical(3), y, weights=w)
+    assert rec[0].filename == __file__
+    X = RNG.normal(size=(5, 40, 2))
+    with pytest.warns(UserWarning, match=r"Softmax: in 1 of 5 data sets a class of y never"):
+        mlefit.fit_many(M.Softmax(3), (X, y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class in every data set: no warning
+        mlefit.fit_many(M.Categorical(3), np.tile(np.arange(3.0), (4, 5)))
 
 
 def test_every_model_documents_parameters_and_log_density():

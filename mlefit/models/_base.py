@@ -34,6 +34,7 @@ __all__ = [
     "sample_shape",
     "require_spread",
     "array_namespace",
+    "warn_unobserved_sets",
     "as_float",
     "checked",
 ]
@@ -153,6 +154,41 @@ def warn_unobserved(model: str, arg: str, a: np.ndarray, num_classes: int) -> No
         f"{model}: {what} (no finite MLE). The fit stops where that probability is within "
         f"about tol of its limit, and the estimate and standard error of such a logit mean "
         f"nothing: {remedy}.",
+        UserWarning, stacklevel=_user_level(),
+    )
+
+
+def warn_unobserved_sets(model, hdata: tuple, hw) -> None:
+    """``fit_many``'s per-data-set form of :func:`warn_unobserved`: one ``UserWarning``
+    when a class (outcome) that occurs in some data sets never occurs among the used
+    observations (weight > 0) of others (their logits have no finite MLE). A class absent
+    from every data set was named by the model's own check already.
+
+    ``model.label_data``: the index of the data argument holding labels (``None`` for
+    models without labels); its classes are ``0 .. model.label_count - 1``.
+    """
+    base = getattr(model, "model", model)  # a FixedModel's labels are its model's
+    arg = getattr(base, "label_data", None)
+    if arg is None or hdata[arg].ndim != 2:
+        return
+    y = hdata[arg]
+    used = np.ones(y.shape, bool) if hw is None else hw > 0
+    k = base.label_count
+    counts = np.stack([((y == c) & used).sum(axis=1) for c in range(k)], axis=1)
+    missing = (counts == 0) & (counts.sum(axis=0) > 0)  # absent here, present elsewhere
+    sets = np.flatnonzero(missing.any(axis=1) & (used.sum(axis=1) > 0))
+    if sets.size == 0:
+        return
+    b = int(sets[0])
+    classes = np.flatnonzero(missing[b]).tolist()
+    name = base.label_names[arg]
+    warnings.warn(
+        f"{base.name}: in {sets.size} of {y.shape[0]} data sets a class of {name} never "
+        f"occurs (first: data set {b}, class(es) {classes} of 0..{k - 1}); there the MLE of "
+        "its probability is 0, a logit is infinite and there is no finite MLE. Those fits "
+        "stop where the probability is within about tol of 0, and the estimates and "
+        "standard errors of the logits involved mean nothing: drop those data sets, or "
+        "add a penalty (or log_prior) that keeps the logits finite.",
         UserWarning, stacklevel=_user_level(),
     )
 

@@ -72,7 +72,11 @@ class Censored(AbstractModel):
         return jnp.where(censor == EXACT, exact, jnp.where(censor == RIGHT, right, left))
 
     def check_data(self, x, censor) -> None:
-        self.model.check_data(x)
+        try:
+            self.model.check_data(x)
+        except ValueError as e:  # the wrapped model calls its one array "data"
+            prefix = f"{self.model.name}: data"
+            raise ValueError(str(e).replace(prefix, f"{self.name}: x", 1)) from None
         c = host(censor)
         if c is None:
             return

@@ -219,6 +219,8 @@ class Logistic(AbstractConditionalModel):
         """``P(y = 1 | x) = sigmoid(intercept + x @ coef)`` for each row of ``X``: ``(n,)``."""
         return jax.nn.sigmoid(_eta(params, self.design(params, X)))
 
+    label_data, label_count, label_names = 1, 2, ("X", "y")  # fit_many's label check
+
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
         check_binary(self.name, y)
@@ -273,9 +275,15 @@ class Softmax(AbstractConditionalModel):
         """Class probabilities ``softmax([0, intercept + x @ coef])`` per row: ``(n, K)``."""
         return jax.nn.softmax(self.logits(params, self.design(params, X)), axis=-1)
 
+    label_data, label_names = 1, ("X", "y")  # fit_many's label check
+
+    @property
+    def label_count(self) -> int:
+        return self.num_classes
+
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
-        check_labels(self.name, y, self.num_classes)
+        check_labels(self.name, y, self.num_classes, arg="y")
 
     def param_labels(self, X_columns=None, y_columns=None) -> dict:
         """``coef`` entries named by the columns of ``X`` (the class axis by position)."""
@@ -440,11 +448,17 @@ class MLPClassifier(AbstractConditionalModel):
     def log_prob(self, params, x, y):
         return categorical_log_prob(self.network(params)(x), y)
 
+    label_data, label_names = 1, ("X", "y")  # fit_many's label check
+
+    @property
+    def label_count(self) -> int:
+        return self.num_classes
+
     def check_data(self, X, y) -> None:
         a = check_design(self.name, X)
         if a is not None and a.shape[1] != self.in_size:
             raise ValueError(f"{self.name}: X has {a.shape[1]} columns but in_size={self.in_size}.")
-        check_labels(self.name, y, self.num_classes)
+        check_labels(self.name, y, self.num_classes, arg="y")
 
     @data_driven_start
     def init(self, X, y):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._model import AbstractModel
+from .._model import AbstractModel, data_arguments
 from ._base import data_driven_start, host, sample_shape
 from ._discrete import with_reference
 
@@ -56,6 +56,14 @@ class Mixture(AbstractModel):
                 raise TypeError(
                     f"Mixture: components[{i}] must be an mlefit model (e.g. "
                     f"mlefit.models.Normal()), got {type(c).__name__}."
+                )
+            arity = data_arguments(c)
+            if arity is not None and arity[0] != 1:
+                raise TypeError(
+                    f"Mixture: components[{i}] is {c.name}, whose log-density takes "
+                    f"({', '.join(arity[1])}); a Mixture mixes densities of one data array "
+                    "(e.g. Normal, Poisson). For a mixture of regressions or of censored "
+                    "models, write its log-density as a function of (params, *obs)."
                 )
         self.components = comps
 
