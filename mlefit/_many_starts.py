@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._constraints import is_constraint
-from ._model import AbstractModel
+from ._model import AbstractModel, traced_init
 
 __all__ = ["batched_model_init", "check_batched_u0", "nan_starts", "used_rows"]
 
@@ -72,50 +72,13 @@ def _vmapped_init_values(model, data):
     return jax.vmap(lambda *obs: _init_values(model, *obs))(*data)
 
 
-_NOT_TRACEABLE = (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerArrayConversionError,
-    jax.errors.TracerIntegerConversionError,
-)
-
-
-_INIT_STRUCTURE: dict = {}  # (model, shapes of one data set) -> (treedef, leaves) or None
-
-
-def _init_structure(model: AbstractModel, one_set: tuple):
-    """The pytree structure and constraint leaves of ``model.init``, or None if untraceable."""
-    try:
-        key = (model, one_set)
-        hash(key)
-    except TypeError:
-        key = None
-    if key is not None and key in _INIT_STRUCTURE:
-        return _INIT_STRUCTURE[key]
-    captured = {}
-
-    def structure(*obs):
-        captured["init"] = model.init(*obs)
-        return _init_values(model, *obs)
-
-    try:
-        jax.eval_shape(structure, *one_set)
-        out = jax.tree_util.tree_flatten(captured["init"], is_leaf=is_constraint)
-    except _NOT_TRACEABLE:
-        out = None
-    if key is not None:
-        if len(_INIT_STRUCTURE) > 256:
-            _INIT_STRUCTURE.clear()
-        _INIT_STRUCTURE[key] = out
-    return out
-
-
 def _traced_model_init(model: AbstractModel, data: tuple):
     """``model.init`` vmapped over the data sets, or ``None`` when it is not traceable."""
     one_set = tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in data)
-    found = _init_structure(model, one_set)
-    if found is None:
+    start = traced_init(model, one_set)
+    if start is None:
         return None
-    flat, treedef = found
+    flat, treedef = jax.tree_util.tree_flatten(start, is_leaf=is_constraint)
     values = _vmapped_init_values(model, data)
     return treedef.unflatten([_with_value(leaf, np.asarray(v))
                               for leaf, v in zip(flat, values, strict=True)])

@@ -389,13 +389,16 @@ class Problem(eqx.Module):
         return _model_init_order(self.source, one_set)
 
 
-_INIT_ORDER: dict = {}
+_TRACED_INIT: dict = {}  # (model, shapes of one data set) -> abstract init or None
 
 
-def _model_init_order(model: AbstractModel, one_set: tuple) -> tuple | None:
+def traced_init(model: AbstractModel, one_set: tuple):
+    """``model.init`` traced abstractly on one data set's shapes ``one_set`` (no values
+    computed; cached): its pytree with abstract leaves, or ``None`` where JAX cannot
+    trace it (an ``init`` that needs concrete values)."""
     key = (model, one_set)
     try:
-        return _INIT_ORDER[key]
+        return _TRACED_INIT[key]
     except KeyError:
         pass
     except TypeError:  # an unhashable model field: no cache
@@ -408,14 +411,19 @@ def _model_init_order(model: AbstractModel, one_set: tuple) -> tuple | None:
 
     try:
         jax.eval_shape(start, *one_set)
-        order = init_order(captured["init"])
-    except (TypeError, ValueError):  # an init JAX cannot trace: keep JAX's order
-        order = None
+        out = captured["init"]
+    except (TypeError, ValueError):  # JAX's concretization errors are TypeErrors
+        out = None
     if key is not None:
-        if len(_INIT_ORDER) > 256:
-            _INIT_ORDER.clear()
-        _INIT_ORDER[key] = order
-    return order
+        if len(_TRACED_INIT) > 256:
+            _TRACED_INIT.clear()
+        _TRACED_INIT[key] = out
+    return out
+
+
+def _model_init_order(model: AbstractModel, one_set: tuple) -> tuple | None:
+    start = traced_init(model, one_set)
+    return None if start is None else init_order(start)
 
 
 def _n_positional(fn) -> int | None:
