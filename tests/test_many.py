@@ -72,7 +72,9 @@ def test_batched_repr_counts_the_checked_statuses():
     # says not_at_minimum, and the repr, the first thing a notebook shows, says the latter.
     y = np.random.default_rng(8).integers(0, 2, (3, 40)).astype(float)
     y[1] = 1.0
-    res = mlefit.fit_many(mlefit.models.Bernoulli(), y)
+    with pytest.warns(UserWarning, match=r"Bernoulli: in 1 of 3 data sets a class of data "
+                      r"never occurs \(first: data set 1, class\(es\) \[0\]"):
+        res = mlefit.fit_many(mlefit.models.Bernoulli(), y)
     assert [str(s) for s in res.status] == ["converged", "not_at_minimum", "converged"]
     assert "status_counts={'converged': 2, 'not_at_minimum': 1}" in repr(res)
 
