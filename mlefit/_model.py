@@ -48,6 +48,10 @@ class AbstractModel(eqx.Module):
     #: ``False`` where ``log_prob`` is not twice differentiable in the parameters at the
     #: estimate (kinks): inference then uses :meth:`fisher_information`.
     smooth: ClassVar[bool] = True
+    #: The index of the data argument holding class labels ``0 .. num_classes - 1``
+    #: (2 classes without ``num_classes``), or ``None``: ``fit_many`` then warns about a
+    #: class that some data sets never observe (no finite MLE there).
+    label_data: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def log_prob(self, params, *obs):

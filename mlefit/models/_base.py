@@ -20,6 +20,7 @@ from .._checks import _bad_rows
 from .._constraints import split_init
 from .._data import named_arguments
 from .._diagnose import magnitude_problem
+from .._model import FixedModel, data_arguments
 
 __all__ = [
     "data_driven_start",
@@ -165,15 +166,16 @@ def warn_unobserved_sets(model, hdata: tuple, hw) -> None:
     from every data set was named by the model's own check already.
 
     ``model.label_data``: the index of the data argument holding labels (``None`` for
-    models without labels); its classes are ``0 .. model.label_count - 1``.
+    models without labels); its classes are ``0 .. num_classes - 1`` (2 for a binary
+    outcome).
     """
-    base = getattr(model, "model", model)  # a FixedModel's labels are its model's
-    arg = getattr(base, "label_data", None)
+    base = model.model if isinstance(model, FixedModel) else model
+    arg = base.label_data
     if arg is None or hdata[arg].ndim != 2:
         return
     y = hdata[arg]
     used = np.ones(y.shape, bool) if hw is None else hw > 0
-    k = base.label_count
+    k = getattr(base, "num_classes", 2)
     counts = np.stack([((y == c) & used).sum(axis=1) for c in range(k)], axis=1)
     missing = (counts == 0) & (counts.sum(axis=0) > 0)  # absent here, present elsewhere
     sets = np.flatnonzero(missing.any(axis=1) & (used.sum(axis=1) > 0))
@@ -181,7 +183,8 @@ def warn_unobserved_sets(model, hdata: tuple, hw) -> None:
         return
     b = int(sets[0])
     classes = np.flatnonzero(missing[b]).tolist()
-    name = base.label_names[arg]
+    names = data_arguments(base)[1]
+    name = "data" if len(names) == 1 else names[arg]  # as fit's check names them
     warnings.warn(
         f"{base.name}: in {sets.size} of {y.shape[0]} data sets a class of {name} never "
         f"occurs (first: data set {b}, class(es) {classes} of 0..{k - 1}); there the MLE of "

@@ -219,7 +219,7 @@ class Logistic(AbstractConditionalModel):
         """``P(y = 1 | x) = sigmoid(intercept + x @ coef)`` for each row of ``X``: ``(n,)``."""
         return jax.nn.sigmoid(_eta(params, self.design(params, X)))
 
-    label_data, label_count, label_names = 1, 2, ("X", "y")  # fit_many's label check
+    label_data = 1  # labels: fit_many checks each data set for unobserved classes
 
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
@@ -275,11 +275,7 @@ class Softmax(AbstractConditionalModel):
         """Class probabilities ``softmax([0, intercept + x @ coef])`` per row: ``(n, K)``."""
         return jax.nn.softmax(self.logits(params, self.design(params, X)), axis=-1)
 
-    label_data, label_names = 1, ("X", "y")  # fit_many's label check
-
-    @property
-    def label_count(self) -> int:
-        return self.num_classes
+    label_data = 1  # labels: fit_many checks each data set for unobserved classes
 
     def check_data(self, X, y) -> None:
         check_design(self.name, X)
@@ -448,11 +444,7 @@ class MLPClassifier(AbstractConditionalModel):
     def log_prob(self, params, x, y):
         return categorical_log_prob(self.network(params)(x), y)
 
-    label_data, label_names = 1, ("X", "y")  # fit_many's label check
-
-    @property
-    def label_count(self) -> int:
-        return self.num_classes
+    label_data = 1  # labels: fit_many checks each data set for unobserved classes
 
     def check_data(self, X, y) -> None:
         a = check_design(self.name, X)

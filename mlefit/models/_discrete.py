@@ -96,7 +96,7 @@ class Bernoulli(AbstractModel):
     def log_prob(self, params, y):
         return bernoulli_log_prob(params["logit"], y)
 
-    label_data, label_count, label_names = 0, 2, ("data",)  # fit_many's label check
+    label_data = 0  # labels: fit_many checks each data set for unobserved classes
 
     def check_data(self, y) -> None:
         check_binary(self.name, y, arg="data")
@@ -146,11 +146,7 @@ class Categorical(AbstractModel):
     def log_prob(self, params, y):
         return categorical_log_prob(self.full_logits(params), y)
 
-    label_data, label_names = 0, ("data",)  # fit_many's label check
-
-    @property
-    def label_count(self) -> int:
-        return self.num_classes
+    label_data = 0  # labels: fit_many checks each data set for unobserved classes
 
     def check_data(self, y) -> None:
         check_labels(self.name, y, self.num_classes, arg="data")
