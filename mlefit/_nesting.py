@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._model import FixedModel
+from ._model import AbstractModel, FixedModel
 from .models import (
     Exponential,
     Gamma,
@@ -58,7 +58,7 @@ def _components(model) -> int | None:
         model = model.model
     if isinstance(model, Mixture):
         return len(model.components)
-    return 1 if hasattr(model, "log_prob") and hasattr(model, "init") else None
+    return 1 if isinstance(model, AbstractModel) else None
 
 
 def fewer_components(restricted, full) -> tuple[int, int] | None:
