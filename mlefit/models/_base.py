@@ -176,7 +176,9 @@ def warn_unobserved_sets(model, hdata: tuple, hw) -> None:
     y = hdata[arg]
     used = np.ones(y.shape, bool) if hw is None else hw > 0
     k = getattr(base, "num_classes", 2)
-    counts = np.stack([((y == c) & used).sum(axis=1) for c in range(k)], axis=1)
+    # class counts per data set in one bincount (the labels passed the model's check)
+    code = np.where(used, y, 0).astype(np.int64) + k * np.arange(y.shape[0])[:, None]
+    counts = np.bincount(code[used], minlength=y.shape[0] * k).reshape(y.shape[0], k)
     missing = (counts == 0) & (counts.sum(axis=0) > 0)  # absent here, present elsewhere
     sets = np.flatnonzero(missing.any(axis=1) & (used.sum(axis=1) > 0))
     if sets.size == 0:
