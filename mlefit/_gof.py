@@ -21,7 +21,7 @@ import numpy as np
 
 from ._bootstrap import unweighted_data, with_penalty
 from ._many import fit_many
-from ._model import FixedModel
+from ._model import unfixed
 from ._status import Status
 from .models import Beta, Exponential, Gamma, Laplace, LogNormal, Normal, StudentT, Weibull
 
@@ -135,7 +135,7 @@ def _check(res, statistics, n_boot) -> tuple:
     if res.batch_shape:
         raise TypeError("res: gof takes a single fit, got a batched result; index it (res[i])")
     model = res.problem.source
-    base = model.model if isinstance(model, FixedModel) else model  # fit(..., fixed=...)
+    base = unfixed(model)  # fit(..., fixed=...)
     if not isinstance(base, SUPPORTED):
         name = res.model_name if base is None else getattr(base, "name", type(base).__name__)
         raise TypeError(

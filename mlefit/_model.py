@@ -454,10 +454,16 @@ class _MergedLogProb(eqx.Module):
         return self.logp(self.fixed.merge(params), *obs)
 
 
+def unfixed(model):
+    """The ready-made model behind a :class:`FixedModel` (``model.fix(...)`` or
+    ``fit(..., fixed=...)``); any other model unchanged."""
+    return model.model if isinstance(model, FixedModel) else model
+
+
 def data_arguments(model: AbstractModel) -> tuple[int, list[str]] | None:
     """``(required, names)`` of the data arguments of a ready-made model's
     ``log_prob(params, *obs)``; ``None`` where its signature does not say (``*obs``)."""
-    base = model.model if isinstance(model, FixedModel) else model
+    base = unfixed(model)
     try:
         obs = list(inspect.signature(base.log_prob).parameters.values())[1:]
     except (TypeError, ValueError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._model import AbstractModel, FixedModel
+from ._model import AbstractModel, unfixed
 from .models import (
     Exponential,
     Gamma,
@@ -54,8 +54,7 @@ def restriction_of(restricted, full) -> Restriction | None:
 def _components(model) -> int | None:
     """Mixture components of a ready-made model (``K`` for a Mixture, 1 for any other
     ready-made model); ``None`` for a user's log-density."""
-    if isinstance(model, FixedModel):
-        model = model.model
+    model = unfixed(model)
     if isinstance(model, Mixture):
         return len(model.components)
     return 1 if isinstance(model, AbstractModel) else None

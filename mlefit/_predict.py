@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 from ._constraints import constrain
 from ._data import _frame_names, _is_frame
 from ._inference import inference_of
-from ._model import FixedModel
+from ._model import unfixed
 from .models._conditional import AbstractConditionalModel
 
 __all__ = ["Prediction", "predict_of"]
@@ -111,9 +111,7 @@ def predict_of(res, X, kind: str = "observed", groups=None) -> Prediction:
     """
     if res.batch_shape:
         raise TypeError("predict: works on a single fit; index the batched result first (res[i])")
-    model = res.problem.source
-    if isinstance(model, FixedModel):  # res.params hold the fixed values too
-        model = model.model
+    model = unfixed(res.problem.source)  # res.params hold any fixed values too
     if not isinstance(model, AbstractConditionalModel):
         raise TypeError(_no_predict_message(res))
     if model.prediction_scale not in _SCALES:

@@ -20,7 +20,7 @@ from .._checks import _bad_rows
 from .._constraints import split_init
 from .._data import named_arguments
 from .._diagnose import magnitude_problem
-from .._model import FixedModel, data_arguments
+from .._model import data_arguments, unfixed
 
 __all__ = [
     "data_driven_start",
@@ -169,7 +169,7 @@ def warn_unobserved_sets(model, hdata: tuple, hw) -> None:
     models without labels); its classes are ``0 .. num_classes - 1`` (2 for a binary
     outcome).
     """
-    base = model.model if isinstance(model, FixedModel) else model
+    base = unfixed(model)
     arg = base.label_data
     if arg is None or hdata[arg].ndim != 2:
         return
